@@ -1,0 +1,172 @@
+"""Loading Hugging Face causal LMs from local folders and running them with a KV cache.
+
+`CachedLM` is the one place that talks to a model's forward: prefill (optional vision prefix
+embeddings, then prompt tokens), extend by new tokens, crop back after a rejection. Lengths
+are counted in cache positions; the vision prefix occupies the first `prefix_len` of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .vision_prefix import VisionProjector
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder is missing, incomplete or not a causal LM."""
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> bytes:
+    """16-byte digest of a tokenizer's vocabulary and special tokens.
+
+    Two models can share drafts only when their tokenizers map the same strings to the same
+    ids; the session open carries this digest and the verifier compares it with its own.
+    """
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    specials = {
+        name: getattr(tokenizer, name, None)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+    }
+    blob = json.dumps({"vocab": vocab, "special": specials}, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).digest()[:16]
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM, its tokenizer and (optionally) its vision projector, ready for inference."""
+
+    model: Any
+    tokenizer: Any
+    projector: VisionProjector | None
+    path: Path
+    fingerprint: bytes
+    vocab_size: int  # rows of the output layer (may exceed len(tokenizer) when padded)
+    max_positions: int
+    eos_token_ids: tuple[int, ...]
+    cache_kwarg: str  # "cache" (transformers >= 5) or "past_key_values"
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            ids = [bos] if bos is not None else []
+        return list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def load_lm(model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedLM:
+    """Load a causal LM folder (config, weights, tokenizer, optional vision projector)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: cannot load a causal LM and tokenizer: {exc}") from exc
+    projector = VisionProjector.from_pretrained(path)
+    if projector is not None:
+        projector = projector.to(device=device, dtype=dtype).eval()
+    params = inspect.signature(model.forward).parameters
+    cfg = model.config
+    return LoadedLM(
+        model=model,
+        tokenizer=tokenizer,
+        projector=projector,
+        path=path,
+        fingerprint=tokenizer_fingerprint(tokenizer),
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        max_positions=int(getattr(cfg, "max_position_embeddings", 1 << 20)),
+        eos_token_ids=_eos_ids(model, tokenizer),
+        cache_kwarg="cache" if "cache" in params else "past_key_values",
+    )
+
+
+@dataclass
+class CachedLM:
+    """One sequence's KV cache over a `LoadedLM`.
+
+    Call `prefill` once, then `extend` with new tokens; `crop` discards rejected positions.
+    Every call is one model forward; `forwards` counts them.
+    """
+
+    lm: LoadedLM
+    cache: Any = None
+    prefix_len: int = 0
+    forwards: int = 0
+    _device: torch.device = field(default=torch.device("cpu"), init=False)
+
+    def __post_init__(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.lm.model.config)
+        self._device = next(self.lm.model.parameters()).device
+
+    @property
+    def length(self) -> int:
+        """Cache positions held (vision prefix included)."""
+        return int(self.cache.get_seq_length())
+
+    def _forward(self, **inputs: Any) -> torch.Tensor:
+        inputs[self.lm.cache_kwarg] = self.cache
+        out = self.lm.model(use_cache=True, **inputs)
+        self.forwards += 1
+        return out.logits[0]  # [n, V]
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int], features: np.ndarray | None = None) -> torch.Tensor | None:
+        """Feed the vision prefix (if any) and `token_ids`; returns logits [n, V] or None."""
+        embeds = []
+        if features is not None:
+            if self.lm.projector is None:
+                raise ModelLoadError(f"{self.lm.path}: features given but the model has no vision projector")
+            feats = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self._device)
+            prefix = self.lm.projector(feats.to(self.lm.model.dtype))  # [S, H]
+            self.prefix_len = int(prefix.shape[0])
+            embeds.append(prefix)
+        if not embeds:
+            return self.extend(token_ids) if token_ids else None
+        if token_ids:
+            ids = torch.tensor(token_ids, device=self._device)
+            embeds.append(self.lm.model.get_input_embeddings()(ids))
+        return self._forward(inputs_embeds=torch.cat(embeds, 0)[None])
+
+    @torch.inference_mode()
+    def extend(self, token_ids: list[int]) -> torch.Tensor:
+        """Feed `token_ids` after what is cached; returns their logits [n, V] (float32)."""
+        ids = torch.tensor([token_ids], device=self._device)
+        return self._forward(input_ids=ids).float()
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` cache positions."""
+        excess = self.length - length
+        if excess > 0:
+            self.cache.crop(-excess)

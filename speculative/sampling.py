@@ -1,0 +1,129 @@
+"""Sampling helpers shared by the draft (edge) and the target (cloud).
+
+The draft's distribution q is truncated to at most `q_top` entries and quantized to integer
+weights *before* a draft token is drawn from it, and exactly those weights are sent on the
+wire. The verifier reconstructs q = w / sum(w) from the same integers, so rejection sampling
+stays exact (truncating after sampling would not be).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Q_WEIGHT_MAX = 65535  # weights travel as uint16
+DEFAULT_Q_TOP = 16
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The session's sampling settings; temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self) -> "SamplingParams":
+        if not (0.0 <= self.temperature <= 100.0):
+            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+
+def warp_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p, in float32.
+
+    logits: [..., V]. Returns [..., V] summing to 1 on the last axis. For greedy params this
+    is the one-hot of the argmax (the distribution greedy decoding samples from).
+    """
+    logits = logits.float()
+    if params.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    scores = logits / params.temperature
+    vocab = scores.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        sorted_probs = sorted_scores.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p; always keep one.
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop_sorted = mass_before >= params.top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores.softmax(-1)
+
+
+@dataclass(frozen=True)
+class SparseQ:
+    """A truncated, quantized draft distribution per drafted position.
+
+    ids: [k, K] int64 token ids; weights: [k, K] int64 in [0, 65535]. Row i's distribution is
+    weights[i] / weights[i].sum(); entries with weight 0 are padding and never drawn.
+    """
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[0])
+
+    def dense(self, vocab_size: int) -> torch.Tensor:
+        """[k, V] float32 probabilities."""
+        w = self.weights.float()
+        q = torch.zeros(self.k, vocab_size)
+        q.scatter_add_(1, self.ids, w)
+        return q / w.sum(-1, keepdim=True)
+
+    def prob_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[k] float32 q_i(tokens[i])."""
+        w = self.weights.float()
+        hit = (self.ids == tokens[:, None]).float() * w
+        return hit.sum(-1) / w.sum(-1)
+
+
+def quantize_distribution(probs: torch.Tensor, q_top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncate [V] probabilities to the `q_top` largest and quantize to uint16 weights.
+
+    Returns (ids [q_top], weights [q_top]); trailing entries may have weight 0. The largest
+    entry always gets weight >= 1 so the row is a proper distribution.
+    """
+    q_top = max(1, min(q_top, probs.shape[-1]))
+    top = torch.topk(probs.float(), q_top)
+    mass = top.values.sum()
+    weights = torch.round(top.values / mass * Q_WEIGHT_MAX).to(torch.int64)
+    weights = weights.clamp_(0, Q_WEIGHT_MAX)
+    weights[0] = weights[0].clamp(min=1)
+    return top.indices.to(torch.int64), weights
+
+
+def sample_weights(ids: torch.Tensor, weights: torch.Tensor, generator: torch.Generator) -> int:
+    """Draw one id from integer weights exactly (integer arithmetic, no float rounding)."""
+    cumulative = weights.cumsum(0)
+    total = int(cumulative[-1])
+    r = int(torch.randint(total, (1,), generator=generator))
+    index = int(torch.searchsorted(cumulative, torch.tensor(r), right=True))
+    return int(ids[index])
+
+
+def sample_probs(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """Draw one id from a [V] float distribution."""
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one role of a session (stream 0: draft, 1: verifier)."""
+    gen = torch.Generator()
+    gen.manual_seed((int(seed) * 1_000_003 + stream) % (2**63))
+    return gen
