@@ -1,0 +1,45 @@
+"""The wire contract: versioned msgpack messages, the topic layout and strict decoding.
+
+See schemas/README.md for the byte-level description a firmware in any language can follow.
+"""
+
+from .errors import ErrorCode, WireError
+from .messages import (
+    PROTOCOL_VERSION,
+    Close,
+    DraftMsg,
+    ErrorMsg,
+    Features,
+    Limits,
+    MsgType,
+    Opened,
+    Resync,
+    SessionOpen,
+    SparseQWire,
+    VerdictMsg,
+    decode,
+    encode,
+)
+from .results import ResultMsg
+from .topics import Topics
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Close",
+    "DraftMsg",
+    "ErrorCode",
+    "ErrorMsg",
+    "Features",
+    "Limits",
+    "MsgType",
+    "Opened",
+    "ResultMsg",
+    "Resync",
+    "SessionOpen",
+    "SparseQWire",
+    "Topics",
+    "VerdictMsg",
+    "WireError",
+    "decode",
+    "encode",
+]
