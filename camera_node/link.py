@@ -1,0 +1,186 @@
+"""The device's MQTT edge: one connection, per-session inboxes, request/response with timeouts.
+
+Replies on the device's downlink are routed by session id into a queue per session, so a
+session waits only for its own verdicts; duplicates (QoS 1 may deliver twice) and stale
+replies are dropped by sequence number in `SessionChannel.exchange`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiomqtt
+
+from edgespec.mqtt import ClientAuth, make_client
+from schemas import Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, SessionOpen, Topics, VerdictMsg, WireError
+from schemas.messages import decode, encode
+from schemas.topics import OFFLINE, ONLINE
+
+log = logging.getLogger("edgespec.camera")
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class VerifierTimeout(TimeoutError):
+    """No verifier answered in time."""
+
+
+class VerifierRejected(RuntimeError):
+    """The verifier answered with an ERROR."""
+
+    def __init__(self, error: ErrorMsg):
+        try:
+            name = ErrorCode(error.code).name.lower()
+        except ValueError:
+            name = f"code {error.code}"
+        super().__init__(f"verifier rejected the message ({name}): {error.message}")
+        self.error = error
+
+
+class ResyncFailed(RuntimeError):
+    """The verifier could not take the session back after a RESYNC."""
+
+
+def publish_size(topic: str, payload: bytes) -> int:
+    """Bytes of an MQTT v5 QoS-1 PUBLISH packet (fixed header, topic, packet id, properties)."""
+    body = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+    length_bytes = 1 if body < 128 else 2 if body < 16384 else 3 if body < 2097152 else 4
+    return 1 + length_bytes + body
+
+
+@dataclass
+class Traffic:
+    """Bytes one session sent and received, counted as whole PUBLISH packets."""
+
+    up: int = 0
+    down: int = 0
+    up_messages: int = 0
+    down_messages: int = 0
+
+
+class EdgeLink:
+    """A device's connection to the broker."""
+
+    def __init__(self, broker_url: str, device_id: str, *, topics: Topics = Topics(),
+                 auth: ClientAuth = ClientAuth(), timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.device_id = device_id
+        self.topics = topics
+        self.timeout_s = timeout_s
+        self._down = topics.down(device_id)  # validates the id
+        status = topics.device_status(device_id)
+        self._status = status
+        self._client = make_client(
+            broker_url, client_id=f"edgespec-dev-{device_id}",
+            will=aiomqtt.Will(status, OFFLINE, qos=1, retain=True), auth=auth,
+        )
+        self._inbox: dict[bytes, asyncio.Queue] = {}
+        self._reader: asyncio.Task | None = None
+        self.rejected_downlink = 0
+
+    async def __aenter__(self) -> "EdgeLink":
+        await self._client.__aenter__()
+        await self._client.subscribe(self._down, qos=1)
+        await self._client.publish(self._status, ONLINE, qos=1, retain=True)
+        self._reader = asyncio.create_task(self._read(), name=f"downlink-{self.device_id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        try:
+            await self._client.publish(self._status, OFFLINE, qos=1, retain=True)
+        except aiomqtt.MqttError:
+            pass
+        await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        async for message in self._client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                msg = decode(payload)
+            except WireError as err:
+                self.rejected_downlink += 1
+                log.warning("dropped a malformed downlink message: %s", err)
+                continue
+            sid = getattr(msg, "session_id", None)
+            queue = self._inbox.get(sid) if sid is not None else None
+            if queue is not None:
+                queue.put_nowait((msg, publish_size(str(message.topic), payload)))
+            elif isinstance(msg, ErrorMsg):
+                log.warning("verifier error for no open session: %s", msg.message)
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        await self._client.publish(topic, payload, qos=qos, retain=retain)
+        return publish_size(topic, payload)
+
+    def channel(self, session_id: bytes) -> "SessionChannel":
+        self._inbox[session_id] = asyncio.Queue()
+        return SessionChannel(self, session_id)
+
+    def _release(self, session_id: bytes) -> None:
+        self._inbox.pop(session_id, None)
+
+
+class SessionChannel:
+    """One session's messages: open, exchange drafts for verdicts, close."""
+
+    def __init__(self, link: EdgeLink, session_id: bytes):
+        self.link = link
+        self.session_id = session_id
+        self.verifier_id: str | None = None
+        self.traffic = Traffic()
+
+    async def _send(self, topic: str, payload: bytes) -> None:
+        self.traffic.up += await self.link.publish(topic, payload)
+        self.traffic.up_messages += 1
+
+    async def _next(self, waiting_for: str):
+        queue = self.link._inbox[self.session_id]
+        try:
+            msg, size = await asyncio.wait_for(queue.get(), self.link.timeout_s)
+        except asyncio.TimeoutError:
+            raise VerifierTimeout(
+                f"no verifier answered {waiting_for} within {self.link.timeout_s:.1f} s on "
+                f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?"
+            ) from None
+        self.traffic.down += size
+        self.traffic.down_messages += 1
+        return msg
+
+    async def send_open(self, msg: SessionOpen) -> None:
+        await self._send(self.link.topics.open(self.link.device_id), encode(msg))
+
+    async def wait_opened(self) -> Opened:
+        while True:
+            msg = await self._next("the session open")
+            if isinstance(msg, Opened):
+                self.verifier_id = msg.verifier_id
+                return msg
+            if isinstance(msg, ErrorMsg):
+                raise VerifierRejected(msg)
+
+    async def exchange(self, draft: DraftMsg) -> VerdictMsg | Resync:
+        """Send a draft block and wait for its verdict (or a RESYNC)."""
+        assert self.verifier_id is not None, "wait_opened() first"
+        await self._send(self.link.topics.session_up(self.link.device_id, self.verifier_id), encode(draft))
+        while True:
+            msg = await self._next(f"draft seq {draft.seq}")
+            if isinstance(msg, VerdictMsg):
+                if msg.seq == draft.seq:
+                    return msg
+                continue  # a duplicate or stale verdict
+            if isinstance(msg, Resync):
+                return msg
+            if isinstance(msg, ErrorMsg):
+                if msg.seq is None or msg.seq == draft.seq:
+                    raise VerifierRejected(msg)
+                continue
+
+    async def close(self, reason: str = "done") -> None:
+        try:
+            if self.verifier_id is not None:
+                topic = self.link.topics.session_up(self.link.device_id, self.verifier_id)
+                await self._send(topic, encode(Close(self.session_id, reason)))
+        finally:
+            self.link._release(self.session_id)

@@ -1,0 +1,113 @@
+"""One edge session over MQTT: open, draft/verify rounds, close. The algorithm itself lives in
+speculative.loop.EdgeGeneration; this module only moves its blocks and verdicts on the wire.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from schemas import DraftMsg, Features, Resync, SessionOpen, SparseQWire
+from speculative.draft import DraftBlock, Drafter
+from speculative.loop import EdgeGeneration, GenerationResult, StopRule
+from speculative.models import LoadedLM
+from speculative.sampling import DEFAULT_Q_TOP, SamplingParams
+
+from .link import EdgeLink, ResyncFailed, Traffic
+
+FEATURE_WIRE_DTYPE = "float16"
+
+
+@dataclass(frozen=True)
+class EdgeRequest:
+    """What the device asks one session to generate."""
+
+    prompt_ids: list[int]
+    features: np.ndarray | None = None
+    sampling: SamplingParams = SamplingParams()
+    gamma: int = 4
+    max_new_tokens: int = 32
+    seed: int = 0
+    q_top: int = DEFAULT_Q_TOP
+    stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
+
+
+@dataclass
+class EdgeOutcome:
+    session_id: bytes
+    verifier_id: str
+    result: GenerationResult
+    traffic: Traffic
+    resyncs: int = 0
+    feature_bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def wire_features(features: np.ndarray | None) -> tuple[Features | None, np.ndarray | None]:
+    """Features as sent (fp16) and as both sides then see them, so draft and target agree."""
+    if features is None:
+        return None, None
+    wire = Features.from_array(features, FEATURE_WIRE_DTYPE)
+    return wire, wire.to_array()
+
+
+def q_to_wire(block: DraftBlock) -> SparseQWire | None:
+    if block.q is None:
+        return None
+    return SparseQWire.from_arrays(block.q.ids.numpy(), block.q.weights.numpy())
+
+
+async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> EdgeOutcome:
+    """Generate with the verifier reached through `link`; returns tokens, statistics and traffic."""
+    started = time.perf_counter()
+    session_id = os.urandom(16)
+    channel = link.channel(session_id)
+    stops = lm.eos_token_ids if req.stop_token_ids is None else req.stop_token_ids
+    wire, features = wire_features(req.features)
+    open_msg = SessionOpen(
+        session_id=session_id, prompt_ids=list(req.prompt_ids), features=wire,
+        temperature=req.sampling.temperature, top_k=req.sampling.top_k, top_p=req.sampling.top_p,
+        seed=req.seed, gamma=req.gamma, q_top=req.q_top, max_new_tokens=req.max_new_tokens,
+        stop_token_ids=list(stops), tokenizer_fp=lm.fingerprint,
+    )
+    resyncs = 0
+    try:
+        # 1. Open; the draft's prefill overlaps the verifier's.
+        await channel.send_open(open_msg)
+        drafter = Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
+        drafter.start(list(req.prompt_ids), features)
+        await channel.wait_opened()
+        edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
+        seq = 0
+        while not edge.done:
+            # 2. Draft a block and send it with its exact q.
+            block = edge.next_block()
+            draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
+            reply = await channel.exchange(draft)
+            if isinstance(reply, Resync):
+                # 3. The verifier lost the session: re-open with the full context, resend.
+                resyncs += 1
+                await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
+                await channel.wait_opened()
+                reply = await channel.exchange(draft)
+                if isinstance(reply, Resync):
+                    raise ResyncFailed(f"verifier asked to resync twice in a row: {reply.reason}")
+            # 4. Apply the verdict.
+            edge.apply(reply.n_accepted, reply.next_token)
+            seq += 1
+    finally:
+        await channel.close()
+    result = edge.result
+    result.target_forwards = result.rounds + (1 if len(req.prompt_ids) > 1 or wire is not None else 0)
+    result.seconds = time.perf_counter() - started
+    return EdgeOutcome(
+        session_id=session_id,
+        verifier_id=channel.verifier_id or "",
+        result=result,
+        traffic=channel.traffic,
+        resyncs=resyncs,
+        feature_bytes=len(wire.data) if wire is not None else 0,
+    )

@@ -1,0 +1,49 @@
+"""Settings shared by the commands: defaults, environment variables, model name resolution.
+
+Flags win over environment variables (EDGESPEC_BROKER, EDGESPEC_PREFIX, EDGESPEC_THREADS),
+which win over these defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "default_models"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    broker: str = os.environ.get("EDGESPEC_BROKER", "mqtt://127.0.0.1:1883")
+    prefix: str = os.environ.get("EDGESPEC_PREFIX", "edgespec/v1")
+    threads: int = int(os.environ.get("EDGESPEC_THREADS", "1"))
+    timeout_s: float = float(os.environ.get("EDGESPEC_TIMEOUT", "10"))
+
+
+DEFAULTS = Defaults()
+
+
+class ModelNotFound(FileNotFoundError):
+    """A --target-model/--draft-model that names no model folder."""
+
+
+def resolve_model_dir(name: str | os.PathLike, role: str) -> Path:
+    """`default` selects the committed default pair; anything else is a local folder."""
+    if str(name) == "default":
+        path = DEFAULT_MODELS_DIR / role
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"the default {role} model is missing at {path}: run `edgespec train-default`")
+        return path
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelNotFound(f"{path} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def set_threads(threads: int) -> None:
+    """Torch intra-op threads for this process. Tiny models run fastest on one thread, and the
+    nodes of a local demo then do not compete for the same cores."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))

@@ -1,0 +1,105 @@
+"""Shared MQTT plumbing for both nodes: broker URLs and MQTT v5 clients with TCP_NODELAY.
+
+DESIGN.md measured 88 ms per QoS-1 round trip on loopback until TCP_NODELAY was set on the
+clients' sockets (paho-mqtt and aiomqtt do not set it), 0.47 ms p50 with it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import aiomqtt
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883, "ws": 9001, "wss": 8884}
+
+
+class BrokerUrlError(ValueError):
+    """A --broker value that is not mqtt[s]://[user[:password]@]host[:port]."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+    websockets: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> "BrokerAddress":
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        if parsed.scheme not in DEFAULT_PORTS:
+            raise BrokerUrlError(f"broker URL {url!r}: scheme must be one of {sorted(DEFAULT_PORTS)}")
+        if not parsed.hostname:
+            raise BrokerUrlError(f"broker URL {url!r} has no host")
+        try:
+            port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+        except ValueError as exc:
+            raise BrokerUrlError(f"broker URL {url!r}: {exc}") from None
+        return cls(
+            host=parsed.hostname,
+            port=port,
+            tls=parsed.scheme in ("mqtts", "ssl", "wss"),
+            websockets=parsed.scheme in ("ws", "wss"),
+            username=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+        )
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    """Credentials and TLS material from a provisioning bundle (all optional)."""
+
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+def make_client(
+    url: str,
+    *,
+    client_id: str,
+    will: aiomqtt.Will | None = None,
+    auth: ClientAuth = ClientAuth(),
+    keepalive: int = 30,
+    clean_start: bool = True,
+    session_expiry_s: int = 0,
+    max_queued_incoming: int = 10000,
+) -> aiomqtt.Client:
+    """An aiomqtt MQTT v5 client with TCP_NODELAY, ready for `async with`."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    addr = BrokerAddress.parse(url)
+    tls_context = None
+    if addr.tls or auth.ca_file:
+        tls_context = ssl.create_default_context(cafile=auth.ca_file)
+        if auth.cert_file:
+            tls_context.load_cert_chain(auth.cert_file, auth.key_file)
+    properties = None
+    if session_expiry_s:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = session_expiry_s
+    return aiomqtt.Client(
+        addr.host,
+        addr.port,
+        identifier=client_id,
+        username=auth.username or addr.username,
+        password=auth.password or addr.password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        will=will,
+        keepalive=keepalive,
+        clean_start=clean_start,
+        properties=properties,
+        tls_context=tls_context,
+        transport="websockets" if addr.websockets else "tcp",
+        socket_options=[NODELAY],
+        max_queued_incoming_messages=max_queued_incoming,
+    )

@@ -1,0 +1,1 @@
+"""The cloud side: the MQTT service that owns sessions and verifies drafts with the target."""

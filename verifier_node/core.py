@@ -1,0 +1,249 @@
+"""The verifier's message handling, free of MQTT: (topic, payload) in, replies out.
+
+Every input is validated before any model work; every rejection is a typed `WireError`,
+counted by reason, and answered with an ERROR the sender can read whenever the sender's
+device id is known. Nothing a device sends can raise out of `handle`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from schemas import (
+    Close,
+    DraftMsg,
+    ErrorCode,
+    ErrorMsg,
+    Limits,
+    Opened,
+    Resync,
+    SessionOpen,
+    Topics,
+    VerdictMsg,
+    WireError,
+    decode,
+    encode,
+)
+from schemas.messages import DEFAULT_LIMITS
+from schemas.topics import Uplink
+from speculative.loop import StopRule
+from speculative.models import LoadedLM
+from speculative.sampling import SamplingParams, SparseQ
+from speculative.target import TargetSession
+from speculative.verify import Verdict
+
+from .sessions import Session, SessionTable
+
+log = logging.getLogger("edgespec.verifier")
+
+Reply = tuple[str, bytes]
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    verifier_id: str = "verifier-1"
+    max_sessions: int = 1024
+    session_idle_s: float = 300.0
+    limits: Limits = DEFAULT_LIMITS
+
+
+class VerifierCore:
+    """Sessions, validation and verification for one verifier."""
+
+    def __init__(self, lm: LoadedLM, config: VerifierConfig = VerifierConfig(), topics: Topics = Topics()):
+        self.lm = lm
+        self.config = config
+        self.topics = topics
+        self.sessions = SessionTable(config.max_sessions, config.session_idle_s)
+        self.rejected: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, topic: str, payload: bytes) -> list[Reply]:
+        """Process one uplink message; returns the messages to publish (QoS 1)."""
+        try:
+            uplink = self.topics.parse_uplink(topic)
+        except WireError as err:
+            self._count(err)
+            return []  # no device to answer
+        try:
+            msg = decode(payload, self.config.limits)
+            if uplink.kind == "open":
+                if not isinstance(msg, SessionOpen):
+                    raise WireError(ErrorCode.UNKNOWN_TYPE, f"only OPEN is accepted on {topic}")
+                return self._open(uplink.device_id, msg)
+            if uplink.verifier_id != self.config.verifier_id:
+                raise WireError(ErrorCode.BAD_TOPIC, f"sessions on {topic} belong to another verifier")
+            if isinstance(msg, DraftMsg):
+                return self._draft(uplink, msg)
+            if isinstance(msg, Close):
+                return self._close(uplink, msg)
+            raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {msg.type.name} messages")
+        except WireError as err:
+            self._count(err)
+            return [self._error(uplink.device_id, err, payload)]
+        except Exception as exc:  # a bug must not stop the service or other devices' sessions
+            log.exception("internal error on %s", topic)
+            err = WireError(ErrorCode.INTERNAL, f"verifier failed on this message: {type(exc).__name__}")
+            self._count(err)
+            return [self._error(uplink.device_id, err, payload)]
+
+    # ------------------------------------------------------------------ handlers
+
+    def _open(self, device_id: str, msg: SessionOpen) -> list[Reply]:
+        existing = self.sessions.get(msg.session_id)
+        if existing is not None:
+            if existing.device_id != device_id:
+                raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
+            self.stats["duplicate_opens"] += 1
+            return [self._opened(existing)]
+        if msg.tokenizer_fp != self.lm.fingerprint:
+            raise WireError(
+                ErrorCode.TOKENIZER_MISMATCH,
+                f"draft tokenizer {msg.tokenizer_fp.hex()} differs from the target's {self.lm.fingerprint.hex()}:"
+                " draft and target must share one tokenizer",
+            )
+        context = msg.prompt_ids + msg.generated_ids
+        if not msg.prompt_ids:
+            raise WireError(ErrorCode.OUT_OF_RANGE, "prompt_ids must hold at least one token")
+        self._check_tokens(context, "prompt")
+        self._check_tokens(msg.stop_token_ids, "stop_token_ids")
+        features = self._check_features(msg)
+        prefix = 0 if features is None else features.shape[0]
+        needed = prefix + len(msg.prompt_ids) + msg.max_new_tokens + msg.gamma + 1
+        if needed > self.lm.max_positions:
+            raise WireError(
+                ErrorCode.OUT_OF_RANGE,
+                f"prompt + max_new_tokens need {needed} positions, the target has {self.lm.max_positions}",
+            )
+        params = SamplingParams(msg.temperature, msg.top_k, msg.top_p)
+        target = TargetSession(self.lm, params, seed=msg.seed)
+        target.open(context, features)
+        session = Session(
+            device_id=device_id,
+            session_id=msg.session_id,
+            target=target,
+            stop=StopRule(msg.max_new_tokens, tuple(msg.stop_token_ids)),
+            prompt_len=len(msg.prompt_ids),
+        )
+        self.sessions.add(session)
+        self.stats["opened"] += 1
+        return [self._opened(session)]
+
+    def _draft(self, uplink: Uplink, msg: DraftMsg) -> list[Reply]:
+        session = self.sessions.get(msg.session_id)
+        down = self.topics.down(uplink.device_id)
+        if session is None:
+            self.stats["resyncs"] += 1
+            return [(down, encode(Resync(msg.session_id, "session not held by this verifier")))]
+        if session.device_id != uplink.device_id:
+            raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
+        if session.last_seq is not None and msg.seq == session.last_seq and session.last_reply is not None:
+            self.stats["duplicates"] += 1  # QoS 1 redelivery: answer again, never verify twice
+            return [(down, session.last_reply)]
+        if session.last_seq is not None and msg.seq != session.last_seq + 1:
+            raise WireError(ErrorCode.BAD_SEQUENCE, f"seq {msg.seq} after {session.last_seq}: stale or out of order")
+        if session.done:
+            raise WireError(ErrorCode.BAD_SEQUENCE, "the session has already finished")
+        if msg.committed_len != session.committed_len:
+            self.stats["resyncs"] += 1
+            self.sessions.remove(msg.session_id)
+            reason = f"device has {msg.committed_len} committed tokens, verifier {session.committed_len}"
+            return [(down, encode(Resync(msg.session_id, reason)))]
+        q = self._check_draft(session, msg)
+        verdict = session.target.verify(msg.tokens, q)
+        return [(down, self._settle(session, msg, verdict))]
+
+    def _settle(self, session: Session, msg: DraftMsg, verdict: Verdict) -> bytes:
+        """Record a verdict for duplicate answers and build its reply."""
+        _, session.done = session.stop.clip(session.generated)
+        reply = encode(VerdictMsg(
+            session_id=msg.session_id,
+            seq=msg.seq,
+            accept_mask=list(verdict.accept_mask),
+            n_accepted=verdict.n_accepted,
+            next_token=verdict.next_token,
+            committed_len=session.committed_len,
+            done=session.done,
+        ))
+        session.last_seq, session.last_reply = msg.seq, reply
+        self.stats["verified_blocks"] += 1
+        self.stats["accepted_tokens"] += verdict.n_accepted
+        self.stats["drafted_tokens"] += len(msg.tokens)
+        return reply
+
+    def _close(self, uplink: Uplink, msg: Close) -> list[Reply]:
+        session = self.sessions.get(msg.session_id)
+        if session is not None and session.device_id == uplink.device_id:
+            self.sessions.remove(msg.session_id)
+            self.stats["closed"] += 1
+        return []
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_tokens(self, tokens: list[int], name: str) -> None:
+        vocab = self.lm.vocab_size
+        bad = [t for t in tokens if t >= vocab]
+        if bad:
+            raise WireError(ErrorCode.OUT_OF_RANGE, f"{name} holds token id {bad[0]} >= vocabulary size {vocab}")
+
+    def _check_features(self, msg: SessionOpen) -> np.ndarray | None:
+        if msg.features is None:
+            return None
+        projector = self.lm.projector
+        if projector is None:
+            raise WireError(ErrorCode.BAD_FEATURES, "this target takes no vision features")
+        array = msg.features.to_array()
+        expected = tuple(projector.feature_shape)
+        if array.shape != expected:
+            raise WireError(ErrorCode.BAD_FEATURES, f"features have shape {array.shape}, the target expects {expected}")
+        return array
+
+    def _check_draft(self, session: Session, msg: DraftMsg) -> SparseQ | None:
+        self._check_tokens(msg.tokens, "tokens")
+        greedy = session.target.params.greedy
+        if msg.q is None:
+            if not greedy and msg.tokens:
+                raise WireError(ErrorCode.MALFORMED, "a sampled session's draft must carry q")
+            return None
+        ids, weights = msg.q.arrays(len(msg.tokens))
+        if ids.size and int(ids.max()) >= self.lm.vocab_size:
+            raise WireError(ErrorCode.OUT_OF_RANGE, f"q holds token id {int(ids.max())} >= vocabulary size")
+        q = SparseQ(torch.from_numpy(ids), torch.from_numpy(weights))
+        if msg.tokens and bool((q.prob_of(torch.tensor(msg.tokens)) <= 0).any()):
+            raise WireError(ErrorCode.OUT_OF_RANGE, "a draft token has probability 0 under its own q")
+        return None if greedy else q
+
+    # ------------------------------------------------------------------ replies
+
+    def _opened(self, session: Session) -> Reply:
+        msg = Opened(session.session_id, self.config.verifier_id, session.committed_len)
+        return self.topics.down(session.device_id), encode(msg)
+
+    def _error(self, device_id: str, err: WireError, payload: bytes) -> Reply:
+        session_id, seq = _peek_ids(payload)
+        return self.topics.down(device_id), encode(ErrorMsg(session_id, seq, int(err.code), str(err)[:400]))
+
+    def _count(self, err: WireError) -> None:
+        self.rejected[err.reason] += 1
+        log.debug("rejected: %s", err)
+
+
+def _peek_ids(payload: bytes) -> tuple[bytes | None, int | None]:
+    """Best-effort (session_id, seq) of a rejected message, so the sender can match the error."""
+    try:
+        from schemas.messages import unpack_array
+
+        items = unpack_array(payload)
+    except WireError:
+        return None, None
+    sid = items[2] if len(items) > 2 and isinstance(items[2], bytes) and len(items[2]) == 16 else None
+    seq = items[3] if len(items) > 3 and isinstance(items[3], int) and not isinstance(items[3], bool) \
+        and 0 <= items[3] < 2**63 else None
+    return sid, seq

@@ -1,0 +1,108 @@
+"""The verifier's MQTT edge: subscribe to uplinks, hand messages to `VerifierCore`, publish replies.
+
+Presence: a retained Last Will marks the verifier `offline` if it dies; it publishes
+`online` (retained) once subscribed. Session opens arrive through a shared subscription so a
+pool of verifiers can split them; each verifier's session traffic has its own topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import aiomqtt
+
+from edgespec.mqtt import ClientAuth, make_client
+from schemas.topics import OFFLINE, ONLINE
+
+from .core import VerifierCore
+
+log = logging.getLogger("edgespec.verifier")
+STATS_INTERVAL_S = 5.0
+
+
+def stats_snapshot(core: VerifierCore) -> dict:
+    return {
+        "verifier_id": core.config.verifier_id,
+        "ts": time.time(),
+        "sessions": len(core.sessions),
+        "evictions": core.sessions.evictions,
+        "expired": core.sessions.expired,
+        "stats": dict(core.stats),
+        "rejected": dict(core.rejected),
+    }
+
+
+async def serve(
+    core: VerifierCore,
+    broker_url: str,
+    *,
+    auth: ClientAuth = ClientAuth(),
+    share_group: str | None = "verifiers",
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (or forever). Raises aiomqtt.MqttError if the broker is gone."""
+    topics = core.topics
+    vid = core.config.verifier_id
+    status_topic = topics.verifier_status(vid)
+    will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True)
+    pending: set[asyncio.Task] = set()
+
+    async with make_client(broker_url, client_id=f"edgespec-{vid}", will=will, auth=auth) as client:
+
+        def publish(topic: str, payload: bytes) -> None:
+            # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
+            task = asyncio.create_task(client.publish(topic, payload, qos=1))
+            pending.add(task)
+            task.add_done_callback(_finished(pending))
+
+        await client.subscribe(topics.open_subscription(share_group), qos=1)
+        await client.subscribe(topics.session_subscription(vid), qos=1)
+        await client.publish(status_topic, ONLINE, qos=1, retain=True)
+        log.info("verifier %s serving on %s (model %s)", vid, broker_url, core.lm.path)
+        if ready is not None:
+            ready.set()
+
+        async def housekeeping() -> None:
+            while True:
+                await asyncio.sleep(STATS_INTERVAL_S)
+                core.sessions.expire()
+                stats = json.dumps(stats_snapshot(core)).encode()
+                publish(f"{topics.prefix}/verifier/{vid}/stats", stats)
+
+        async def receive() -> None:
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                for topic, reply in core.handle(str(message.topic), payload):
+                    publish(topic, reply)
+
+        tasks = [asyncio.create_task(receive(), name="receive"),
+                 asyncio.create_task(housekeeping(), name="housekeeping")]
+        if stop is not None:
+            tasks.append(asyncio.create_task(stop.wait(), name="stop"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.get_name() != "stop" and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            try:
+                await client.publish(status_topic, OFFLINE, qos=1, retain=True)
+            except aiomqtt.MqttError:
+                pass
+
+
+def _finished(pending: set[asyncio.Task]):
+    def done(task: asyncio.Task) -> None:
+        pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("publish failed: %s", task.exception())
+
+    return done
