@@ -1,0 +1,87 @@
+"""Shared fixtures: a real Mosquitto on a free port, tiny model pairs, a verifier process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from broker.runner import MosquittoBroker  # noqa: E402
+from tiny_models import make_lm, make_pair, make_tokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mosquitto():
+    """A Mosquitto process with the project's development config, for the whole test session."""
+    with MosquittoBroker(port=0) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """(target_dir, draft_dir) saved with save_pretrained; reload with from_pretrained."""
+    return make_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="session")
+def foreign_draft(tmp_path_factory) -> Path:
+    """A draft whose tokenizer differs from the tiny pair's."""
+    words = ["zebra", "yak", "xylophone", "walrus", "vole", "urchin", "tapir", "seal"]
+    return make_lm(tmp_path_factory.mktemp("foreign"), hidden=32, layers=1, seed=5, tokenizer=make_tokenizer(words))
+
+
+@pytest.fixture(scope="session")
+def loaded_pair(tiny_pair):
+    from speculative.models import load_lm
+
+    target_dir, draft_dir = tiny_pair
+    return load_lm(target_dir), load_lm(draft_dir)
+
+
+def start_verifier(broker_url: str, target_dir: Path, verifier_id: str = "verifier-1", *extra: str) -> subprocess.Popen:
+    """`edgespec verifier` as a child process; returns once it has said it is ready."""
+    cmd = [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", broker_url,
+           "--target-model", str(target_dir), "--verifier-id", verifier_id, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "ready on" in line:
+            # Keep draining its output so a chatty verifier never blocks on a full pipe.
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc
+    proc.kill()
+    raise RuntimeError("verifier did not start:\n" + "".join(lines))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def verifier(mosquitto, tiny_pair):
+    """A verifier process serving the tiny target on the session broker."""
+    proc = start_verifier(mosquitto.url, tiny_pair[0])
+    yield proc
+    stop_process(proc)

@@ -1,0 +1,221 @@
+"""The verifier's message handling without a network: sessions, duplicates and hostile input."""
+
+from __future__ import annotations
+
+import os
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from schemas import (
+    Close, DraftMsg, ErrorCode, ErrorMsg, Features, Opened, Resync, SessionOpen, SparseQWire, Topics,
+    VerdictMsg, decode, encode,
+)
+from speculative.draft import Drafter
+from speculative.loop import EdgeGeneration, StopRule
+from speculative.sampling import SamplingParams
+from verifier_node.core import VerifierConfig, VerifierCore
+
+T = Topics()
+VID = "verifier-1"
+
+
+@pytest.fixture()
+def core(loaded_pair):
+    return VerifierCore(loaded_pair[0], VerifierConfig(verifier_id=VID))
+
+
+def open_msg(lm, prompt, **kw):
+    kw.setdefault("session_id", os.urandom(16))
+    kw.setdefault("tokenizer_fp", lm.fingerprint)
+    return SessionOpen(prompt_ids=prompt, **kw)
+
+
+def reply_of(replies, device="cam-1"):
+    assert len(replies) == 1
+    topic, payload = replies[0]
+    assert topic == T.down(device)
+    return decode(payload)
+
+
+def run_session(core, draft_lm, prompt, gamma, max_new, sampling=SamplingParams(), device="cam-1"):
+    """A device loop whose transport is a function call (the broker is tested elsewhere)."""
+    msg = open_msg(draft_lm, prompt, gamma=gamma, max_new_tokens=max_new, temperature=sampling.temperature,
+                   stop_token_ids=list(draft_lm.eos_token_ids))
+    assert isinstance(reply_of(core.handle(T.open(device), encode(msg)), device), Opened)
+    drafter = Drafter(draft_lm, sampling)
+    drafter.start(prompt)
+    edge = EdgeGeneration(drafter, prompt, gamma, StopRule(max_new, draft_lm.eos_token_ids))
+    seq = 0
+    while not edge.done:
+        block = edge.next_block()
+        q = None if block.q is None else SparseQWire.from_arrays(block.q.ids.numpy(), block.q.weights.numpy())
+        draft = DraftMsg(msg.session_id, seq, edge.committed_len, block.tokens, q)
+        verdict = reply_of(core.handle(T.session_up(device, VID), encode(draft)), device)
+        assert isinstance(verdict, VerdictMsg), verdict
+        edge.apply(verdict.n_accepted, verdict.next_token)
+        seq += 1
+    return msg.session_id, edge.result
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_greedy_session_equals_target_generate(core, loaded_pair, gamma):
+    target, draft = loaded_pair
+    prompt = target.encode("a red circle moves")
+    ref = target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24)[0, len(prompt):]
+    _, result = run_session(core, draft, prompt, gamma, 24)
+    assert result.token_ids == ref.tolist()
+
+
+def test_sampled_session_completes(core, loaded_pair):
+    target, draft = loaded_pair
+    _, result = run_session(core, draft, target.encode("hello"), 4, 20, SamplingParams(temperature=0.8))
+    assert len(result.token_ids) >= 1 and result.rounds >= 1
+
+
+def test_duplicate_draft_is_answered_from_cache(core, loaded_pair):
+    target, draft = loaded_pair
+    prompt = target.encode("the scene")
+    msg = open_msg(draft, prompt, max_new_tokens=10)
+    core.handle(T.open("cam-1"), encode(msg))
+    block = encode(DraftMsg(msg.session_id, 0, len(prompt), [5, 6], None))
+    first = core.handle(T.session_up("cam-1", VID), block)
+    verified = core.stats["verified_blocks"]
+    again = core.handle(T.session_up("cam-1", VID), block)
+    assert again == first
+    assert core.stats["verified_blocks"] == verified and core.stats["duplicates"] == 1
+
+
+def test_duplicate_open_does_not_reset_the_session(core, loaded_pair):
+    target, draft = loaded_pair
+    prompt = target.encode("the scene")
+    msg = encode(open_msg(draft, prompt, max_new_tokens=10))
+    core.handle(T.open("cam-1"), msg)
+    assert isinstance(reply_of(core.handle(T.open("cam-1"), msg)), Opened)
+    assert core.stats["opened"] == 1 and core.stats["duplicate_opens"] == 1
+
+
+def opened_session(core, lm, device="cam-1", **kw):
+    msg = open_msg(lm, lm.encode("the scene"), max_new_tokens=10, **kw)
+    assert isinstance(reply_of(core.handle(T.open(device), encode(msg)), device), Opened)
+    return msg
+
+
+def test_stale_sequence_rejected(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1])
+    n = len(msg.prompt_ids)
+    v = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 5, n, [1], None))))
+    err = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 4, v.committed_len, [1], None))))
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.BAD_SEQUENCE and err.seq == 4
+    assert core.rejected["bad_sequence"] == 1
+
+
+def test_unknown_session_gets_resync(core):
+    r = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(os.urandom(16), 0, 3, [1], None))))
+    assert isinstance(r, Resync)
+
+
+def test_wrong_committed_length_gets_resync(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1])
+    r = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 0, 99, [1], None))))
+    assert isinstance(r, Resync)
+
+
+def test_another_devices_session_is_refused(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1], device="cam-a")
+    draft = encode(DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [1], None))
+    err = reply_of(core.handle(T.session_up("cam-b", VID), draft), "cam-b")
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.WRONG_DEVICE
+    # ... and the owner's session is untouched.
+    v = reply_of(core.handle(T.session_up("cam-a", VID), draft), "cam-a")
+    assert isinstance(v, VerdictMsg)
+    reopen = reply_of(core.handle(T.open("cam-b"), encode(msg)), "cam-b")
+    assert isinstance(reopen, ErrorMsg) and reopen.code == ErrorCode.WRONG_DEVICE
+
+
+def test_tokenizer_mismatch(core, loaded_pair):
+    msg = open_msg(loaded_pair[1], [1, 2], tokenizer_fp=b"\x01" * 16)
+    err = reply_of(core.handle(T.open("cam-1"), encode(msg)))
+    assert err.code == ErrorCode.TOKENIZER_MISMATCH and "share one tokenizer" in err.message
+
+
+def test_token_outside_vocabulary(core, loaded_pair):
+    lm = loaded_pair[1]
+    err = reply_of(core.handle(T.open("cam-1"), encode(open_msg(lm, [1, 10_000]))))
+    assert err.code == ErrorCode.OUT_OF_RANGE
+    msg = opened_session(core, lm)
+    draft = DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [10_000], None)
+    err = reply_of(core.handle(T.session_up("cam-1", VID), encode(draft)))
+    assert err.code == ErrorCode.OUT_OF_RANGE
+
+
+def test_features_for_a_text_only_target(core, loaded_pair):
+    msg = open_msg(loaded_pair[1], [1, 2], features=Features.from_array(np.zeros((2, 4))))
+    assert reply_of(core.handle(T.open("cam-1"), encode(msg))).code == ErrorCode.BAD_FEATURES
+
+
+def test_sampled_draft_without_q(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1], temperature=1.0)
+    draft = DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [4, 5], None)
+    assert reply_of(core.handle(T.session_up("cam-1", VID), encode(draft))).code == ErrorCode.MALFORMED
+
+
+def test_q_that_cannot_have_produced_the_token(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1], temperature=1.0)
+    q = SparseQWire.from_arrays(np.array([[7]]), np.array([[100]]))
+    draft = DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [4], q)
+    assert reply_of(core.handle(T.session_up("cam-1", VID), encode(draft))).code == ErrorCode.OUT_OF_RANGE
+
+
+def test_garbage_is_counted_and_answered(core):
+    err = reply_of(core.handle(T.open("cam-1"), b"\xff\x00garbage"))
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.MALFORMED
+    assert core.handle("edgespec/v1/dev/a+b/up/open", b"x") == []  # no safe device to answer
+    assert core.handle("elsewhere/topic", b"x") == []
+    assert core.rejected["malformed"] == 1 and core.rejected["bad_topic"] == 2
+
+
+def test_device_may_not_send_verifier_messages(core):
+    fake = VerdictMsg(os.urandom(16), 0, [True], 1, 3, 5)
+    assert reply_of(core.handle(T.session_up("cam-1", VID), encode(fake))).code == ErrorCode.UNKNOWN_TYPE
+    assert reply_of(core.handle(T.open("cam-1"), encode(fake))).code == ErrorCode.UNKNOWN_TYPE
+
+
+def test_other_verifiers_topic_refused(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1])
+    draft = DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [4], None)
+    assert reply_of(core.handle(T.session_up("cam-1", "other"), encode(draft))).code == ErrorCode.BAD_TOPIC
+
+
+def test_close_frees_the_session(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1])
+    assert len(core.sessions) == 1
+    assert core.handle(T.session_up("cam-1", VID), encode(Close(msg.session_id))) == []
+    assert len(core.sessions) == 0
+
+
+def test_prompt_longer_than_the_target_allows(core, loaded_pair):
+    lm = loaded_pair[1]
+    err = reply_of(core.handle(T.open("cam-1"), encode(open_msg(lm, [4] * 500, max_new_tokens=100))))
+    assert err.code == ErrorCode.OUT_OF_RANGE and "positions" in err.message
+
+
+def test_random_field_values_never_escape(core, loaded_pair):
+    """Structurally valid arrays with random field values: always a typed answer, never a raise."""
+    rng = np.random.default_rng(0)
+    valid = msgpack.unpackb(encode(open_msg(loaded_pair[1], [1, 2])))
+    pool = [None, True, -1, 0, 2**70, 1.5, float("nan"), "x", b"", b"\0" * 16, [], [1, -1], [b"x"], {}]
+    for _ in range(500):
+        raw = list(valid)
+        for _ in range(int(rng.integers(1, 4))):
+            raw[int(rng.integers(2, len(raw)))] = pool[int(rng.integers(len(pool)))]
+        try:
+            payload = msgpack.packb(raw, use_bin_type=True)
+        except (TypeError, OverflowError, ValueError):
+            continue
+        for topic in (T.open("cam-1"), T.session_up("cam-1", VID)):
+            for _, out in core.handle(topic, payload):
+                assert isinstance(decode(out), (ErrorMsg, Opened, Resync, VerdictMsg))
+    assert core.rejected["internal"] == 0
