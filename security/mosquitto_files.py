@@ -1,0 +1,359 @@
+"""Mosquitto 2.0 password file, ACL file and production config, written from Python.
+
+Password file lines are `username:$7$<iterations>$<salt>$<hash>`: PBKDF2-HMAC-SHA512 over the
+UTF-8 password with a 12-byte random salt, 101 iterations by default, a 64-byte result, salt
+and hash in standard base64 with padding (as `mosquitto_passwd` 2.0 writes them; the broker
+drops entries whose salt is not 12 bytes or whose hash is not 64). Lines starting with `#` are
+comments. Mosquitto re-reads both files on SIGHUP and disconnects clients whose credentials no
+longer verify.
+
+Every update here is atomic (a temporary file in the same folder, fsync, rename) and
+serialised across processes with an advisory lock on `<file>.lock`, so the broker never reads
+a half-written file and two concurrent `edgespec flash` runs do not lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from security.ids import InvalidIdentifier, validate_topic_prefix, validate_username
+
+BROKER_DIR = Path(__file__).resolve().parent.parent / "broker"
+PROD_CONFIG = BROKER_DIR / "mosquitto-prod.conf"
+ACL_TEMPLATE = BROKER_DIR / "acl.template"
+
+DEFAULT_ITERATIONS = 101  # mosquitto_passwd's default for $7$
+SALT_LEN = 12  # the only salt length Mosquitto 2.0 accepts
+HASH_LEN = 64  # SHA-512 output
+DEFAULT_PREFIX = "edgespec/v1"
+FILE_MODE = 0o600  # new files; an existing file keeps its mode (the broker may need group read)
+
+
+class MosquittoFileError(ValueError):
+    """A password file, ACL or config that cannot be parsed or written as asked."""
+
+
+# ---------------------------------------------------------------- password hashes
+
+
+def _check_password(password: str) -> bytes:
+    if not isinstance(password, str) or password == "":
+        raise MosquittoFileError("password must be a non-empty str")
+    if "\0" in password:
+        # The broker hashes strlen(password) bytes: anything after a NUL would be ignored.
+        raise MosquittoFileError("password must not contain NUL characters")
+    return password.encode("utf-8")
+
+
+def hash_password(password: str, *, iterations: int = DEFAULT_ITERATIONS,
+                  salt: bytes | None = None) -> str:
+    """The `$7$...` hash Mosquitto stores for `password` (PBKDF2-HMAC-SHA512)."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise MosquittoFileError(f"iterations must be a positive int, not {iterations!r}")
+    salt = secrets.token_bytes(SALT_LEN) if salt is None else salt
+    if len(salt) != SALT_LEN:
+        raise MosquittoFileError(f"Mosquitto 2.0 accepts only {SALT_LEN}-byte salts")
+    digest = hashlib.pbkdf2_hmac("sha512", _check_password(password), salt, iterations)
+    b64 = base64.b64encode
+    return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """True when `password` matches a `$7$` (PBKDF2) or legacy `$6$` (salted SHA-512) hash."""
+    parts = password_hash.strip().split("$")
+    try:
+        if len(parts) == 5 and parts[:2] == ["", "7"]:
+            iterations = int(parts[2])
+            salt, expected = base64.b64decode(parts[3], validate=True), base64.b64decode(
+                parts[4], validate=True)
+            if iterations < 1:
+                return False
+            actual = hashlib.pbkdf2_hmac("sha512", _check_password(password), salt, iterations)
+        elif len(parts) == 4 and parts[:2] == ["", "6"]:
+            salt, expected = base64.b64decode(parts[2], validate=True), base64.b64decode(
+                parts[3], validate=True)
+            actual = hashlib.sha512(_check_password(password) + salt).digest()
+        else:
+            return False
+    except (ValueError, binascii.Error):
+        return False
+    return len(salt) == SALT_LEN and hmac.compare_digest(actual, expected)
+
+
+def generate_password(nbytes: int = 24) -> str:
+    """A random URL-safe password (`nbytes` of entropy) for a device or service."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def password_entry(username: str, password: str, *,
+                   iterations: int = DEFAULT_ITERATIONS) -> str:
+    """One password-file line (without newline) for `username`."""
+    return f"{_check_user(username)}:{hash_password(password, iterations=iterations)}"
+
+
+def _check_user(username: str) -> str:
+    try:
+        return validate_username(username, role="broker user")
+    except InvalidIdentifier as exc:
+        raise MosquittoFileError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------- atomic file updates
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> Path:
+    """Replace `path` with `text` atomically; keeps an existing file's mode, else `FILE_MODE`."""
+    path = Path(path)
+    if mode is None:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = FILE_MODE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed os.open's mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _entry_user(line: str) -> str | None:
+    """Username of a password-file line as Mosquitto parses it, or None for other lines."""
+    if line.startswith("#") or ":" not in line:
+        return None
+    return line.split(":", 1)[0].strip()
+
+
+def read_password_file(path: str | Path) -> dict[str, str]:
+    """Username -> stored hash for every entry (comments and malformed lines are skipped)."""
+    entries: dict[str, str] = {}
+    for line in _read_lines(Path(path)):
+        user = _entry_user(line)
+        if user:
+            entries[user] = line.split(":", 2)[1].strip()
+    return entries
+
+
+def _update(path: Path, username: str, new_line: str | None) -> bool:
+    with _locked(path):
+        lines = _read_lines(path)
+        kept = [line for line in lines if _entry_user(line) != username]
+        found = len(kept) != len(lines)
+        if new_line is not None:
+            kept.append(new_line)
+        if new_line is not None or found:
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        return found
+
+
+def set_password(path: str | Path, username: str, password: str, *,
+                 iterations: int = DEFAULT_ITERATIONS) -> None:
+    """Add `username` with `password`, or replace its entry; creates the file if needed."""
+    _update(Path(path), _check_user(username),
+            password_entry(username, password, iterations=iterations))
+
+
+def set_password_hash(path: str | Path, username: str, password_hash: str) -> None:
+    """Add or replace `username` with an already computed `$7$`/`$6$` hash."""
+    if not re.fullmatch(r"\$7\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+|\$6\$[A-Za-z0-9+/=]+"
+                        r"\$[A-Za-z0-9+/=]+", password_hash):
+        raise MosquittoFileError("password_hash must look like $7$<iterations>$<salt>$<hash>")
+    _update(Path(path), _check_user(username), f"{username}:{password_hash}")
+
+
+def remove_user(path: str | Path, username: str) -> bool:
+    """Remove `username`'s entry; True if it was there. Send SIGHUP to the broker afterwards."""
+    return _update(Path(path), username, None)
+
+
+def ensure_password_file(path: str | Path) -> Path:
+    """Create an empty password file if none exists (Mosquitto refuses to start without it)."""
+    path = Path(path)
+    with _locked(path):
+        if not path.exists():
+            atomic_write_text(path, "# edgespec broker users (edgespec flash / revoke)\n")
+    return path
+
+
+# ---------------------------------------------------------------- ACL
+
+
+@dataclass(frozen=True)
+class AclPolicy:
+    """Who may do what: devices by ACL pattern (any username), services listed by name."""
+
+    prefix: str = DEFAULT_PREFIX
+    verifiers: tuple[str, ...] = ()
+    dashboards: tuple[str, ...] = ()
+    verifier_writes_results: bool = False
+
+    def __post_init__(self) -> None:
+        validate_topic_prefix(self.prefix)
+        object.__setattr__(self, "verifiers", tuple(self.verifiers))
+        object.__setattr__(self, "dashboards", tuple(self.dashboards))
+        seen: dict[str, str] = {}
+        for role, names in (("verifier", self.verifiers), ("dashboard", self.dashboards)):
+            for name in names:
+                validate_username(name, role=role)
+                if name in seen:
+                    raise MosquittoFileError(
+                        f"username {name!r} is listed as {seen[name]} and as {role}: every "
+                        "username (device ids included) must belong to one role")
+                seen[name] = role
+
+    @property
+    def service_users(self) -> frozenset[str]:
+        """Usernames that are not devices; provisioning must refuse these as device ids."""
+        return frozenset(self.verifiers) | frozenset(self.dashboards)
+
+
+_BLOCK = re.compile(r"(?ms)^@BEGIN (\w+)\n(.*?)^@END \1\n")
+_IF = re.compile(r"(?ms)^@IF (\w+)\n(.*?)^@ENDIF \1\n")
+
+
+def render_acl(policy: AclPolicy, template: str | None = None) -> str:
+    """ACL file text for `policy` from `broker/acl.template` (or `template`)."""
+    text = ACL_TEMPLATE.read_text(encoding="utf-8") if template is None else template
+    flags = {"results": policy.verifier_writes_results}
+    users = {"verifier": policy.verifiers, "dashboard": policy.dashboards}
+
+    def keep_if(match: re.Match[str]) -> str:
+        if match.group(1) not in flags:
+            raise MosquittoFileError(f"ACL template: unknown condition {match.group(1)!r}")
+        return match.group(2) if flags[match.group(1)] else ""
+
+    def expand(match: re.Match[str]) -> str:
+        role, body = match.group(1), match.group(2)
+        if role not in users:
+            raise MosquittoFileError(f"ACL template: unknown role block {role!r}")
+        return "\n".join(body.replace("@USER@", name) for name in users[role])
+
+    text = _IF.sub(keep_if, text)
+    text = _BLOCK.sub(expand, text)
+    text = "".join(line if line.startswith("#") else line.replace("@PREFIX@", policy.prefix)
+                   for line in text.splitlines(keepends=True))
+    leftover = [line for line in text.splitlines() if line.startswith("@") or
+                ("@" in line and not line.startswith("#"))]
+    if leftover:
+        raise MosquittoFileError(f"ACL template left unexpanded lines: {leftover!r}")
+    return text
+
+
+def write_acl_file(path: str | Path, policy: AclPolicy, template: str | None = None) -> Path:
+    """Render and atomically write the ACL file. Send SIGHUP to the broker afterwards."""
+    path = Path(path)
+    with _locked(path):
+        return atomic_write_text(path, render_acl(policy, template))
+
+
+# ---------------------------------------------------------------- production config
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """Where a production broker finds its files (absolute paths are safest)."""
+
+    password_file: Path
+    acl_file: Path
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    crlfile: Path
+    persistence_dir: Path
+
+    @classmethod
+    def in_dir(cls, directory: str | Path) -> "BrokerFiles":
+        """The conventional layout of one folder (what `edgespec flash`/`ca init` write)."""
+        d = Path(directory).resolve()
+        return cls(password_file=d / "passwd", acl_file=d / "acl", cafile=d / "ca.crt",
+                   certfile=d / "server.crt", keyfile=d / "server.key", crlfile=d / "ca.crl",
+                   persistence_dir=d / "data")
+
+
+_PATH_KEYS = {"password_file": "password_file", "acl_file": "acl_file", "cafile": "cafile",
+              "certfile": "certfile", "keyfile": "keyfile", "crlfile": "crlfile",
+              "persistence_location": "persistence_dir"}
+PROD_LISTENERS = ("loopback", "mqtts", "mqtts_client_cert", "wss")
+
+
+def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
+                       client_cert_port: int = 8885, wss_port: int = 8884,
+                       tls_bind: str | None = None, user: str | None = None,
+                       template: str | None = None) -> str:
+    """Production config text with `files` and ports filled in.
+
+    The first (loopback) listener keeps its port for `broker.runner.render_config` to rewrite.
+    `tls_bind` binds the TLS listeners to one address (tests use 127.0.0.1); None keeps them on
+    every interface. `user` is the account Mosquitto switches to when started as root (its
+    default is `mosquitto`); that account must be able to read the password, ACL and key files,
+    also on SIGHUP, so pass the files' owner (e.g. the current user) when they are mode 0600.
+    """
+    text = PROD_CONFIG.read_text(encoding="utf-8") if template is None else template
+    for key, attr in _PATH_KEYS.items():
+        value = str(getattr(files, attr))
+        if "\n" in value:
+            raise MosquittoFileError(f"{attr} path must not contain a newline")
+        if key == "persistence_location" and not value.endswith("/"):
+            value += "/"  # Mosquitto concatenates the file name onto it
+        text = re.sub(rf"(?m)^{key}\s+.*$", lambda _m, k=key, v=value: f"{k} {v}", text)
+    listeners = list(re.finditer(r"(?m)^listener\s+(\d+)(?:\s+(\S+))?\s*$", text))
+    if len(listeners) != len(PROD_LISTENERS):
+        raise MosquittoFileError(f"production config must have {len(PROD_LISTENERS)} listener "
+                                 f"lines in the order {PROD_LISTENERS}, found {len(listeners)}")
+    ports = {1: mqtts_port, 2: client_cert_port, 3: wss_port}
+    for index in sorted(ports, reverse=True):  # back to front keeps earlier offsets valid
+        match = listeners[index]
+        line = f"listener {ports[index]}" + (f" {tls_bind}" if tls_bind else "")
+        text = text[:match.start()] + line + text[match.end():]
+    if user is not None:
+        validate_username(user, role="system user")
+        text = re.sub(r"(?m)^user\s+.*\n?", "", text)
+        text += f"\n# The account to run as when started as root.\nuser {user}\n"
+    return text if text.endswith("\n") else text + "\n"
+
+
+def write_prod_config(path: str | Path, files: BrokerFiles, *, mqtts_port: int = 8883,
+                      client_cert_port: int = 8885, wss_port: int = 8884,
+                      tls_bind: str | None = None, user: str | None = None) -> Path:
+    """`render_prod_config` written to `path` (mode 0644: it holds paths, not secrets)."""
+    text = render_prod_config(files, mqtts_port=mqtts_port, client_cert_port=client_cert_port,
+                              wss_port=wss_port, tls_bind=tls_bind, user=user)
+    return atomic_write_text(path, text, mode=0o644)
