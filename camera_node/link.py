@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import aiomqtt
 
 from edgespec.mqtt import ClientAuth, make_client
-from schemas import Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, SessionOpen, Topics, VerdictMsg, WireError
+from schemas import (
+    Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
+    WireError,
+)
 from schemas.messages import decode, encode
 from schemas.topics import OFFLINE, ONLINE
 
@@ -63,8 +66,10 @@ class EdgeLink:
     """A device's connection to the broker."""
 
     def __init__(self, broker_url: str, device_id: str, *, topics: Topics = Topics(),
-                 auth: ClientAuth = ClientAuth(), timeout_s: float = DEFAULT_TIMEOUT_S):
+                 auth: ClientAuth = ClientAuth(), timeout_s: float = DEFAULT_TIMEOUT_S, keys=None):
+        """`keys` (security.channel.DeviceKeys) encrypts every session end to end; None sends plaintext."""
         self.device_id = device_id
+        self.keys = keys
         self.topics = topics
         self.timeout_s = timeout_s
         self._down = topics.down(device_id)  # validates the id
@@ -107,12 +112,18 @@ class EdgeLink:
             queue = self._inbox.get(sid) if sid is not None else None
             if queue is not None:
                 queue.put_nowait((msg, publish_size(str(message.topic), payload)))
+            elif isinstance(msg, Sealed):
+                self.rejected_downlink += 1  # for no session of ours (a stale reply, or not for us)
             elif isinstance(msg, ErrorMsg):
                 log.warning("verifier error for no open session: %s", msg.message)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         await self._client.publish(topic, payload, qos=qos, retain=retain)
         return publish_size(topic, payload)
+
+    async def publish_result(self, result: ResultMsg) -> int:
+        """A verified result for dashboards (JSON, QoS 1, not retained: results are events)."""
+        return await self.publish(self.topics.result(self.device_id), result.to_json())
 
     def channel(self, session_id: bytes) -> "SessionChannel":
         self._inbox[session_id] = asyncio.Queue()
@@ -130,26 +141,60 @@ class SessionChannel:
         self.session_id = session_id
         self.verifier_id: str | None = None
         self.traffic = Traffic()
+        self.cipher = None  # security.channel.SessionCipher once an encrypted open was sent
+        self.rejected = 0
 
     async def _send(self, topic: str, payload: bytes) -> None:
         self.traffic.up += await self.link.publish(topic, payload)
         self.traffic.up_messages += 1
 
+    async def _send_msg(self, topic: str, msg) -> None:
+        inner = encode(msg)
+        await self._send(topic, inner if self.cipher is None else encode(self.cipher.seal(topic, inner)))
+
     async def _next(self, waiting_for: str):
         queue = self.link._inbox[self.session_id]
-        try:
-            msg, size = await asyncio.wait_for(queue.get(), self.link.timeout_s)
-        except asyncio.TimeoutError:
-            raise VerifierTimeout(
-                f"no verifier answered {waiting_for} within {self.link.timeout_s:.1f} s on "
-                f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?"
-            ) from None
-        self.traffic.down += size
-        self.traffic.down_messages += 1
-        return msg
+        deadline = asyncio.get_running_loop().time() + self.link.timeout_s
+        while True:
+            try:
+                remaining = deadline - asyncio.get_running_loop().time()
+                msg, size = await asyncio.wait_for(queue.get(), max(remaining, 0.0))
+            except asyncio.TimeoutError:
+                raise VerifierTimeout(
+                    f"no verifier answered {waiting_for} within {self.link.timeout_s:.1f} s on "
+                    f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?"
+                ) from None
+            self.traffic.down += size
+            self.traffic.down_messages += 1
+            if not isinstance(msg, Sealed):
+                if self.cipher is not None and not isinstance(msg, (Resync, ErrorMsg)):
+                    self.rejected += 1  # an encrypted session takes only RESYNC/ERROR in the clear
+                    continue
+                return msg
+            if self.cipher is None:
+                self.rejected += 1
+                continue
+            try:
+                inner, duplicate = self.cipher.open(self.link._down, msg)
+                if duplicate:
+                    continue
+                return decode(inner)
+            except WireError as err:
+                self.rejected += 1
+                log.warning("dropped a downlink message that failed authentication: %s", err)
 
     async def send_open(self, msg: SessionOpen) -> None:
-        await self._send(self.link.topics.open(self.link.device_id), encode(msg))
+        """Send the OPEN (sealed under fresh keys when the link has device keys)."""
+        topic = self.link.topics.open(self.link.device_id)
+        keys = self.link.keys
+        if keys is None:
+            await self._send(topic, encode(msg))
+            return
+        from security.channel import device_open
+
+        self.cipher, sealed = device_open(keys.device_key, keys.verifier_pub, keys.verifier_key_id,
+                                          self.link.device_id, self.session_id, topic, encode(msg))
+        await self._send(topic, encode(sealed))
 
     async def wait_opened(self) -> Opened:
         while True:
@@ -163,7 +208,7 @@ class SessionChannel:
     async def exchange(self, draft: DraftMsg) -> VerdictMsg | Resync:
         """Send a draft block and wait for its verdict (or a RESYNC)."""
         assert self.verifier_id is not None, "wait_opened() first"
-        await self._send(self.link.topics.session_up(self.link.device_id, self.verifier_id), encode(draft))
+        await self._send_msg(self.link.topics.session_up(self.link.device_id, self.verifier_id), draft)
         while True:
             msg = await self._next(f"draft seq {draft.seq}")
             if isinstance(msg, VerdictMsg):
@@ -181,6 +226,6 @@ class SessionChannel:
         try:
             if self.verifier_id is not None:
                 topic = self.link.topics.session_up(self.link.device_id, self.verifier_id)
-                await self._send(topic, encode(Close(self.session_id, reason)))
+                await self._send_msg(topic, Close(self.session_id, reason))
         finally:
             self.link._release(self.session_id)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from schemas import DraftMsg, Features, Resync, SessionOpen, SparseQWire
+from schemas import DraftMsg, Features, Resync, ResultMsg, SessionOpen, SparseQWire
 from speculative.draft import DraftBlock, Drafter
 from speculative.loop import EdgeGeneration, GenerationResult, StopRule
 from speculative.models import LoadedLM
@@ -52,6 +52,17 @@ def wire_features(features: np.ndarray | None) -> tuple[Features | None, np.ndar
         return None, None
     wire = Features.from_array(features, FEATURE_WIRE_DTYPE)
     return wire, wire.to_array()
+
+
+def result_message(device_id: str, outcome: "EdgeOutcome", text: str, extra: dict | None = None) -> ResultMsg:
+    """The dashboard record of a finished session."""
+    r = outcome.result
+    return ResultMsg(
+        device_id=device_id, session_id=outcome.session_id.hex(), ts=time.time(), text=text,
+        token_ids=list(r.token_ids), rounds=r.rounds, acceptance_rate=round(r.acceptance_rate, 4),
+        mean_accepted=round(r.mean_accepted, 4), bytes_up=outcome.traffic.up, bytes_down=outcome.traffic.down,
+        extra={"verifier_id": outcome.verifier_id, "feature_bytes": outcome.feature_bytes, **(extra or {})},
+    )
 
 
 def q_to_wire(block: DraftBlock) -> SparseQWire | None:

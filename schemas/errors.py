@@ -24,6 +24,8 @@ class ErrorCode(IntEnum):
     BUSY = 14  # the verifier is at its session limit
     INTERNAL = 15
     TIMEOUT = 16
+    UNKNOWN_DEVICE = 17  # no provisioned public key for this device id
+    PLAINTEXT_REFUSED = 18  # this verifier requires encrypted sessions
 
 
 class WireError(ValueError):

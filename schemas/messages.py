@@ -33,6 +33,8 @@ class MsgType(IntEnum):
     RESYNC = 5  # verifier -> device: session unknown here, re-open with full context
     CLOSE = 6  # device -> verifier: the session is finished
     ERROR = 7  # verifier -> device: a rejected message
+    SEALED_OPEN = 8  # device -> verifier: an encrypted OPEN with the session's key agreement
+    SEALED = 9  # either way: any other session message, encrypted
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,29 @@ class ErrorMsg:
     type = MsgType.ERROR
 
 
-Message = SessionOpen | Opened | DraftMsg | VerdictMsg | Resync | Close | ErrorMsg
+@dataclass(frozen=True)
+class SealedOpen:
+    """An OPEN encrypted under keys agreed from the device's static key, a fresh ephemeral key
+    and the verifier key `verifier_key_id`; envelope seq 0 uplink."""
+
+    session_id: bytes
+    verifier_key_id: str
+    ephemeral_pub: bytes  # X25519, 32 bytes
+    ciphertext: bytes
+    type = MsgType.SEALED_OPEN
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """Any other session message, AEAD-encrypted; `seq` is the envelope's per-direction counter."""
+
+    session_id: bytes
+    seq: int
+    ciphertext: bytes
+    type = MsgType.SEALED
+
+
+Message = SessionOpen | Opened | DraftMsg | VerdictMsg | Resync | Close | ErrorMsg | SealedOpen | Sealed
 
 
 # ---------------------------------------------------------------- encoding
@@ -197,6 +221,8 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     Resync: lambda m: [m.session_id, m.reason],
     Close: lambda m: [m.session_id, m.reason],
     ErrorMsg: lambda m: [m.session_id, m.seq, int(m.code), m.message],
+    SealedOpen: lambda m: [m.session_id, m.verifier_key_id, m.ephemeral_pub, m.ciphertext],
+    Sealed: lambda m: [m.session_id, m.seq, m.ciphertext],
 }
 
 
@@ -255,6 +281,14 @@ class _Fields:
         value = self.get(index, name)
         if not isinstance(value, bytes) or len(value) != size:
             raise self._bad(name, f"must be {size} bytes")
+        return value
+
+    def blob(self, index: int, name: str, max_len: int) -> bytes:
+        value = self.get(index, name)
+        if not isinstance(value, bytes):
+            raise self._bad(name, f"must be bytes, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise self._bad(name, f"is {len(value)} bytes, limit {max_len}", ErrorCode.OVERSIZE)
         return value
 
     def opt_bytes(self, index: int, name: str, size: int) -> bytes | None:
@@ -384,6 +418,11 @@ _DECODERS: dict[MsgType, Callable[[_Fields], Message]] = {
     MsgType.ERROR: lambda f: ErrorMsg(f.opt_bytes(2, "session_id", SESSION_ID_BYTES),
                                       f.opt_int(3, "seq", 0, MAX_SEED), f.int(4, "code", 0, 65535),
                                       f.str(5, "message")),
+    MsgType.SEALED_OPEN: lambda f: SealedOpen(f.bytes(2, "session_id", SESSION_ID_BYTES),
+                                              f.str(3, "verifier_key_id"), f.bytes(4, "ephemeral_pub", 32),
+                                              f.blob(5, "ciphertext", f.limits.max_payload_bytes)),
+    MsgType.SEALED: lambda f: Sealed(f.bytes(2, "session_id", SESSION_ID_BYTES), f.int(3, "seq", 0, MAX_SEED),
+                                     f.blob(4, "ciphertext", f.limits.max_payload_bytes)),
 }
 
 

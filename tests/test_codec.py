@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import (
-    Close, DraftMsg, ErrorCode, ErrorMsg, Features, Opened, Resync, ResultMsg, SessionOpen, SparseQWire,
+    Close, DraftMsg, ErrorCode, ErrorMsg, Features, Opened, Resync, ResultMsg, Sealed, SealedOpen, SessionOpen,
+    SparseQWire,
     VerdictMsg, WireError, decode, encode,
 )
 from schemas.messages import PROTOCOL_VERSION, MsgType
@@ -61,6 +62,9 @@ messages = st.one_of(
     st.builds(Resync, sid, text),
     st.builds(Close, sid, text),
     st.builds(ErrorMsg, st.none() | sid, st.none() | st.integers(0, 2**40), st.integers(0, 100), text),
+    st.builds(Sealed, sid, st.integers(0, 2**64 - 1), st.binary(max_size=200)),
+    st.builds(SealedOpen, sid, st.text("0123456789abcdef", min_size=16, max_size=16), st.binary(min_size=32, max_size=32),
+              st.binary(max_size=200)),
 )
 
 

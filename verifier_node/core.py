@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from schemas import (
     Limits,
     Opened,
     Resync,
+    Sealed,
+    SealedOpen,
     SessionOpen,
     Topics,
     VerdictMsg,
@@ -29,7 +32,7 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.messages import DEFAULT_LIMITS
+from schemas.messages import DEFAULT_LIMITS, MsgType
 from schemas.topics import Uplink
 from speculative.loop import StopRule
 from speculative.models import LoadedLM
@@ -44,6 +47,19 @@ log = logging.getLogger("edgespec.verifier")
 Reply = tuple[str, bytes]
 
 
+@dataclass
+class VerifierCrypto:
+    """Keys for end-to-end encrypted sessions: the verifier's key ring and the fleet registry.
+
+    `registry` needs one method, `public_key(device_id)`, returning the device's provisioned
+    X25519 public key or None. With `require`, plaintext session messages are refused.
+    """
+
+    ring: Any
+    registry: Any
+    require: bool = True
+
+
 @dataclass(frozen=True)
 class VerifierConfig:
     verifier_id: str = "verifier-1"
@@ -55,8 +71,10 @@ class VerifierConfig:
 class VerifierCore:
     """Sessions, validation and verification for one verifier."""
 
-    def __init__(self, lm: LoadedLM, config: VerifierConfig = VerifierConfig(), topics: Topics = Topics()):
+    def __init__(self, lm: LoadedLM, config: VerifierConfig = VerifierConfig(), topics: Topics = Topics(),
+                 crypto: VerifierCrypto | None = None):
         self.lm = lm
+        self.crypto = crypto
         self.config = config
         self.topics = topics
         self.sessions = SessionTable(config.max_sessions, config.session_idle_s)
@@ -72,37 +90,97 @@ class VerifierCore:
         except WireError as err:
             self._count(err)
             return []  # no device to answer
+        session: Session | None = None
         try:
             msg = decode(payload, self.config.limits)
             if uplink.kind == "open":
+                if isinstance(msg, SealedOpen):
+                    return self._sealed_open(uplink.device_id, topic, msg)
                 if not isinstance(msg, SessionOpen):
                     raise WireError(ErrorCode.UNKNOWN_TYPE, f"only OPEN is accepted on {topic}")
+                self._check_plaintext_allowed()
                 return self._open(uplink.device_id, msg)
             if uplink.verifier_id != self.config.verifier_id:
                 raise WireError(ErrorCode.BAD_TOPIC, f"sessions on {topic} belong to another verifier")
-            if isinstance(msg, DraftMsg):
-                return self._draft(uplink, msg)
-            if isinstance(msg, Close):
-                return self._close(uplink, msg)
+            if isinstance(msg, Sealed):
+                session = self.sessions.get(msg.session_id)
+                return self._sealed(uplink, topic, msg, session)
+            if isinstance(msg, (DraftMsg, Close)):
+                self._check_plaintext_allowed()
+                existing = self.sessions.get(msg.session_id)
+                if existing is not None and existing.cipher is not None:
+                    raise WireError(ErrorCode.PLAINTEXT_REFUSED, "this session is encrypted; plaintext refused")
+                return self._draft(uplink, msg) if isinstance(msg, DraftMsg) else self._close(uplink, msg)
             raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {msg.type.name} messages")
         except WireError as err:
             self._count(err)
-            return [self._error(uplink.device_id, err, payload)]
+            return [self._error(uplink.device_id, err, payload, session)]
         except Exception as exc:  # a bug must not stop the service or other devices' sessions
             log.exception("internal error on %s", topic)
             err = WireError(ErrorCode.INTERNAL, f"verifier failed on this message: {type(exc).__name__}")
             self._count(err)
-            return [self._error(uplink.device_id, err, payload)]
+            return [self._error(uplink.device_id, err, payload, session)]
 
     # ------------------------------------------------------------------ handlers
 
-    def _open(self, device_id: str, msg: SessionOpen) -> list[Reply]:
+    def _check_plaintext_allowed(self) -> None:
+        if self.crypto is not None and self.crypto.require:
+            raise WireError(ErrorCode.PLAINTEXT_REFUSED, "this verifier accepts only encrypted sessions")
+
+    def _sealed_open(self, device_id: str, topic: str, msg: SealedOpen) -> list[Reply]:
+        from security.channel import verifier_open
+        from security.keys import UnknownKeyId
+
+        if self.crypto is None:
+            raise WireError(ErrorCode.DECRYPT_FAILED, "this verifier has no keys for encrypted sessions")
+        existing = self.sessions.get(msg.session_id)
+        if existing is not None and existing.device_id == device_id and existing.opened_reply is not None \
+                and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
+            self.stats["duplicate_opens"] += 1
+            return [(self.topics.down(device_id), existing.opened_reply)]
+        device_pub = self.crypto.registry.public_key(device_id)
+        if device_pub is None:
+            raise WireError(ErrorCode.UNKNOWN_DEVICE, f"device {device_id!r} is not provisioned here (edgespec flash)")
+        try:
+            verifier_key = self.crypto.ring.get(msg.verifier_key_id)
+        except UnknownKeyId:
+            raise WireError(ErrorCode.DECRYPT_FAILED, f"verifier key {msg.verifier_key_id!r} is unknown or retired;"
+                            " re-provision the device with the current verifier key") from None
+        cipher, inner = verifier_open(verifier_key, device_pub, device_id, topic, msg)
+        cipher.open_ciphertext = msg.ciphertext
+        open_msg = decode(inner, self.config.limits)
+        if not isinstance(open_msg, SessionOpen) or open_msg.session_id != msg.session_id:
+            raise WireError(ErrorCode.MALFORMED, "a sealed OPEN must hold an OPEN for the same session id")
+        return self._open(device_id, open_msg, cipher)
+
+    def _sealed(self, uplink: Uplink, topic: str, msg: Sealed, session: Session | None) -> list[Reply]:
+        if session is None:
+            self.stats["resyncs"] += 1
+            return [(self.topics.down(uplink.device_id), encode(Resync(msg.session_id, "session not held by this verifier")))]
+        if session.device_id != uplink.device_id or session.cipher is None:
+            raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
+        inner_bytes, duplicate = session.cipher.open(topic, msg)
+        inner = decode(inner_bytes, self.config.limits)
+        if duplicate:
+            if isinstance(inner, DraftMsg) and inner.seq == session.last_seq and session.last_reply is not None:
+                self.stats["duplicates"] += 1
+                return [(self.topics.down(uplink.device_id), session.last_reply)]
+            raise WireError(ErrorCode.REPLAY, f"envelope seq {msg.seq} was already received")
+        if isinstance(inner, DraftMsg):
+            return self._draft(uplink, inner)
+        if isinstance(inner, Close):
+            return self._close(uplink, inner)
+        raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {inner.type.name} messages")
+
+    def _open(self, device_id: str, msg: SessionOpen, cipher: Any = None) -> list[Reply]:
         existing = self.sessions.get(msg.session_id)
         if existing is not None:
             if existing.device_id != device_id:
                 raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
-            self.stats["duplicate_opens"] += 1
-            return [self._opened(existing)]
+            if cipher is None and existing.cipher is None:
+                self.stats["duplicate_opens"] += 1
+                return [(self.topics.down(device_id), existing.opened_reply or b"")]
+            self.sessions.remove(msg.session_id)  # a re-open with new keys replaces the session
         if msg.tokenizer_fp != self.lm.fingerprint:
             raise WireError(
                 ErrorCode.TOKENIZER_MISMATCH,
@@ -131,10 +209,14 @@ class VerifierCore:
             target=target,
             stop=StopRule(msg.max_new_tokens, tuple(msg.stop_token_ids)),
             prompt_len=len(msg.prompt_ids),
+            cipher=cipher,
         )
         self.sessions.add(session)
         self.stats["opened"] += 1
-        return [self._opened(session)]
+        self.stats["encrypted_sessions" if cipher is not None else "plaintext_sessions"] += 1
+        session.opened_reply = self._wrap(session, Opened(session.session_id, self.config.verifier_id,
+                                                           session.committed_len))
+        return [(self.topics.down(device_id), session.opened_reply)]
 
     def _draft(self, uplink: Uplink, msg: DraftMsg) -> list[Reply]:
         session = self.sessions.get(msg.session_id)
@@ -155,7 +237,7 @@ class VerifierCore:
             self.stats["resyncs"] += 1
             self.sessions.remove(msg.session_id)
             reason = f"device has {msg.committed_len} committed tokens, verifier {session.committed_len}"
-            return [(down, encode(Resync(msg.session_id, reason)))]
+            return [(down, self._wrap(session, Resync(msg.session_id, reason)))]
         q = self._check_draft(session, msg)
         verdict = session.target.verify(msg.tokens, q)
         return [(down, self._settle(session, msg, verdict))]
@@ -163,7 +245,7 @@ class VerifierCore:
     def _settle(self, session: Session, msg: DraftMsg, verdict: Verdict) -> bytes:
         """Record a verdict for duplicate answers and build its reply."""
         _, session.done = session.stop.clip(session.generated)
-        reply = encode(VerdictMsg(
+        reply = self._wrap(session, VerdictMsg(
             session_id=msg.session_id,
             seq=msg.seq,
             accept_mask=list(verdict.accept_mask),
@@ -222,13 +304,20 @@ class VerifierCore:
 
     # ------------------------------------------------------------------ replies
 
-    def _opened(self, session: Session) -> Reply:
-        msg = Opened(session.session_id, self.config.verifier_id, session.committed_len)
-        return self.topics.down(session.device_id), encode(msg)
+    def _wrap(self, session: Session, msg) -> bytes:
+        """Encode a reply, sealed when the session is encrypted."""
+        inner = encode(msg)
+        if session.cipher is None:
+            return inner
+        return encode(session.cipher.seal(self.topics.down(session.device_id), inner))
 
-    def _error(self, device_id: str, err: WireError, payload: bytes) -> Reply:
+    def _error(self, device_id: str, err: WireError, payload: bytes, session: Session | None = None) -> Reply:
         session_id, seq = _peek_ids(payload)
-        return self.topics.down(device_id), encode(ErrorMsg(session_id, seq, int(err.code), str(err)[:400]))
+        msg = ErrorMsg(session_id, seq, int(err.code), str(err)[:400])
+        if session is not None and session.device_id == device_id and session.cipher is not None \
+                and err.code not in (ErrorCode.DECRYPT_FAILED, ErrorCode.REPLAY, ErrorCode.WRONG_DEVICE):
+            return self.topics.down(device_id), self._wrap(session, msg)
+        return self.topics.down(device_id), encode(msg)
 
     def _count(self, err: WireError) -> None:
         self.rejected[err.reason] += 1
@@ -244,6 +333,8 @@ def _peek_ids(payload: bytes) -> tuple[bytes | None, int | None]:
     except WireError:
         return None, None
     sid = items[2] if len(items) > 2 and isinstance(items[2], bytes) and len(items[2]) == 16 else None
+    if len(items) > 1 and items[1] in (MsgType.SEALED, MsgType.SEALED_OPEN):
+        return sid, None  # an envelope's seq is not the draft's: the error is for the session's current message
     seq = items[3] if len(items) > 3 and isinstance(items[3], int) and not isinstance(items[3], bool) \
         and 0 <= items[3] < 2**63 else None
     return sid, seq

@@ -6,6 +6,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from typing import Any
+
 from speculative.loop import StopRule
 from speculative.target import TargetSession
 
@@ -21,6 +23,8 @@ class Session:
     prompt_len: int
     last_seq: int | None = None
     last_reply: bytes | None = None  # the verdict for last_seq, re-sent for a duplicate
+    opened_reply: bytes | None = None  # the OPENED answer, re-sent for a duplicate open
+    cipher: Any = None  # security.channel.SessionCipher for an encrypted session
     done: bool = False
     last_used: float = field(default_factory=time.monotonic)
 
