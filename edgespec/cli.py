@@ -11,6 +11,7 @@ import signal
 import sys
 
 from .config import DEFAULTS, resolve_model_dir, set_threads
+from .identity import add_device_identity_args
 
 # Modules that add their own subcommands with `register(subparsers)`.
 PLUGIN_COMMANDS = (
@@ -18,12 +19,13 @@ PLUGIN_COMMANDS = (
     "edgespec.demo",
     "edgespec.train_default",
     "edgespec.eval_default",
+    "edgespec.provisioning",
 )
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default=DEFAULTS.broker, help="mqtt://HOST:PORT (env EDGESPEC_BROKER)")
-    p.add_argument("--prefix", default=DEFAULTS.prefix, help="topic prefix (env EDGESPEC_PREFIX)")
+    p.add_argument("--broker", help=f"mqtt://HOST:PORT (env EDGESPEC_BROKER, default {DEFAULTS.broker})")
+    p.add_argument("--prefix", help=f"topic prefix (env EDGESPEC_PREFIX, default {DEFAULTS.prefix})")
     p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="torch threads in this process")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -51,10 +53,13 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     from verifier_node.core import VerifierConfig, VerifierCore
     from verifier_node.service import serve
 
+    from .identity import resolve_verifier_crypto
+
     set_threads(args.threads)
+    broker = args.broker or DEFAULTS.broker
     lm = load_lm(resolve_model_dir(args.target_model, "target"))
     core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions),
-                        Topics(args.prefix))
+                        Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -62,9 +67,10 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         ready = asyncio.Event()
-        task = asyncio.create_task(serve(core, args.broker, ready=ready, stop=stop))
+        task = asyncio.create_task(serve(core, broker, ready=ready, stop=stop, busy_poll_s=args.busy_poll_ms / 1000))
         await ready.wait()
-        print(f"verifier {args.verifier_id} ready on {args.broker}", flush=True)
+        mode = "plaintext allowed" if args.allow_plaintext else "encrypted sessions only"
+        print(f"verifier {args.verifier_id} ready on {broker} ({mode})", flush=True)
         await task
 
     asyncio.run(main())
@@ -73,12 +79,15 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from camera_node.link import EdgeLink
-    from camera_node.session import EdgeRequest, run_edge_session
+    from camera_node.session import EdgeRequest, result_message, run_edge_session
     from schemas import Topics
     from speculative.models import load_lm
     from speculative.sampling import SamplingParams
 
+    from .identity import resolve_device
+
     set_threads(args.threads)
+    ident = resolve_device(args)
     lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
     prompt_ids = lm.encode(args.prompt)
     req = EdgeRequest(
@@ -88,8 +97,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
 
     async def main():
-        async with EdgeLink(args.broker, args.device_id, topics=Topics(args.prefix), timeout_s=args.timeout) as link:
-            return await run_edge_session(link, lm, req)
+        async with EdgeLink(ident.broker, ident.device_id, topics=Topics(ident.prefix), auth=ident.auth,
+                            timeout_s=args.timeout, keys=ident.keys) as link:
+            outcome = await run_edge_session(link, lm, req)
+            await link.publish_result(result_message(ident.device_id, outcome, lm.decode(outcome.result.token_ids)))
+            return outcome
 
     out = asyncio.run(main())
     r = out.result
@@ -109,6 +121,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_caption(c) -> str:
+    return (f"[{c.device_id}] \"{c.text}\"  (accept {c.acceptance_rate:.2f}, {c.rounds} rounds, "
+            f"{c.bytes_up + c.bytes_down} B on the wire vs {c.jpeg_bytes_keyframes} B of JPEG key frames)")
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+    from camera_node.node import CameraConfig, run_camera
+    from speculative.models import load_lm
+    from speculative.sampling import SamplingParams
+
+    from .identity import resolve_device
+
+    set_threads(args.threads)
+    ident = resolve_device(args)
+    lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
+    extractor = None
+    if args.vision_encoder:
+        from camera_node.features import HFVisionFeatures
+
+        extractor = HFVisionFeatures(args.vision_encoder)
+    cfg = CameraConfig(
+        device_id=ident.device_id, source=args.source, broker=ident.broker, prefix=ident.prefix, auth=ident.auth,
+        keys=ident.keys,
+        sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events, realtime=args.realtime,
+        timeout_s=args.timeout,
+    )
+    asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgespec", description="Edge-cloud speculative decoding over MQTT")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-model", default="default", help="model folder, or `default`")
     p.add_argument("--verifier-id", default="verifier-1")
     p.add_argument("--max-sessions", type=int, default=1024)
+    p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
+    p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
+    p.add_argument("--busy-poll-ms", type=float, default=0.0,
+                   help="keep polling this long after each message instead of sleeping (lower latency, more CPU)")
     p.set_defaults(func=cmd_verifier)
 
     p = sub.add_parser("generate", help="one edge session in text mode")
@@ -129,11 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-model", default="default", help="model folder, or `default`")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--device-id", default="dev-1")
+    add_device_identity_args(p, device_id_default="dev-1")
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s, help="seconds to wait for the verifier")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("camera", help="a camera node: capture, motion events, features, drafted captions")
+    _add_common(p)
+    add_device_identity_args(p, device_id_default=None)
+    p.add_argument("--source", default="synthetic",
+                   help="device index, /dev/videoN, video file, image folder, rtsp/http URL, or synthetic[:SEED]")
+    p.add_argument("--draft-model", default="default", help="model folder, or `default`")
+    p.add_argument("--vision-encoder", help="a local Hugging Face vision encoder folder (default: OpenCV features)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-events", type=int, help="stop after this many captions")
+    p.add_argument("--realtime", action="store_true", help="pace file and synthetic sources at their frame rate")
+    p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s)
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_camera)
 
     for name in PLUGIN_COMMANDS:
         try:

@@ -76,6 +76,11 @@ class DeviceKeys:
     verifier_pub: PublicKeyLike = field(repr=False)
     verifier_key_id: str = ""
 
+    @classmethod
+    def from_bundle(cls, bundle) -> "DeviceKeys":
+        """From a `security.bundle.DeviceBundle`: its key and the verifier's current key."""
+        return cls(bundle.device_key, bundle.verifier_public_key(), bundle.verifier_key_id)
+
 
 def device_open(device_key: KeyPair, verifier_pub: PublicKeyLike, verifier_key_id: str, device_id: str,
                 session_id: bytes, topic: str, open_inner: bytes) -> tuple[SessionCipher, SealedOpen]:

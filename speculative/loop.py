@@ -36,6 +36,21 @@ class GenerationResult:
         return sum(self.accepted_per_round) / drafted if drafted else 0.0
 
     @property
+    def evaluated_positions(self) -> int:
+        """Draft positions the verifier actually judged: all k when all pass, else up to the first rejection."""
+        return sum(n if n == k else n + 1 for n, k in zip(self.accepted_per_round, self.drafted_per_round))
+
+    @property
+    def position_acceptance(self) -> float:
+        """Per-position acceptance probability (the a of (1 - a^(g+1)) / (1 - a)).
+
+        `acceptance_rate` (accepted / drafted) also counts drafts behind a rejection, which
+        were never judged, so it underestimates a whenever rounds stop early.
+        """
+        judged = self.evaluated_positions
+        return sum(self.accepted_per_round) / judged if judged else 0.0
+
+    @property
     def mean_accepted(self) -> float:
         return sum(self.accepted_per_round) / self.rounds if self.rounds else 0.0
 

@@ -19,6 +19,28 @@ from tiny_models import make_lm, make_pair, make_tokenizer  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def edgespec_home(tmp_path_factory):
+    """A private development identity home for the whole run (child processes inherit it)."""
+    home = tmp_path_factory.mktemp("edgespec-home")
+    old = os.environ.get("EDGESPEC_HOME")
+    os.environ["EDGESPEC_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("EDGESPEC_HOME", None)
+    else:
+        os.environ["EDGESPEC_HOME"] = old
+
+
+def dev_keys(device_id: str, broker_url: str = "mqtt://127.0.0.1:1883"):
+    """The device's development keys (made on first use in EDGESPEC_HOME)."""
+    from security.channel import DeviceKeys
+    from security.dev_identity import ensure_dev_identity
+
+    bundle, _ = ensure_dev_identity(None, device_id, broker_url=broker_url)
+    return DeviceKeys.from_bundle(bundle)
+
+
 @pytest.fixture(scope="session")
 def mosquitto():
     """A Mosquitto process with the project's development config, for the whole test session."""

@@ -13,9 +13,10 @@ import torch
 
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
-from conftest import REPO
+from conftest import REPO, dev_keys
 from edgespec.mqtt import make_client
 from schemas import DraftMsg, Opened, SessionOpen, Topics, VerdictMsg, decode, encode
+from security.channel import device_open
 from speculative.sampling import SamplingParams
 
 pytestmark = pytest.mark.broker
@@ -28,7 +29,7 @@ def reference(target, prompt_ids, n):
 
 
 async def edge(url, draft, prompt_ids, gamma, n, device="cam-1", sampling=SamplingParams()):
-    async with EdgeLink(url, device) as link:
+    async with EdgeLink(url, device, keys=dev_keys(device)) as link:
         return await run_edge_session(link, draft, EdgeRequest(prompt_ids, None, sampling, gamma, n))
 
 
@@ -103,31 +104,44 @@ def test_unreachable_broker_is_a_clear_error(tiny_pair):
 
 
 def test_duplicate_publish_gets_the_same_verdict(mosquitto, verifier, loaded_pair):
-    """A QoS-1 redelivery (simulated by publishing twice) is answered from the cache."""
+    """A QoS-1 redelivery (simulated by publishing the same sealed draft twice) is answered
+    from the cache with the very same bytes, not verified twice."""
     _, draft = loaded_pair
     topics = Topics()
+    keys = dev_keys("cam-dup")
 
     async def scenario():
         sid = os.urandom(16)
         prompt = draft.encode("hello world")
+        open_topic = topics.open("cam-dup")
+        cipher, sealed_open = device_open(keys.device_key, keys.verifier_pub, keys.verifier_key_id, "cam-dup", sid,
+                                          open_topic, encode(SessionOpen(sid, prompt, tokenizer_fp=draft.fingerprint)))
         async with make_client(mosquitto.url, client_id="dup-test") as client:
             await client.subscribe(topics.down("cam-dup"), qos=1)
-            await client.publish(topics.open("cam-dup"),
-                                 encode(SessionOpen(sid, prompt, tokenizer_fp=draft.fingerprint)), qos=1)
-            replies = []
+            await client.publish(open_topic, encode(sealed_open), qos=1)
+            verdicts = []
             async for message in client.messages:
-                msg = decode(message.payload)
-                replies.append((msg, message.payload))
+                inner, duplicate = cipher.open(topics.down("cam-dup"), decode(message.payload))
+                msg = decode(inner)
                 if isinstance(msg, Opened):
-                    block = encode(DraftMsg(sid, 0, len(prompt), [5, 6, 7], None))
                     up = topics.session_up("cam-dup", msg.verifier_id)
+                    block = encode(cipher.seal(up, encode(DraftMsg(sid, 0, len(prompt), [5, 6, 7], None))))
                     await client.publish(up, block, qos=1)
                     await client.publish(up, block, qos=1)
-                if sum(isinstance(m, VerdictMsg) for m, _ in replies) == 2:
-                    return [p for m, p in replies if isinstance(m, VerdictMsg)]
+                if isinstance(msg, VerdictMsg):
+                    verdicts.append((message.payload, duplicate))
+                if len(verdicts) == 2:
+                    return verdicts
 
-    first, second = asyncio.run(asyncio.wait_for(scenario(), 30))
-    assert first == second
+    (first, dup1), (second, dup2) = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert first == second and (dup1, dup2) == (False, True)
+
+
+def test_plaintext_is_refused_by_default(mosquitto, verifier, tiny_pair):
+    proc = run_cli("generate", "--broker", mosquitto.url, "--draft-model", str(tiny_pair[1]),
+                   "--prompt", "hello", "--plaintext", "--timeout", "5")
+    assert proc.returncode == 2
+    assert "only encrypted sessions" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_verifier_availability_is_retained(mosquitto, verifier):

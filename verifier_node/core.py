@@ -49,13 +49,12 @@ Reply = tuple[str, bytes]
 
 @dataclass
 class VerifierCrypto:
-    """Keys for end-to-end encrypted sessions: the verifier's key ring and the fleet registry.
+    """Keys for end-to-end encrypted sessions, from a `security.registry.FleetRegistry`:
+    `public_key(device_id)` gives a device's provisioned X25519 key (or None) and
+    `verifier_keys()` the verifier's key ring, both re-read when their files change, so
+    flashing, revoking and key rotation take effect without a restart. With `require`,
+    plaintext session messages are refused."""
 
-    `registry` needs one method, `public_key(device_id)`, returning the device's provisioned
-    X25519 public key or None. With `require`, plaintext session messages are refused.
-    """
-
-    ring: Any
     registry: Any
     require: bool = True
 
@@ -142,7 +141,7 @@ class VerifierCore:
         if device_pub is None:
             raise WireError(ErrorCode.UNKNOWN_DEVICE, f"device {device_id!r} is not provisioned here (edgespec flash)")
         try:
-            verifier_key = self.crypto.ring.get(msg.verifier_key_id)
+            verifier_key = self.crypto.registry.verifier_keys().get(msg.verifier_key_id)
         except UnknownKeyId:
             raise WireError(ErrorCode.DECRYPT_FAILED, f"verifier key {msg.verifier_key_id!r} is unknown or retired;"
                             " re-provision the device with the current verifier key") from None
