@@ -4,6 +4,7 @@ speculative.loop.EdgeGeneration; this module only moves its blocks and verdicts 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ class EdgeRequest:
     seed: int = 0
     q_top: int = DEFAULT_Q_TOP
     stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
+    draft_ahead: bool = True  # draft the next block while this one is verified
 
 
 @dataclass
@@ -71,6 +73,21 @@ def q_to_wire(block: DraftBlock) -> SparseQWire | None:
     return SparseQWire.from_arrays(block.q.ids.numpy(), block.q.weights.numpy())
 
 
+async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration | None):
+    """Send a block and, until its verdict arrives, draft the next one a forward at a time.
+
+    Each step is one draft forward (~1 ms); between steps the event loop delivers messages, so
+    the verdict waits at most one step. `edge` None: plain request/response.
+    """
+    if edge is None:
+        return await channel.exchange(draft)
+    reply = asyncio.ensure_future(channel.exchange(draft))
+    await asyncio.sleep(0)  # let the draft be sent first
+    while not reply.done() and edge.draft_ahead_step():
+        await asyncio.sleep(0)
+    return await reply
+
+
 async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> EdgeOutcome:
     """Generate with the verifier reached through `link`; returns tokens, statistics and traffic."""
     started = time.perf_counter()
@@ -97,7 +114,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Ed
             # 2. Draft a block and send it with its exact q.
             block = edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
-            reply = await channel.exchange(draft)
+            reply = await exchange_drafting_ahead(channel, draft, edge if req.draft_ahead else None)
             if isinstance(reply, Resync):
                 # 3. The verifier lost the session: re-open with the full context, resend.
                 resyncs += 1

@@ -4,9 +4,12 @@
 (a2) the target alone, the project's KV-cached loop (same forwards, less per-call overhead)
 (b)  the speculative loop in-process, no broker
 (c)  Hugging Face assisted generation (`generate(assistant_model=draft)`)
-(d)  the full path: edge session -> Mosquitto -> verifier process -> back
-null protocol-only round trip through Mosquitto with a model-free verifier
+(d)  the full path: edge session -> Mosquitto -> verifier process -> back (encrypted)
+null protocol-only round trip through Mosquitto with a model-free verifier, plain and encrypted
 
+Two workloads on the same pair: `vision` (the camera's job: captions conditioned on features
+of synthetic scenes) and `text` (text prompts, no features). Hugging Face assisted generation
+cannot give the draft its own vision prefix, so (c) runs in the text workload only.
 Modes run interleaved, rep by rep, so machine noise hits them alike; ratios come from one run.
 """
 
@@ -28,6 +31,7 @@ import torch
 from .config import resolve_model_dir, set_threads
 
 REPO = Path(__file__).resolve().parent.parent
+NULL_PREFIX = "bench-null/v1"  # keeps the model-free verifier apart from the real one
 TEXT_PROMPTS = [
     "a red circle", "on the left a blue", "the camera sees", "a small green triangle",
     "near the top a yellow", "a white square moves", "two objects", "an orange circle stays",
@@ -38,6 +42,26 @@ TEXT_PROMPTS = [
 class Case:
     prompt_ids: list[int]
     features: np.ndarray | None = None
+
+
+def text_cases(lm, n: int) -> list[Case]:
+    return [Case(lm.encode(p)) for p in TEXT_PROMPTS[:n]]
+
+
+def vision_cases(lm, n: int, seed: int = 900_000) -> list[Case]:
+    """Caption prompts with features of held-out synthetic scenes, as the camera sends them."""
+    from camera_node.captions import CAPTION_PROMPT
+    from camera_node.features import OpenCVFeatures
+    from camera_node.scene import MOTION_SECONDS, random_scene, render
+    from camera_node.session import wire_features
+
+    extractor = OpenCVFeatures()
+    cases = []
+    for i in range(n):
+        scene = random_scene(seed + i)
+        _, feats = wire_features(extractor.extract(render(scene, 0.0), render(scene, MOTION_SECONDS)))
+        cases.append(Case(lm.encode(CAPTION_PROMPT), feats))
+    return cases
 
 
 @dataclass
@@ -100,6 +124,11 @@ def expected_tokens_per_round(a: float, gamma: int) -> float:
 def hf_generate(target, case: Case, n: int, assistant=None, gamma: int = 4) -> tuple[list[int], float, int]:
     ids = torch.tensor([case.prompt_ids])
     kwargs = dict(do_sample=False, max_new_tokens=n, attention_mask=torch.ones_like(ids))
+    if case.features is not None:  # the vision prefix as input embeddings; returns new tokens only
+        with torch.inference_mode():
+            embeds = torch.cat([target.projector(torch.as_tensor(case.features)),
+                                target.model.get_input_embeddings()(ids[0])])[None]
+        kwargs.update(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
     if assistant is not None:
         cfg = assistant.generation_config
         cfg.num_assistant_tokens = gamma
@@ -108,27 +137,30 @@ def hf_generate(target, case: Case, n: int, assistant=None, gamma: int = 4) -> t
         kwargs["assistant_model"] = assistant
     with ForwardCounter(target.model) as counter, torch.inference_mode():
         started = time.perf_counter()
-        out = target.model.generate(ids, **kwargs)
+        out = target.model.generate(**({} if case.features is not None else {"input_ids": ids}), **kwargs)
         seconds = time.perf_counter() - started
-    return out[0, len(case.prompt_ids):].tolist(), seconds, counter.calls
+    new = out[0] if case.features is not None else out[0, len(case.prompt_ids):]
+    return new.tolist(), seconds, counter.calls
 
 
-async def broker_sessions(url: str, draft, cases: list[Case], gamma: int, n: int, device: str):
+async def broker_sessions(url: str, draft, cases: list[Case], gamma: int, n: int, device: str, keys=None):
     from camera_node.link import EdgeLink
     from camera_node.session import EdgeRequest, run_edge_session
 
-    async with EdgeLink(url, device) as link:
+    async with EdgeLink(url, device, keys=keys) as link:
         return [await run_edge_session(link, draft, EdgeRequest(c.prompt_ids, c.features, gamma=gamma, max_new_tokens=n))
                 for c in cases]
 
 
-async def null_round_trips(url: str, rounds: int, gamma: int) -> list[float]:
+async def null_round_trips(url: str, rounds: int, gamma: int, keys=None) -> list[float]:
+    """Round trips of a k-token draft against the model-free verifier (sealed when `keys`)."""
     from camera_node.link import EdgeLink
-    from schemas import DraftMsg
+    from schemas import DraftMsg, SessionOpen, Topics
 
-    async with EdgeLink(url, "bench-null") as link:
+    async with EdgeLink(url, "bench-null", keys=keys, topics=Topics(NULL_PREFIX)) as link:
         channel = link.channel(os.urandom(16))
-        channel.verifier_id = "null"
+        await channel.send_open(SessionOpen(channel.session_id, [1]))  # sealed (keys agreed) when keys
+        await channel.wait_opened()
         latencies = []
         for seq in range(rounds):
             msg = DraftMsg(channel.session_id, seq, 10 + seq, list(range(gamma)), None)
@@ -155,80 +187,104 @@ def percentile(values: list[float], q: float) -> float:
 # ------------------------------------------------------------------ driver
 
 
+def run_workload(name: str, cases: list[Case], target, draft, url: str, args, keys) -> dict:
+    """All modes on one workload, interleaved rep by rep."""
+    from speculative.loop import generate_autoregressive, run_local
+    from speculative.sampling import SamplingParams
+
+    n, gamma, greedy = args.max_new_tokens, args.gamma, SamplingParams()
+    with_hf_assisted = all(c.features is None for c in cases)
+    modes = {k: ModeResult(k) for k in ("a", "a2", "b", "c", "d") if k != "c" or with_hf_assisted}
+    asyncio.run(broker_sessions(url, draft, cases[:2], gamma, n, "bench-dev", keys))
+    for rep in range(args.reps):
+        for case in cases:
+            out, s, f = hf_generate(target, case, n)
+            modes["a"].add(out, s, f)
+            r = generate_autoregressive(target, case.prompt_ids, case.features, greedy, n)
+            modes["a2"].add(r.token_ids, r.seconds, r.target_forwards)
+            r = run_local(target, draft, case.prompt_ids, case.features, greedy, gamma, n)
+            modes["b"].add(r.token_ids, r.seconds, r.target_forwards, r)
+            if with_hf_assisted:
+                out, s, f = hf_generate(target, case, n, assistant=draft.model, gamma=gamma)
+                modes["c"].add(out, s, f)
+        for o in asyncio.run(broker_sessions(url, draft, cases, gamma, n, "bench-dev", keys)):
+            r = o.result
+            modes["d"].add(r.token_ids, r.seconds, r.target_forwards, r, o.traffic.up, o.traffic.down)
+    return summarise(name, modes, gamma)
+
+
 def run_bench(args) -> dict:
     from broker.runner import MosquittoBroker
-    from speculative.loop import generate_autoregressive, run_local
+    from security.channel import DeviceKeys
+    from security.dev_identity import ensure_dev_identity
     from speculative.models import load_lm
-    from speculative.sampling import SamplingParams
 
     set_threads(args.threads)
     target_dir, draft_dir = resolve_model_dir(args.target_model, "target"), resolve_model_dir(args.draft_model, "draft")
     target, draft = load_lm(target_dir), load_lm(draft_dir)
-    cases = [Case(target.encode(p)) for p in TEXT_PROMPTS[: args.prompts]]
-    n, gamma = args.max_new_tokens, args.gamma
-    modes = {k: ModeResult(k) for k in ("a", "a2", "b", "c", "d")}
-    greedy = SamplingParams()
+    keys = DeviceKeys.from_bundle(ensure_dev_identity(None, "bench-dev")[0])
+    null_keys = DeviceKeys.from_bundle(ensure_dev_identity(None, "bench-null")[0])
+    workloads = {"vision": vision_cases(target, args.prompts)} if target.projector is not None else {}
+    workloads["text"] = text_cases(target, args.prompts)
+    workloads = {k: v for k, v in workloads.items() if args.workload in ("all", k)}
 
     with MosquittoBroker(port=0) as broker:
         verifier = spawn(["-m", "edgespec.cli", "verifier", "--broker", broker.url, "--target-model", str(target_dir),
                           "--verifier-id", "bench-verifier"], "ready on")
-        null = spawn(["-m", "edgespec.null_verifier", "--broker", broker.url], "null verifier ready")
+        null = spawn(["-m", "edgespec.null_verifier", "--broker", broker.url, "--prefix", NULL_PREFIX],
+                     "null verifier ready")
         try:
-            asyncio.run(broker_sessions(broker.url, draft, cases[:1], gamma, 4, "bench-warmup"))  # warm up
-            for rep in range(args.reps):
-                for case in cases:
-                    out, s, f = hf_generate(target, case, n)
-                    modes["a"].add(out, s, f)
-                    r = generate_autoregressive(target, case.prompt_ids, None, greedy, n)
-                    modes["a2"].add(r.token_ids, r.seconds, r.target_forwards)
-                    r = run_local(target, draft, case.prompt_ids, None, greedy, gamma, n)
-                    modes["b"].add(r.token_ids, r.seconds, r.target_forwards, r)
-                    out, s, f = hf_generate(target, case, n, assistant=draft.model, gamma=gamma)
-                    modes["c"].add(out, s, f)
-                outs = asyncio.run(broker_sessions(broker.url, draft, cases, gamma, n, f"bench-{rep}"))
-                for o in outs:
-                    r = o.result
-                    modes["d"].add(r.token_ids, r.seconds, r.target_forwards, r, o.traffic.up, o.traffic.down)
-            null_lat = asyncio.run(null_round_trips(broker.url, args.null_rounds, gamma))[args.null_rounds // 10:]
+            results = {name: run_workload(name, cases, target, draft, broker.url, args, keys)
+                       for name, cases in workloads.items()}
+            skip = args.null_rounds // 10
+            null_plain = asyncio.run(null_round_trips(broker.url, args.null_rounds, args.gamma))[skip:]
+            null_sealed = asyncio.run(null_round_trips(broker.url, args.null_rounds, args.gamma, null_keys))[skip:]
         finally:
             for proc in (verifier, null):
                 proc.terminate()
                 proc.wait(timeout=10)
-    return report(args, target, draft, modes, null_lat)
+    result = {
+        "config": {"target": str(target.path), "draft": str(draft.path), "target_params": target.num_parameters,
+                   "draft_params": draft.num_parameters, "gamma": args.gamma, "max_new_tokens": args.max_new_tokens,
+                   "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__},
+        "workloads": results,
+        "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
+    }
+    print_table(result)
+    return result
 
 
-def report(args, target, draft, modes: dict[str, ModeResult], null_lat: list[float]) -> dict:
+def latency_summary(values: list[float]) -> dict:
+    return {"p50": percentile(values, 50) * 1e3, "p99": percentile(values, 99) * 1e3,
+            "mean": statistics.fmean(values) * 1e3, "rounds": len(values)}
+
+
+LABELS = {"a": "(a) target alone, HF generate", "a2": "(a2) target alone, KV loop",
+          "b": "(b) speculative, in-process", "c": "(c) HF assisted generation",
+          "d": "(d) speculative via Mosquitto"}
+
+
+def summarise(name: str, modes: dict[str, ModeResult], gamma: int) -> dict:
     ref = modes["a"].outputs
-    a_tps, c_tps = modes["a"].tokens_per_s, modes["c"].tokens_per_s
-    labels = {"a": "(a) target alone, HF generate", "a2": "(a2) target alone, KV loop",
-              "b": "(b) speculative, in-process", "c": "(c) HF assisted generation", "d": "(d) speculative via Mosquitto"}
+    a_tps = modes["a"].tokens_per_s
+    c_tps = modes["c"].tokens_per_s if "c" in modes else None
     rows = []
     for key, m in modes.items():
         acc = m.accepted / m.drafted if m.drafted else None
         a = m.accepted / m.judged if m.judged else None
         rows.append({
-            "mode": key, "label": labels[key], "tokens": m.tokens, "seconds": m.seconds,
-            "tokens_per_s": m.tokens_per_s, "x_vs_a": m.tokens_per_s / a_tps, "x_vs_c": m.tokens_per_s / c_tps,
+            "mode": key, "label": LABELS[key], "tokens": m.tokens, "seconds": m.seconds,
+            "tokens_per_s": m.tokens_per_s, "x_vs_a": m.tokens_per_s / a_tps,
+            "x_vs_c": m.tokens_per_s / c_tps if c_tps else None,
             "identical_to_a": m.outputs == ref, "acceptance_rate": acc, "position_acceptance": a,
-            "tokens_per_round": (m.tokens / m.rounds) if m.rounds else None,
             "emitted_per_round": ((m.accepted + m.rounds) / m.rounds) if m.rounds else None,
-            "formula_tokens_per_round": expected_tokens_per_round(a, args.gamma) if a is not None else None,
+            "formula_tokens_per_round": expected_tokens_per_round(a, gamma) if a is not None else None,
             "target_forwards_per_token": m.target_forwards / m.tokens if m.tokens else None,
             "wire_bytes_per_token": (m.wire_up + m.wire_down) / m.tokens if m.wire_up else None,
             "wire_bytes_up_per_token": m.wire_up / m.tokens if m.wire_up else None,
         })
-    result = {
-        "config": {"target": str(target.path), "draft": str(draft.path), "target_params": target.num_parameters,
-                   "draft_params": draft.num_parameters, "gamma": args.gamma, "max_new_tokens": args.max_new_tokens,
-                   "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__},
-        "modes": rows,
-        "null_round_trip_ms": {"p50": percentile(null_lat, 50) * 1e3, "p99": percentile(null_lat, 99) * 1e3,
-                               "mean": statistics.fmean(null_lat) * 1e3, "rounds": len(null_lat)},
-        "d_over_b": modes["d"].tokens_per_s / modes["b"].tokens_per_s,
-        "d_over_c": modes["d"].tokens_per_s / c_tps,
-    }
-    print_table(result)
-    return result
+    return {"workload": name, "modes": rows, "d_over_b": modes["d"].tokens_per_s / modes["b"].tokens_per_s,
+            "d_over_c": modes["d"].tokens_per_s / c_tps if c_tps else None}
 
 
 def _f(value, fmt: str) -> str:
@@ -238,22 +294,27 @@ def _f(value, fmt: str) -> str:
 def print_table(result: dict) -> None:
     cfg = result["config"]
     print(f"\nedgespec bench  target {cfg['target_params']:,} params, draft {cfg['draft_params']:,} params, "
-          f"gamma {cfg['gamma']}, {cfg['prompts']} prompts x {cfg['reps']} reps x {cfg['max_new_tokens']} tokens, "
-          f"{cfg['threads']} thread(s)\n")
-    head = f"{'mode':<34}{'tok/s':>9}{'x(a)':>7}{'x(c)':>7}{'same':>6}{'accept':>8}{'a':>7}{'tok/rnd':>9}{'formula':>9}" \
-           f"{'fwd/tok':>9}{'B/tok':>8}"
-    print(head)
-    print("-" * len(head))
-    for r in result["modes"]:
-        print(f"{r['label']:<34}{r['tokens_per_s']:>9.1f}{r['x_vs_a']:>7.2f}{r['x_vs_c']:>7.2f}"
-              f"{'yes' if r['identical_to_a'] else 'NO':>6}{_f(r['acceptance_rate'], '.3f'):>8}"
-              f"{_f(r['position_acceptance'], '.3f'):>7}"
-              f"{_f(r['emitted_per_round'], '.2f'):>9}{_f(r['formula_tokens_per_round'], '.2f'):>9}"
-              f"{_f(r['target_forwards_per_token'], '.3f'):>9}{_f(r['wire_bytes_per_token'], '.1f'):>8}")
-    nr = result["null_round_trip_ms"]
-    print(f"\nnull-model round trip through Mosquitto: p50 {nr['p50']:.3f} ms, p99 {nr['p99']:.3f} ms "
-          f"({nr['rounds']} rounds)")
-    print(f"(d)/(b) = {result['d_over_b']:.2f}   (d)/(c) = {result['d_over_c']:.2f}")
+          f"gamma {cfg['gamma']}, {cfg['prompts']} prompts x {cfg['reps']} reps, up to {cfg['max_new_tokens']} tokens, "
+          f"{cfg['threads']} thread(s)")
+    for name, w in result["workloads"].items():
+        print(f"\nworkload: {name}")
+        head = f"{'mode':<34}{'tok/s':>9}{'x(a)':>7}{'x(c)':>7}{'same':>6}{'accept':>8}{'a':>7}{'tok/rnd':>9}" \
+               f"{'formula':>9}{'fwd/tok':>9}{'B/tok':>8}"
+        print(head)
+        print("-" * len(head))
+        for r in w["modes"]:
+            print(f"{r['label']:<34}{r['tokens_per_s']:>9.1f}{r['x_vs_a']:>7.2f}{_f(r['x_vs_c'], '.2f'):>7}"
+                  f"{'yes' if r['identical_to_a'] else 'NO':>6}{_f(r['acceptance_rate'], '.3f'):>8}"
+                  f"{_f(r['position_acceptance'], '.3f'):>7}"
+                  f"{_f(r['emitted_per_round'], '.2f'):>9}{_f(r['formula_tokens_per_round'], '.2f'):>9}"
+                  f"{_f(r['target_forwards_per_token'], '.3f'):>9}{_f(r['wire_bytes_per_token'], '.1f'):>8}")
+        line = f"(d)/(b) = {w['d_over_b']:.2f}"
+        if w["d_over_c"] is not None:
+            line += f"   (d)/(c) = {w['d_over_c']:.2f}"
+        print(line)
+    for kind, nr in result["null_round_trip_ms"].items():
+        print(f"null-model round trip through Mosquitto, {kind}: p50 {nr['p50']:.3f} ms, p99 {nr['p99']:.3f} ms "
+              f"({nr['rounds']} rounds)")
 
 
 def cmd_bench(args) -> int:
@@ -274,5 +335,6 @@ def register(sub) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--null-rounds", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workload", choices=("all", "vision", "text"), default="all")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=cmd_bench)

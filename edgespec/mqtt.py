@@ -72,6 +72,7 @@ def make_client(
     clean_start: bool = True,
     session_expiry_s: int = 0,
     max_queued_incoming: int = 10000,
+    timeout_s: float = 10.0,
 ) -> aiomqtt.Client:
     """An aiomqtt MQTT v5 client with TCP_NODELAY, ready for `async with`."""
     from paho.mqtt.packettypes import PacketTypes
@@ -79,7 +80,7 @@ def make_client(
 
     addr = BrokerAddress.parse(url)
     tls_context = None
-    if addr.tls or auth.ca_file:
+    if addr.tls:
         tls_context = ssl.create_default_context(cafile=auth.ca_file)
         if auth.cert_file:
             tls_context.load_cert_chain(auth.cert_file, auth.key_file)
@@ -102,4 +103,5 @@ def make_client(
         transport="websockets" if addr.websockets else "tcp",
         socket_options=[NODELAY],
         max_queued_incoming_messages=max_queued_incoming,
+        timeout=timeout_s,
     )

@@ -99,6 +99,14 @@ class EdgeGeneration:
         self._block = self.drafter.propose(max(0, min(self.gamma, remaining - 1)))
         return self._block
 
+    def draft_ahead_step(self) -> bool:
+        """One forward of drafting the next block while the current one is verified (pipelining);
+        False when there is nothing (more) worth drafting ahead."""
+        if self._block is None or any(t in self.stop.stop_token_ids for t in self._block.tokens):
+            return False
+        remaining = self.stop.max_new_tokens - len(self.generated) - (len(self._block.tokens) + 1)
+        return self.drafter.draft_ahead_step(min(self.gamma, remaining - 1))
+
     def apply(self, n_accepted: int, next_token: int) -> list[int]:
         """Apply a verdict; returns the tokens it added to the output."""
         assert self._block is not None, "next_block() first"

@@ -137,11 +137,18 @@ class VerifierCore:
                 and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
             self.stats["duplicate_opens"] += 1
             return [(self.topics.down(device_id), existing.opened_reply)]
-        device_pub = self.crypto.registry.public_key(device_id)
+        from security.registry import RegistryError
+
+        try:
+            device_pub = self.crypto.registry.public_key(device_id)
+            ring = self.crypto.registry.verifier_keys()
+        except RegistryError as exc:
+            log.error("fleet registry: %s", exc)
+            raise WireError(ErrorCode.UNKNOWN_DEVICE, f"no usable key for device {device_id!r} here") from None
         if device_pub is None:
             raise WireError(ErrorCode.UNKNOWN_DEVICE, f"device {device_id!r} is not provisioned here (edgespec flash)")
         try:
-            verifier_key = self.crypto.registry.verifier_keys().get(msg.verifier_key_id)
+            verifier_key = ring.get(msg.verifier_key_id)
         except UnknownKeyId:
             raise WireError(ErrorCode.DECRYPT_FAILED, f"verifier key {msg.verifier_key_id!r} is unknown or retired;"
                             " re-provision the device with the current verifier key") from None
