@@ -23,6 +23,7 @@ from .capture import open_source
 from .events import MotionConfig, MotionDetector, MotionEvent
 from .features import FeatureExtractor, OpenCVFeatures
 from .link import EdgeLink
+from .privacy import PrivacyConfig
 from .session import EdgeRequest, result_message, run_edge_session
 
 log = logging.getLogger("edgespec.camera")
@@ -46,6 +47,7 @@ class CameraConfig:
     motion: MotionConfig = field(default_factory=MotionConfig)
     auth: ClientAuth = ClientAuth()
     keys: object | None = None  # security.channel.DeviceKeys; None: plaintext sessions
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 @dataclass
@@ -81,7 +83,9 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
                          cfg: CameraConfig, seed: int) -> Caption:
     """One caption session for one event, published on the result topic."""
     features = extractor.extract(event.first, event.last)  # [S, D], computed on the device
-    req = EdgeRequest(lm.encode(cfg.prompt), features, cfg.sampling, cfg.gamma, cfg.max_new_tokens, seed)
+    features = cfg.privacy.features(features)
+    req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, cfg.sampling, cfg.gamma,
+                      cfg.max_new_tokens, seed)
     outcome = await run_edge_session(link, lm, req)
     text = lm.decode(outcome.result.token_ids)
     key_bytes, clip_bytes = event_jpeg_bytes(event)

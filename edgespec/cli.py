@@ -89,7 +89,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     ident = resolve_device(args)
     lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
-    prompt_ids = lm.encode(args.prompt)
+    prompt_sent = privacy_from_args(args).prompt(args.prompt)
+    prompt_ids = lm.encode(prompt_sent)
     req = EdgeRequest(
         prompt_ids=prompt_ids,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(),
@@ -112,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "accepted_per_round": r.accepted_per_round, "acceptance_rate": r.acceptance_rate,
             "target_forwards": r.target_forwards, "wire_bytes_up": out.traffic.up,
             "wire_bytes_down": out.traffic.down, "seconds": r.seconds, "verifier_id": out.verifier_id,
-            "session_id": out.session_id.hex(), "resyncs": out.resyncs,
+            "session_id": out.session_id.hex(), "resyncs": out.resyncs, "prompt_sent": prompt_sent,
         }))
     else:
         print(text)
@@ -143,13 +144,32 @@ def cmd_camera(args: argparse.Namespace) -> int:
         extractor = HFVisionFeatures(args.vision_encoder)
     cfg = CameraConfig(
         device_id=ident.device_id, source=args.source, broker=ident.broker, prefix=ident.prefix, auth=ident.auth,
-        keys=ident.keys,
+        keys=ident.keys, privacy=privacy_from_args(args),
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
         max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events, realtime=args.realtime,
         timeout_s=args.timeout,
     )
     asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True)))
     return 0
+
+
+def add_privacy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sanitize-prompt", action="store_true", help="replace e-mails, phones and --private-names")
+    p.add_argument("--private-names", metavar="A,B|@FILE", help="names the sanitiser replaces")
+    p.add_argument("--feature-dp", metavar="EPS[,DELTA]", help="add Gaussian noise: (eps, delta)-DP features")
+    p.add_argument("--feature-clip", type=float, default=4.0, help="L2 clip of the features before noise")
+
+
+def privacy_from_args(args: argparse.Namespace):
+    from camera_node.privacy import PrivacyConfig, parse_names
+
+    eps, delta = None, 1e-5
+    if getattr(args, "feature_dp", None):
+        parts = args.feature_dp.split(",")
+        eps = float(parts[0])
+        delta = float(parts[1]) if len(parts) > 1 else delta
+    return PrivacyConfig(args.sanitize_prompt, parse_names(args.private_names), eps, delta,
+                         getattr(args, "feature_clip", 4.0))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s, help="seconds to wait for the verifier")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_sampling_args(p)
+    add_privacy_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("camera", help="a camera node: capture, motion events, features, drafted captions")
@@ -194,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="pace file and synthetic sources at their frame rate")
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s)
     add_sampling_args(p)
+    add_privacy_args(p)
     p.set_defaults(func=cmd_camera)
 
     for name in PLUGIN_COMMANDS:
