@@ -1,0 +1,151 @@
+"""Data of the default pair: the shared tokenizer, scene features, caption batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for
+from camera_node.features import FeatureExtractor, OpenCVFeatures
+from camera_node.scene import MOTION_SECONDS, Scene, random_scene, render
+from edgespec.defaultpair.config import EVAL_SEED_BASE, SEED_STRIDE, TRAIN_SEED_BASE
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The word-level tokenizer both models share: specials, then the grammar's words.
+
+    It adds no special tokens by itself (no post-processor), so ``CAPTION_PROMPT`` encodes to
+    the same ids with or without ``add_special_tokens``; the vision prefix starts every
+    sequence and the model ends captions with ``<eos>``.
+    """
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *VOCABULARY))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()  # "describe:" -> "describe", ":"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Token ids of ``CAPTION_PROMPT``: what follows the vision prefix in every sequence."""
+    return list(tokenizer(CAPTION_PROMPT, add_special_tokens=False)["input_ids"])
+
+
+def train_seeds(seed: int, count: int) -> list[int]:
+    """Scene seeds of the training split for run ``seed`` (disjoint from :func:`eval_seeds`)."""
+    if count > SEED_STRIDE:
+        raise ValueError(f"at most {SEED_STRIDE} training scenes per run seed, asked for {count}")
+    start = TRAIN_SEED_BASE + seed * SEED_STRIDE
+    if start + count > EVAL_SEED_BASE:
+        raise ValueError(f"run seed {seed} would reach the evaluation seeds")
+    return list(range(start, start + count))
+
+
+def eval_seeds(count: int) -> list[int]:
+    """Held-out scene seeds for evaluation."""
+    return list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + count))
+
+
+def scene_features(scene: Scene, extractor: FeatureExtractor) -> np.ndarray:
+    """Features [S, D] of the scene's event clip: frames at t=0 and t=MOTION_SECONDS."""
+    return extractor.extract(render(scene, 0.0), render(scene, MOTION_SECONDS))
+
+
+def compute_features(
+    seeds: Sequence[int],
+    extractor: FeatureExtractor | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[list[Scene], np.ndarray]:
+    """Scenes of ``seeds`` and their features [N, S, D] float32 (computed once, kept in memory)."""
+    extractor = extractor or OpenCVFeatures()
+    scenes = [random_scene(s) for s in seeds]
+    out = np.zeros((len(scenes), *extractor.feature_shape), np.float32)
+    for i, scene in enumerate(tqdm(scenes, desc=desc, disable=not progress, leave=False)):
+        out[i] = scene_features(scene, extractor)
+    return scenes, out
+
+
+class CaptionBatches:
+    """Endless shuffled batches of (features, token ids, loss mask) over cached scenes.
+
+    Each time a scene comes up it gets a freshly drawn caption, so the models see the
+    grammar's variety rather than one wording per scene. Token layout of one row:
+    ``prompt + caption + <eos>`` right-padded with ``<pad>``; the mask marks the positions
+    whose *next* token is a caption token or ``<eos>`` (what the loss is computed on).
+    Rows are bucketed by length: ``bucket_batches`` batches are drawn at once, sorted by
+    length, cut into batches and served in random order, so little compute goes on padding.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        features: np.ndarray,
+        tokenizer: PreTrainedTokenizerFast,
+        batch_size: int,
+        seed: int,
+        bucket_batches: int = 16,
+    ) -> None:
+        self.scenes = scenes
+        self.features = torch.from_numpy(features)  # [N, S, D]
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.bucket_batches = bucket_batches
+        self.rng = np.random.default_rng(seed)
+        self.prompt = prompt_ids(tokenizer)
+        self._order: list[int] = []
+        self._ready: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def _next_index(self) -> int:
+        """The next scene index, reshuffling at each epoch."""
+        if not self._order:
+            self._order = self.rng.permutation(len(self.scenes)).tolist()
+        return self._order.pop()
+
+    def token_row(self, caption: str) -> list[int]:
+        """prompt + caption + eos ids of one caption."""
+        ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"]
+        return self.prompt + list(ids) + [self.tokenizer.eos_token_id]
+
+    def collate(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [B, T] (right-padded) and loss mask [B, T] of token rows."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            # Position j predicts token j+1; the first predicted token follows the prompt.
+            mask[i, len(self.prompt) - 1 : len(row) - 1] = True
+        return ids, mask
+
+    def _refill(self) -> None:
+        """Draw, caption and bucket the next ``bucket_batches`` batches."""
+        pool = [self._next_index() for _ in range(self.batch_size * self.bucket_batches)]
+        rows = [self.token_row(caption_for(self.scenes[i], self.rng)) for i in pool]
+        by_length = sorted(range(len(pool)), key=lambda k: (len(rows[k]), k))
+        chunks = [by_length[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
+        for c in self.rng.permutation(len(chunks)).tolist():
+            ids, mask = self.collate([rows[k] for k in chunks[c]])
+            self._ready.append((self.features[[pool[k] for k in chunks[c]]], ids, mask))
+
+    def __iter__(self) -> CaptionBatches:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features [B, S, D], token ids [B, T], loss mask [B, T]."""
+        if not self._ready:
+            self._refill()
+        return self._ready.pop()

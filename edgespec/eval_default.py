@@ -1,0 +1,266 @@
+"""``edgespec eval-default``: measure the default pair on held-out scenes.
+
+1. Caption accuracy: greedy captions of the target alone and of the draft alone, parsed
+   back by :func:`camera_node.captions.score_caption`: the share of objects whose colour,
+   shape and motion (and, separately, end position) the caption names correctly.
+2. Speculative decoding: the project's own loop (:func:`speculative.loop.run_local`) with
+   the draft proposing ``gamma`` tokens a round, at each temperature: acceptance rate
+   (accepted / drafted tokens, pooled over scenes), mean accepted draft tokens per round,
+   tokens per round against the formula (1 - a^(g+1)) / (1 - a), target forwards per token;
+   at temperature 0 it also checks that the output equals the target's own greedy caption.
+3. Feature size: bytes of the float32 features a camera sends once per session.
+
+Scenes come from :func:`edgespec.defaultpair.data.eval_seeds`, disjoint from training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from camera_node.captions import CaptionScore, score_caption
+from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, EvalConfig
+from edgespec.defaultpair.data import compute_features, eval_seeds, prompt_ids
+from edgespec.defaultpair.modeling import greedy_captions, parameter_count
+
+
+def caption_accuracy(
+    lm: Any,
+    scenes: list[Any],
+    features: np.ndarray,
+    prompt: list[int],
+    cfg: EvalConfig,
+) -> tuple[dict[str, Any], list[list[int]], list[str]]:
+    """Greedy captions of one model for all scenes, scored; returns (shares, ids, texts)."""
+    eos = lm.tokenizer.eos_token_id
+    ids: list[list[int]] = []
+    for start in range(0, len(scenes), cfg.batch_size):
+        batch = torch.from_numpy(features[start : start + cfg.batch_size])  # [B, S, D]
+        ids += greedy_captions(lm.model, lm.projector, batch, prompt, eos, cfg.max_new_tokens)
+    texts = [lm.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    total = CaptionScore()
+    for text, scene in zip(texts, scenes, strict=True):
+        total.add(score_caption(text, scene))
+    return total.shares(), ids, texts
+
+
+def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
+    """(1 - a^(g+1)) / (1 - a): tokens per round if each draft is accepted with rate a."""
+    if acceptance >= 1.0:
+        return float(gamma + 1)
+    return (1 - acceptance ** (gamma + 1)) / (1 - acceptance)
+
+
+def speculative_stats(
+    target: Any,
+    draft: Any,
+    features: np.ndarray,
+    prompt: list[int],
+    temperature: float,
+    cfg: EvalConfig,
+    greedy_reference: list[list[int]] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """run_local over every scene at one temperature; pooled statistics."""
+    from speculative.loop import run_local
+    from speculative.sampling import SamplingParams
+
+    sampling = SamplingParams(temperature=temperature)
+    accepted = drafted = rounds = tokens = forwards = 0
+    identical = 0
+    started = time.perf_counter()
+    for i in tqdm(
+        range(len(features)), desc=f"speculative T={temperature}", disable=not progress, leave=False
+    ):
+        result = run_local(
+            target,
+            draft,
+            prompt,
+            features[i],
+            sampling,
+            cfg.gamma,
+            cfg.max_new_tokens,
+            seed=cfg.seed + i,
+        )
+        accepted += sum(result.accepted_per_round)
+        drafted += sum(result.drafted_per_round)
+        rounds += result.rounds
+        tokens += len(result.token_ids)
+        forwards += result.target_forwards
+        if greedy_reference is not None:
+            out = [t for t in result.token_ids if t not in target.eos_token_ids]
+            identical += int(out == greedy_reference[i])
+    rate = accepted / drafted if drafted else 0.0
+    stats = {
+        "temperature": temperature,
+        "gamma": cfg.gamma,
+        "acceptance_rate": rate,
+        "accepted_per_round": accepted / max(1, rounds),
+        "tokens_per_round": tokens / max(1, rounds),
+        "expected_tokens_per_round": expected_tokens_per_round(rate, cfg.gamma),
+        "target_forwards_per_token": forwards / max(1, tokens),
+        "rounds": rounds,
+        "tokens": tokens,
+        "seconds": time.perf_counter() - started,
+    }
+    if greedy_reference is not None:
+        stats["identical_to_target_greedy"] = identical / len(features)
+    return stats
+
+
+def evaluate(
+    models_dir: str | Path = DEFAULT_MODELS_DIR,
+    cfg: EvalConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """All measurements of the module docstring, as a JSON-ready dict."""
+    from speculative.models import load_lm
+
+    cfg = cfg or EvalConfig()
+    torch.set_num_threads(cfg.threads)
+    models_dir = Path(models_dir)
+    target, draft = load_lm(models_dir / "target"), load_lm(models_dir / "draft")
+    if target.fingerprint != draft.fingerprint:
+        raise ValueError(f"{models_dir}: target and draft tokenizers differ")
+    scenes, features = compute_features(
+        eval_seeds(cfg.scenes), progress=progress, desc="eval features"
+    )
+    prompt = prompt_ids(target.tokenizer)
+
+    report: dict[str, Any] = {"config": asdict(cfg), "models_dir": str(models_dir), "models": {}}
+    greedy_ids: dict[str, list[list[int]]] = {}
+    for name, lm in (("target", target), ("draft", draft)):
+        shares, ids, texts = caption_accuracy(lm, scenes, features, prompt, cfg)
+        greedy_ids[name] = ids
+        report["models"][name] = {
+            "parameters": parameter_count(lm.model, lm.projector),
+            "accuracy": shares,
+            "examples": [
+                {"seed": s.seed, "caption": t} for s, t in zip(scenes[:3], texts[:3], strict=True)
+            ],
+        }
+    report["speculative"] = [
+        speculative_stats(
+            target,
+            draft,
+            features,
+            prompt,
+            t,
+            cfg,
+            greedy_ids["target"] if t == 0.0 else None,
+            progress,
+        )
+        for t in cfg.temperatures
+    ]
+    slots, dims = features.shape[1:]
+    occupied = float((features[:, :, 0] > 0).sum(1).mean())
+    report["features"] = {
+        "shape": [slots, dims],
+        "bytes_float32": int(slots * dims * 4),
+        "mean_occupied_slots": occupied,
+        "mean_bytes_occupied_float32": occupied * dims * 4,
+    }
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable table of a report."""
+    lines = [f"held-out scenes: {report['config']['scenes']}   models: {report['models_dir']}", ""]
+    lines.append(
+        f"{'model':<8}{'params':>10}{'colour':>8}{'shape':>8}{'motion':>8}"
+        f"{'c+s+m':>8}{'position':>10}{'extra':>7}"
+    )
+    for name, entry in report["models"].items():
+        a = entry["accuracy"]
+        lines.append(
+            f"{name:<8}{entry['parameters']:>10,}{a['colour']:>8.3f}{a['shape']:>8.3f}"
+            f"{a['motion']:>8.3f}{a['colour_shape_motion']:>8.3f}{a['position']:>10.3f}"
+            f"{a['extra_mentions']:>7}"
+        )
+    header = (
+        f"{'T':>5}{'gamma':>7}{'accept':>8}{'acc/round':>11}{'tok/round':>11}"
+        f"{'formula':>9}{'tgt fwd/tok':>13}{'= greedy':>10}"
+    )
+    lines += ["", header]
+    for s in report["speculative"]:
+        same = s.get("identical_to_target_greedy")
+        lines.append(
+            f"{s['temperature']:>5.1f}{s['gamma']:>7}{s['acceptance_rate']:>8.3f}"
+            f"{s['accepted_per_round']:>11.2f}{s['tokens_per_round']:>11.2f}"
+            f"{s['expected_tokens_per_round']:>9.2f}{s['target_forwards_per_token']:>13.3f}"
+            f"{'' if same is None else f'{same:.3f}':>10}"
+        )
+    f = report["features"]
+    feature_line = (
+        f"features: [{f['shape'][0]}, {f['shape'][1]}] float32 = {f['bytes_float32']} "
+        f"bytes (occupied slots {f['mean_occupied_slots']:.2f} = "
+        f"{f['mean_bytes_occupied_float32']:.0f} bytes)"
+    )
+    lines += ["", feature_line]
+    examples = report["models"]["target"]["examples"]
+    lines += ["", "target captions:"] + [f"  seed {e['seed']}: {e['caption']}" for e in examples]
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The ``eval-default`` command: print the table, write JSON if asked."""
+    cfg = replace(EvalConfig(), scenes=args.scenes, gamma=args.gamma)
+    report = evaluate(args.models, cfg, progress=not args.quiet)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``eval-default``."""
+    defaults = EvalConfig()
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help="folder holding target/ and draft/ (default: the built-in pair)",
+    )
+    parser.add_argument(
+        "--scenes", type=int, default=defaults.scenes, help="held-out scenes (default %(default)s)"
+    )
+    parser.add_argument(
+        "--gamma",
+        type=int,
+        default=defaults.gamma,
+        help="draft tokens per round (default %(default)s)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the report as JSON here"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``eval-default`` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "eval-default", help="measure the built-in model pair on held-out scenes"
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``eval-default`` without the ``edgespec`` front end."""
+    parser = argparse.ArgumentParser(
+        prog="edgespec eval-default", description=__doc__.split("\n")[0]
+    )
+    add_arguments(parser)
+    return _run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
