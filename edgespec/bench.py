@@ -249,9 +249,40 @@ def run_bench(args) -> dict:
                    "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__},
         "workloads": results,
         "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
+        "encryption_bytes": encryption_overhead(args.gamma),
     }
     print_table(result)
     return result
+
+
+def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
+    """Payload bytes of typical messages in the clear and sealed (computed, not timed)."""
+    from schemas import DraftMsg, Features, SessionOpen, SparseQWire, VerdictMsg, encode
+    from security.channel import device_open
+    from security.keys import generate_keypair
+
+    sid = os.urandom(16)
+    device, verifier = generate_keypair(), generate_keypair()
+    examples = {
+        "open (4x32 fp16 features)": SessionOpen(sid, [1, 2], Features.from_array(np.zeros((4, 32))), max_new_tokens=48),
+        f"draft, greedy, k={gamma}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)), None),
+        f"draft, sampled, k={gamma}, q_top={q_top}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)),
+                                                             SparseQWire.from_arrays(np.ones((gamma, q_top), np.int64) * 300,
+                                                                                     np.ones((gamma, q_top), np.int64) * 4000)),
+        f"verdict, k={gamma}": VerdictMsg(sid, 7, [True] * gamma, gamma, 123, 25),
+    }
+    topic = "edgespec/v1/dev/cam-1/up/v/verifier-1"
+    out = {}
+    for name, msg in examples.items():
+        plain = encode(msg)
+        if isinstance(msg, SessionOpen):
+            _, sealed_open = device_open(device, verifier.public, verifier.key_id, "cam-1", sid, topic, plain)
+            sealed = encode(sealed_open)
+        else:
+            cipher, _ = device_open(device, verifier.public, verifier.key_id, "cam-1", sid, topic, b"")
+            sealed = encode(cipher.seal(topic, plain))
+        out[name] = {"plain": len(plain), "sealed": len(sealed), "added": len(sealed) - len(plain)}
+    return out
 
 
 def latency_summary(values: list[float]) -> dict:
@@ -312,6 +343,8 @@ def print_table(result: dict) -> None:
         if w["d_over_c"] is not None:
             line += f"   (d)/(c) = {w['d_over_c']:.2f}"
         print(line)
+    print("\nmessage payload bytes, plain -> sealed:  " + ";  ".join(
+        f"{k}: {v['plain']} -> {v['sealed']} (+{v['added']})" for k, v in result["encryption_bytes"].items()))
     for kind, nr in result["null_round_trip_ms"].items():
         print(f"null-model round trip through Mosquitto, {kind}: p50 {nr['p50']:.3f} ms, p99 {nr['p99']:.3f} ms "
               f"({nr['rounds']} rounds)")

@@ -11,7 +11,7 @@ from camera_node.captions import CAPTION_PROMPT
 from camera_node.features import OpenCVFeatures
 from camera_node.node import CameraConfig, run_camera
 from camera_node.session import wire_features
-from conftest import start_verifier, stop_process
+from conftest import dev_keys, start_verifier, stop_process
 from edgespec.config import resolve_model_dir
 from edgespec.mqtt import make_client
 from schemas import ResultMsg, Topics
@@ -38,7 +38,7 @@ def default_verifier(mosquitto):
 def test_synthetic_camera_caption_equals_target_greedy(mosquitto, default_verifier, default_pair):
     target, draft = default_pair
     cfg = CameraConfig(device_id="cam-t", source="synthetic:3", broker=mosquitto.url, prefix="cam-test/v1",
-                       max_events=2)
+                       max_events=2, keys=dev_keys("cam-t"))
 
     async def scenario():
         async with make_client(mosquitto.url, client_id="test-dashboard") as dash:
