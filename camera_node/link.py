@@ -41,6 +41,13 @@ class VerifierRejected(RuntimeError):
         self.error = error
 
 
+class VerifierLost(VerifierTimeout):
+    """The verifier holding the session announced it is offline (its Last Will)."""
+
+
+_GONE = object()  # inbox sentinel: this session's verifier went offline
+
+
 class ResyncFailed(RuntimeError):
     """The verifier could not take the session back after a RESYNC."""
 
@@ -80,12 +87,14 @@ class EdgeLink:
             will=aiomqtt.Will(status, OFFLINE, qos=1, retain=True), auth=auth,
         )
         self._inbox: dict[bytes, asyncio.Queue] = {}
+        self._channels: dict[bytes, "SessionChannel"] = {}
         self._reader: asyncio.Task | None = None
         self.rejected_downlink = 0
 
     async def __aenter__(self) -> "EdgeLink":
         await self._client.__aenter__()
         await self._client.subscribe(self._down, qos=1)
+        await self._client.subscribe(self.topics.all_verifier_status(), qos=1)
         await self._client.publish(self._status, ONLINE, qos=1, retain=True)
         self._reader = asyncio.create_task(self._read(), name=f"downlink-{self.device_id}")
         return self
@@ -102,6 +111,11 @@ class EdgeLink:
     async def _read(self) -> None:
         async for message in self._client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            status = self.topics.parse_status(str(message.topic))
+            if status is not None:
+                if status[0] == "verifier" and payload == OFFLINE:
+                    self._verifier_gone(status[1])
+                continue
             try:
                 msg = decode(payload)
             except WireError as err:
@@ -125,12 +139,20 @@ class EdgeLink:
         """A verified result for dashboards (JSON, QoS 1, not retained: results are events)."""
         return await self.publish(self.topics.result(self.device_id), result.to_json())
 
+    def _verifier_gone(self, verifier_id: str) -> None:
+        """Wake every session waiting on a verifier that announced it is offline."""
+        for sid, channel in self._channels.items():
+            if channel.verifier_id == verifier_id:
+                self._inbox[sid].put_nowait((_GONE, 0))
+
     def channel(self, session_id: bytes) -> "SessionChannel":
         self._inbox[session_id] = asyncio.Queue()
-        return SessionChannel(self, session_id)
+        self._channels[session_id] = SessionChannel(self, session_id)
+        return self._channels[session_id]
 
     def _release(self, session_id: bytes) -> None:
         self._inbox.pop(session_id, None)
+        self._channels.pop(session_id, None)
 
 
 class SessionChannel:
@@ -164,6 +186,8 @@ class SessionChannel:
                     f"no verifier answered {waiting_for} within {self.link.timeout_s:.1f} s on "
                     f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?"
                 ) from None
+            if msg is _GONE:
+                raise VerifierLost(f"verifier {self.verifier_id} went offline while waiting for {waiting_for}")
             self.traffic.down += size
             self.traffic.down_messages += 1
             if not isinstance(msg, Sealed):

@@ -5,6 +5,7 @@ speculative.loop.EdgeGeneration; this module only moves its blocks and verdicts 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,10 @@ from speculative.loop import EdgeGeneration, GenerationResult, StopRule
 from speculative.models import LoadedLM
 from speculative.sampling import DEFAULT_Q_TOP, SamplingParams
 
-from .link import EdgeLink, ResyncFailed, Traffic
+from .link import EdgeLink, ResyncFailed, Traffic, VerifierTimeout
+
+log = logging.getLogger("edgespec.camera")
+MAX_REOPENS_PER_ROUND = 3
 
 FEATURE_WIRE_DTYPE = "float16"
 
@@ -114,15 +118,22 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Ed
             # 2. Draft a block and send it with its exact q.
             block = edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
-            reply = await exchange_drafting_ahead(channel, draft, edge if req.draft_ahead else None)
-            if isinstance(reply, Resync):
-                # 3. The verifier lost the session: re-open with the full context, resend.
+            for attempt in range(MAX_REOPENS_PER_ROUND + 1):
+                try:
+                    reply = await exchange_drafting_ahead(channel, draft, edge if req.draft_ahead else None)
+                except VerifierTimeout as exc:  # the verifier died or went silent: another takes over
+                    if attempt == MAX_REOPENS_PER_ROUND:
+                        raise
+                    log.warning("%s; re-opening the session on the pool", exc)
+                    reply = Resync(session_id, str(exc))
+                if not isinstance(reply, Resync):
+                    break
+                if attempt == MAX_REOPENS_PER_ROUND:
+                    raise ResyncFailed(f"session lost {attempt + 1} times in one round: {reply.reason}")
+                # 3. The verifier lost the session: re-open with the full context, resend the block.
                 resyncs += 1
                 await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
                 await channel.wait_opened()
-                reply = await channel.exchange(draft)
-                if isinstance(reply, Resync):
-                    raise ResyncFailed(f"verifier asked to resync twice in a row: {reply.reason}")
             # 4. Apply the verdict.
             edge.apply(reply.n_accepted, reply.next_token)
             seq += 1

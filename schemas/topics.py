@@ -78,6 +78,9 @@ class Topics:
     def session_subscription(self, verifier: str) -> str:
         return f"{self.prefix}/dev/+/up/v/{check_id(verifier, 'verifier id')}"
 
+    def all_verifier_status(self) -> str:
+        return f"{self.prefix}/verifier/+/status"
+
     def all_results(self) -> str:
         return f"{self.prefix}/dev/+/result"
 
