@@ -58,7 +58,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     broker = args.broker or DEFAULTS.broker
     lm = load_lm(resolve_model_dir(args.target_model, "target"))
-    core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions),
+    core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions,
+                                           batching=args.max_batch > 1),
                         Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
 
     async def main() -> None:
@@ -67,7 +68,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         ready = asyncio.Event()
-        task = asyncio.create_task(serve(core, broker, ready=ready, stop=stop, busy_poll_s=args.busy_poll_ms / 1000))
+        task = asyncio.create_task(serve(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
+                                          max_batch=args.max_batch))
         await ready.wait()
         mode = "plaintext allowed" if args.allow_plaintext else "encrypted sessions only"
         print(f"verifier {args.verifier_id} ready on {broker} ({mode})", flush=True)
@@ -187,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=1024)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
-    p.add_argument("--busy-poll-ms", type=float, default=0.0,
-                   help="keep polling this long after each message instead of sleeping (lower latency, more CPU)")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="gather drafts arriving within this window into one batched forward")
+    p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
     p.set_defaults(func=cmd_verifier)
 
     p = sub.add_parser("generate", help="one edge session in text mode")

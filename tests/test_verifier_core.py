@@ -219,3 +219,37 @@ def test_random_field_values_never_escape(core, loaded_pair):
             for _, out in core.handle(topic, payload):
                 assert isinstance(decode(out), (ErrorMsg, Opened, Resync, VerdictMsg))
     assert core.rejected["internal"] == 0
+
+
+def test_blocks_arriving_together_are_verified_in_one_batch(core, loaded_pair):
+    """Four sessions in lockstep: each round's drafts go to handle_batch together."""
+    target, draft = loaded_pair
+    prompts = [target.encode(t) for t in ("a red circle", "hello world", "the camera sees one", "two")]
+    devices = [f"cam-{i}" for i in range(4)]
+    edges, sids = [], []
+    for device, prompt in zip(devices, prompts):
+        msg = open_msg(draft, prompt, gamma=3, max_new_tokens=20, stop_token_ids=list(draft.eos_token_ids))
+        reply_of(core.handle(T.open(device), encode(msg)), device)
+        drafter = Drafter(draft, SamplingParams())
+        drafter.start(prompt)
+        edges.append(EdgeGeneration(drafter, prompt, 3, StopRule(20, draft.eos_token_ids)))
+        sids.append(msg.session_id)
+    seqs = [0] * 4
+    while not all(e.done for e in edges):
+        live = [i for i, e in enumerate(edges) if not e.done]
+        batch = []
+        for i in live:
+            block = edges[i].next_block()
+            batch.append((T.session_up(devices[i], VID),
+                          encode(DraftMsg(sids[i], seqs[i], edges[i].committed_len, block.tokens, None))))
+        replies = core.handle_batch(batch)
+        assert len(replies) == len(live)
+        for i, (topic, payload) in zip(live, replies):
+            verdict = decode(payload)
+            assert topic == T.down(devices[i]) and isinstance(verdict, VerdictMsg)
+            edges[i].apply(verdict.n_accepted, verdict.next_token)
+            seqs[i] += 1
+    assert max(core.batch_sizes) == 4
+    for e, prompt in zip(edges, prompts):
+        ref = target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20)[0, len(prompt):]
+        assert e.generated == ref.tolist()

@@ -65,6 +65,17 @@ class VerifierConfig:
     max_sessions: int = 1024
     session_idle_s: float = 300.0
     limits: Limits = DEFAULT_LIMITS
+    batching: bool = True  # verify blocks that arrive together in one forward
+
+
+@dataclass
+class PendingBlock:
+    """A validated draft block waiting for its (possibly batched) target forward."""
+
+    session: Session
+    msg: DraftMsg
+    q: SparseQ | None
+    down: str
 
 
 class VerifierCore:
@@ -79,11 +90,57 @@ class VerifierCore:
         self.sessions = SessionTable(config.max_sessions, config.session_idle_s)
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self.batch_sizes: Counter[int] = Counter()
 
     # ------------------------------------------------------------------ entry point
 
     def handle(self, topic: str, payload: bytes) -> list[Reply]:
         """Process one uplink message; returns the messages to publish (QoS 1)."""
+        return self.handle_batch([(topic, payload)])
+
+    def handle_batch(self, messages: list[tuple[str, bytes]]) -> list[Reply]:
+        """Process messages that arrived together; their drafted blocks are verified in one
+        batched target forward (one block per session per forward, in arrival order)."""
+        replies: list[Reply] = []
+        pending: list[PendingBlock] = []
+        for topic, payload in messages:
+            # A second message for a session with a block in this batch (a QoS-1 duplicate,
+            # a close) must see that block's outcome: verify what is pending first.
+            session_id, _ = _peek_ids(payload)
+            if session_id is not None and any(p.session.session_id == session_id for p in pending):
+                replies.extend(self._verify(pending))
+                pending = []
+            out = self._handle_one(topic, payload)
+            if isinstance(out, PendingBlock):
+                pending.append(out)
+            else:
+                replies.extend(out)
+        replies.extend(self._verify(pending))
+        return replies
+
+    def _verify(self, pending: list["PendingBlock"]) -> list[Reply]:
+        if not pending:
+            return []
+        self.batch_sizes[len(pending)] += 1
+        try:
+            if len(pending) == 1 or not self.config.batching:
+                verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
+            else:
+                from speculative.batch import verify_batch
+
+                verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending])
+        except Exception as exc:  # a bug must not take the other sessions down with it
+            log.exception("verification failed for %d blocks", len(pending))
+            err = WireError(ErrorCode.INTERNAL, f"verifier failed on this block: {type(exc).__name__}")
+            out = []
+            for p in pending:
+                self._count(err)
+                self.sessions.remove(p.session.session_id)  # its cache may be inconsistent now
+                out.append((p.down, self._wrap(p.session, ErrorMsg(p.msg.session_id, p.msg.seq, int(err.code), str(err)))))
+            return out
+        return [(p.down, self._settle(p.session, p.msg, v)) for p, v in zip(pending, verdicts)]
+
+    def _handle_one(self, topic: str, payload: bytes) -> "list[Reply] | PendingBlock":
         try:
             uplink = self.topics.parse_uplink(topic)
         except WireError as err:
@@ -224,7 +281,7 @@ class VerifierCore:
                                                            session.committed_len))
         return [(self.topics.down(device_id), session.opened_reply)]
 
-    def _draft(self, uplink: Uplink, msg: DraftMsg) -> list[Reply]:
+    def _draft(self, uplink: Uplink, msg: DraftMsg) -> "list[Reply] | PendingBlock":
         session = self.sessions.get(msg.session_id)
         down = self.topics.down(uplink.device_id)
         if session is None:
@@ -244,9 +301,7 @@ class VerifierCore:
             self.sessions.remove(msg.session_id)
             reason = f"device has {msg.committed_len} committed tokens, verifier {session.committed_len}"
             return [(down, self._wrap(session, Resync(msg.session_id, reason)))]
-        q = self._check_draft(session, msg)
-        verdict = session.target.verify(msg.tokens, q)
-        return [(down, self._settle(session, msg, verdict))]
+        return PendingBlock(session, msg, self._check_draft(session, msg), down)
 
     def _settle(self, session: Session, msg: DraftMsg, verdict: Verdict) -> bytes:
         """Record a verdict for duplicate answers and build its reply."""
