@@ -49,6 +49,7 @@ class EdgeOutcome:
     traffic: Traffic
     resyncs: int = 0
     feature_bytes: int = 0
+    round_seconds: list[float] = field(default_factory=list)  # send -> verdict, per round
     extra: dict = field(default_factory=dict)
 
 
@@ -92,8 +93,12 @@ async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration
     return await reply
 
 
-async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> EdgeOutcome:
-    """Generate with the verifier reached through `link`; returns tokens, statistics and traffic."""
+async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, drafter=None) -> EdgeOutcome:
+    """Generate with the verifier reached through `link`; returns tokens, statistics and traffic.
+
+    `drafter` replaces the draft model (e.g. speculative.recorded.RecordedDrafter in load
+    tests); `lm` still gives the tokenizer fingerprint and stop tokens.
+    """
     started = time.perf_counter()
     session_id = os.urandom(16)
     channel = link.channel(session_id)
@@ -109,15 +114,17 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Ed
     try:
         # 1. Open; the draft's prefill overlaps the verifier's.
         await channel.send_open(open_msg)
-        drafter = Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
+        drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
         drafter.start(list(req.prompt_ids), features)
         await channel.wait_opened()
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
         seq = 0
+        round_seconds: list[float] = []
         while not edge.done:
             # 2. Draft a block and send it with its exact q.
             block = edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
+            sent_at = time.perf_counter()
             for attempt in range(MAX_REOPENS_PER_ROUND + 1):
                 try:
                     reply = await exchange_drafting_ahead(channel, draft, edge if req.draft_ahead else None)
@@ -135,6 +142,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Ed
                 await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
                 await channel.wait_opened()
             # 4. Apply the verdict.
+            round_seconds.append(time.perf_counter() - sent_at)
             edge.apply(reply.n_accepted, reply.next_token)
             seq += 1
     finally:
@@ -149,4 +157,5 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Ed
         traffic=channel.traffic,
         resyncs=resyncs,
         feature_bytes=len(wire.data) if wire is not None else 0,
+        round_seconds=round_seconds,
     )

@@ -20,6 +20,7 @@ PLUGIN_COMMANDS = (
     "edgespec.train_default",
     "edgespec.eval_default",
     "edgespec.provisioning",
+    "edgespec.loadtest",
 )
 
 

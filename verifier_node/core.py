@@ -66,6 +66,7 @@ class VerifierConfig:
     session_idle_s: float = 300.0
     limits: Limits = DEFAULT_LIMITS
     batching: bool = True  # verify blocks that arrive together in one forward
+    max_kv_bytes: int = 8 << 30  # the session table evicts LRU sessions beyond this much KV cache
 
 
 @dataclass
@@ -87,7 +88,15 @@ class VerifierCore:
         self.crypto = crypto
         self.config = config
         self.topics = topics
-        self.sessions = SessionTable(config.max_sessions, config.session_idle_s)
+        from edgespec.kvmem import kv_bytes_per_token
+        from speculative.batch import KVPool
+
+        # Every session's KV cache lives in one pool, so a batch gathers and scatters views.
+        self.pool = KVPool(lm)
+        self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
+        self.sessions = SessionTable(config.max_sessions, config.session_idle_s,
+                                     max_bytes=config.max_kv_bytes, bytes_per_token=self.kv_bytes_per_token,
+                                     on_drop=lambda s: self.pool.release(s.target))
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
@@ -123,12 +132,13 @@ class VerifierCore:
             return []
         self.batch_sizes[len(pending)] += 1
         try:
-            if len(pending) == 1 or not self.config.batching:
-                verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
-            else:
-                from speculative.batch import verify_batch
+            from speculative.batch import verify_batch
 
-                verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending])
+            if self.config.batching:
+                verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
+                                        pool=self.pool)
+            else:
+                verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("verification failed for %d blocks", len(pending))
             err = WireError(ErrorCode.INTERNAL, f"verifier failed on this block: {type(exc).__name__}")

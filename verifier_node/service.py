@@ -28,6 +28,7 @@ def stats_snapshot(core: VerifierCore) -> dict:
         "verifier_id": core.config.verifier_id,
         "ts": time.time(),
         "sessions": len(core.sessions),
+        "kv_bytes": core.sessions.kv_bytes(),
         "evictions": core.sessions.evictions,
         "expired": core.sessions.expired,
         "stats": dict(core.stats),
@@ -120,7 +121,9 @@ async def serve(
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            try:
+            try:  # final stats, then the clean goodbye
+                await client.publish(f"{topics.prefix}/verifier/{vid}/stats",
+                                     json.dumps({**stats_snapshot(core), "final": True}).encode(), qos=1)
                 await client.publish(status_topic, OFFLINE, qos=1, retain=True)
             except aiomqtt.MqttError:
                 pass

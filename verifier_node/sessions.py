@@ -38,14 +38,33 @@ class Session:
 
 
 class SessionTable:
-    """Sessions by id, least recently used first; evicts the LRU beyond `max_sessions`."""
+    """Sessions by id, least recently used first.
 
-    def __init__(self, max_sessions: int, idle_timeout_s: float):
+    Bounded twice: at most `max_sessions` sessions and at most `max_bytes` of KV cache
+    (positions held x `bytes_per_token`); beyond either the least recently used session is
+    evicted (its device gets RESYNC on its next draft). Idle sessions expire. `on_drop` is
+    called for every session that leaves the table.
+    """
+
+    def __init__(self, max_sessions: int, idle_timeout_s: float, *, max_bytes: int | None = None,
+                 bytes_per_token: int = 0, on_drop=None):
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
+        self.max_bytes = max_bytes
+        self.bytes_per_token = bytes_per_token
+        self.on_drop = on_drop or (lambda session: None)
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
         self.evictions = 0
         self.expired = 0
+
+    def kv_bytes(self) -> int:
+        """KV cache bytes the sessions hold now."""
+        return self.bytes_per_token * sum(s.target.state.length for s in self._sessions.values())
+
+    def _over(self) -> bool:
+        if len(self._sessions) > self.max_sessions:
+            return True
+        return self.max_bytes is not None and len(self._sessions) > 1 and self.kv_bytes() > self.max_bytes
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -60,18 +79,21 @@ class SessionTable:
     def add(self, session: Session) -> None:
         self._sessions[session.session_id] = session
         self._sessions.move_to_end(session.session_id)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        while self._over():
+            _, evicted = self._sessions.popitem(last=False)
+            self.on_drop(evicted)
             self.evictions += 1
 
     def remove(self, session_id: bytes) -> None:
-        self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            self.on_drop(session)
 
     def expire(self, now: float | None = None) -> int:
         """Drop sessions idle longer than the timeout; returns how many."""
         now = time.monotonic() if now is None else now
         stale = [sid for sid, s in self._sessions.items() if now - s.last_used > self.idle_timeout_s]
         for sid in stale:
-            del self._sessions[sid]
+            self.on_drop(self._sessions.pop(sid))
         self.expired += len(stale)
         return len(stale)

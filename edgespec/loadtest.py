@@ -1,0 +1,175 @@
+"""`edgespec loadtest`: many simulated devices against a pool of verifier processes.
+
+The devices replay recorded drafts (speculative/recorded.py): the target's own greedy
+captions with mistakes injected at a chosen rate, so the verifiers do their real work while
+the devices cost almost nothing, and every session's output is checked against its
+recording. With `--batching both` the same load runs with batching on and off in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .config import resolve_model_dir, set_threads
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _spawn_verifier(url: str, target_dir: Path, vid: str, prefix: str, max_batch: int, window_ms: float,
+                    max_sessions: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", url, "--target-model", str(target_dir),
+           "--verifier-id", vid, "--prefix", prefix, "--max-batch", str(max_batch),
+           "--batch-window-ms", str(window_ms), "--max-sessions", str(max_sessions)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
+    for line in proc.stdout:
+        if "ready on" in line:
+            return proc
+    raise RuntimeError(f"verifier {vid} did not start")
+
+
+async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs) -> dict:
+    from camera_node.link import EdgeLink
+    from camera_node.session import EdgeRequest, run_edge_session
+    from edgespec.mqtt import make_client
+    from schemas import Topics
+    from security.channel import DeviceKeys
+    from security.dev_identity import ensure_dev_identity
+    from speculative.recorded import RecordedDrafter
+
+    topics = Topics(prefix)
+    stats: dict[str, dict] = {}
+    async with make_client(url, client_id=f"loadtest-stats-{os.getpid()}") as watcher:
+        await watcher.subscribe(f"{prefix}/verifier/+/stats", qos=1)
+
+        async def collect():
+            async for message in watcher.messages:
+                body = json.loads(message.payload)
+                stats[body["verifier_id"]] = body
+
+        collector = asyncio.create_task(collect())
+        links = []
+        for i in range(args.devices):
+            device = f"load-{i}"
+            keys = DeviceKeys.from_bundle(ensure_dev_identity(None, device, broker_url=url, prefix=prefix)[0])
+            links.append(EdgeLink(url, device, topics=topics, keys=keys, timeout_s=120))
+        await asyncio.gather(*(link.__aenter__() for link in links))
+
+        async def device(i: int, link):
+            c = i % len(cases)
+            drafter = RecordedDrafter(references[c], lm.vocab_size, args.acceptance, seed=i)
+            req = EdgeRequest(cases[c].prompt_ids, cases[c].features, gamma=args.gamma, max_new_tokens=args.tokens,
+                              draft_ahead=False)
+            return await run_edge_session(link, lm, req, drafter=drafter)
+
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(device(i, link) for i, link in enumerate(links)))
+        wall = time.perf_counter() - started
+        await asyncio.gather(*(link.__aexit__(None, None, None) for link in links))
+        for proc in procs:  # stopped verifiers publish their final stats
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                len(stats) == len(procs) and all(s.get("final") for s in stats.values())):
+            await asyncio.sleep(0.05)
+        collector.cancel()
+        return {"outcomes": outcomes, "wall": wall, "stats": stats}
+
+
+def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
+    from broker.runner import MosquittoBroker
+
+    prefix = f"load-{'b' if batching else 'n'}/v1"
+    with MosquittoBroker(port=0, extra_config="max_connections -1") as broker:
+        procs = [_spawn_verifier(broker.url, target_dir, f"lv-{j}", prefix, args.max_batch if batching else 1,
+                                 args.window_ms, max(1024, args.devices * 2)) for j in range(args.verifiers)]
+        try:
+            res = asyncio.run(_run_devices(broker.url, prefix, lm, cases, references, args, procs))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                p.wait(timeout=10)
+    outcomes = res["outcomes"]
+    exact = sum(o.result.token_ids == references[i % len(cases)] for i, o in enumerate(outcomes))
+    tokens = sum(len(o.result.token_ids) for o in outcomes)
+    rounds = [r for o in outcomes for r in o.round_seconds]
+    hist: Counter[int] = Counter()
+    evictions = resyncs = 0
+    for s in res["stats"].values():
+        hist.update({int(k): v for k, v in s.get("batch_sizes", {}).items()})
+        evictions += s.get("evictions", 0)
+        resyncs += s.get("stats", {}).get("resyncs", 0)
+    forwards = sum(k * v for k, v in hist.items())
+    return {
+        "batching": batching, "devices": args.devices, "verifiers": args.verifiers,
+        "sessions_completed": len(outcomes), "sessions_exact": exact, "tokens": tokens, "seconds": res["wall"],
+        "tokens_per_s": tokens / res["wall"], "round_ms_p50": float(np.percentile(rounds, 50)) * 1e3,
+        "round_ms_p99": float(np.percentile(rounds, 99)) * 1e3, "batch_size_histogram": dict(sorted(hist.items())),
+        "batched_forwards": sum(hist.values()), "blocks_verified": forwards,
+        "evictions": evictions, "resyncs": resyncs + sum(o.resyncs for o in outcomes),
+    }
+
+
+def cmd_loadtest(args) -> int:
+    from edgespec.bench import vision_cases
+    from speculative.loop import generate_autoregressive
+    from speculative.models import load_lm
+    from speculative.sampling import SamplingParams
+
+    set_threads(1)
+    target_dir = resolve_model_dir(args.target_model, "target")
+    target = load_lm(target_dir)
+    lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
+    cases = vision_cases(target, min(args.devices, args.distinct))
+    references = [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), args.tokens).token_ids
+                  for c in cases]
+    modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
+    results = [run_mode(args, target_dir, lm, cases, references, b) for b in modes]
+    print(f"\nedgespec loadtest  {args.devices} devices, {args.verifiers} verifier(s), recorded drafts with "
+          f"acceptance {args.acceptance}, gamma {args.gamma}, up to {args.tokens} tokens\n")
+    head = f"{'batching':<10}{'sessions':>9}{'exact':>7}{'tokens':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}" \
+           f"{'forwards':>10}{'evict':>7}{'resync':>8}  batch sizes"
+    print(head)
+    print("-" * (len(head) + 20))
+    for r in results:
+        hist = " ".join(f"{k}:{v}" for k, v in r["batch_size_histogram"].items())
+        print(f"{'on' if r['batching'] else 'off':<10}{r['sessions_completed']:>9}{r['sessions_exact']:>7}"
+              f"{r['tokens']:>8}{r['tokens_per_s']:>9.1f}{r['round_ms_p50']:>9.1f}{r['round_ms_p99']:>9.1f}"
+              f"{r['batched_forwards']:>10}{r['evictions']:>7}{r['resyncs']:>8}  {hist}")
+    out = {"results": results}
+    if len(results) == 2:
+        out["batching_speedup"] = results[0]["tokens_per_s"] / results[1]["tokens_per_s"]
+        print(f"\nthroughput with batching / without: {out['batching_speedup']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    ok = all(r["sessions_exact"] == r["sessions_completed"] == args.devices for r in results)
+    return 0 if ok else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("loadtest", help="simulated devices against verifier processes through a local broker")
+    p.add_argument("--devices", type=int, default=64)
+    p.add_argument("--verifiers", type=int, default=1)
+    p.add_argument("--tokens", type=int, default=48, help="max new tokens per session")
+    p.add_argument("--acceptance", type=float, default=0.9, help="share of recorded drafts left correct")
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--batching", choices=("both", "on", "off"), default="both")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--window-ms", type=float, default=2.0)
+    p.add_argument("--distinct", type=int, default=16, help="distinct scenes among the devices")
+    p.add_argument("--target-model", default="default")
+    p.add_argument("--draft-model", default="default")
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=cmd_loadtest)

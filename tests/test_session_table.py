@@ -1,0 +1,40 @@
+"""The verifier's session table: bounded in sessions and in KV bytes, LRU eviction, idle expiry."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from verifier_node.sessions import SessionTable
+
+
+def fake_session(sid: bytes, length: int):
+    target = SimpleNamespace(state=SimpleNamespace(length=length))
+    return SimpleNamespace(session_id=sid, target=target, last_used=0.0)
+
+
+def test_lru_eviction_by_count():
+    dropped = []
+    table = SessionTable(2, 60, on_drop=dropped.append)
+    a, b, c = (fake_session(x, 10) for x in (b"a", b"b", b"c"))
+    table.add(a)
+    table.add(b)
+    table.get(b"a")  # a is now the most recently used
+    table.add(c)
+    assert table.get(b"b") is None and table.get(b"a") is a and table.evictions == 1 and dropped == [b]
+
+
+def test_eviction_by_kv_bytes():
+    table = SessionTable(100, 60, max_bytes=1000, bytes_per_token=10)
+    for i in range(5):
+        table.add(fake_session(bytes([i]), 30))  # 300 bytes each
+    assert len(table) == 3 and table.kv_bytes() == 900 and table.evictions == 2
+
+
+def test_idle_expiry():
+    dropped = []
+    table = SessionTable(10, 5.0, on_drop=dropped.append)
+    s = fake_session(b"x", 1)
+    table.add(s)
+    s.last_used = 100.0
+    assert table.expire(now=104.0) == 0
+    assert table.expire(now=106.0) == 1 and dropped == [s] and len(table) == 0
