@@ -38,7 +38,7 @@ class EdgeRequest:
     seed: int = 0
     q_top: int = DEFAULT_Q_TOP
     stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
-    draft_ahead: bool = True  # draft the next block while this one is verified
+    draft_ahead: bool = False  # draft the next block while this one is verified (see docs/benchmarks.md)
 
 
 @dataclass

@@ -38,6 +38,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
     p.add_argument("--q-top", type=int, default=16, help="entries of q sent per drafted token")
+    p.add_argument("--draft-ahead", action="store_true",
+                   help="draft the next block while the current one is verified (pipelining)")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -98,6 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids=prompt_ids,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(),
         gamma=args.gamma, max_new_tokens=args.max_new_tokens, seed=args.seed, q_top=args.q_top,
+        draft_ahead=args.draft_ahead,
     )
 
     async def main():
@@ -190,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=1024)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
-    p.add_argument("--batch-window-ms", type=float, default=2.0,
-                   help="gather drafts arriving within this window into one batched forward")
+    p.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="wait this long for more drafts before a batched forward (0: batch what is queued)")
     p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
     p.set_defaults(func=cmd_verifier)
 

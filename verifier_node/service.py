@@ -45,7 +45,7 @@ async def serve(
     share_group: str | None = "verifiers",
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
-    batch_window_s: float = 0.002,
+    batch_window_s: float = 0.0,
     max_batch: int = 64,
 ) -> None:
     """Serve until `stop` is set (or forever). Raises aiomqtt.MqttError if the broker is gone."""
