@@ -165,6 +165,7 @@ class SessionChannel:
         self.traffic = Traffic()
         self.cipher = None  # security.channel.SessionCipher once an encrypted open was sent
         self.rejected = 0
+        self._opening = False
 
     async def _send(self, topic: str, payload: bytes) -> None:
         self.traffic.up += await self.link.publish(topic, payload)
@@ -191,8 +192,11 @@ class SessionChannel:
             self.traffic.down += size
             self.traffic.down_messages += 1
             if not isinstance(msg, Sealed):
-                if self.cipher is not None and not isinstance(msg, (Resync, ErrorMsg)):
-                    self.rejected += 1  # an encrypted session takes only RESYNC/ERROR in the clear
+                # An encrypted session takes only RESYNC in the clear, and ERROR only while its
+                # open is unanswered (the verifier cannot seal before it has the keys).
+                allowed = (Resync, ErrorMsg) if self._opening else (Resync,)
+                if self.cipher is not None and not isinstance(msg, allowed):
+                    self.rejected += 1
                     continue
                 return msg
             if self.cipher is None:
@@ -221,13 +225,17 @@ class SessionChannel:
         await self._send(topic, encode(sealed))
 
     async def wait_opened(self) -> Opened:
-        while True:
-            msg = await self._next("the session open")
-            if isinstance(msg, Opened):
-                self.verifier_id = msg.verifier_id
-                return msg
-            if isinstance(msg, ErrorMsg):
-                raise VerifierRejected(msg)
+        self._opening = True
+        try:
+            while True:
+                msg = await self._next("the session open")
+                if isinstance(msg, Opened):
+                    self.verifier_id = msg.verifier_id
+                    return msg
+                if isinstance(msg, ErrorMsg):
+                    raise VerifierRejected(msg)
+        finally:
+            self._opening = False
 
     async def exchange(self, draft: DraftMsg) -> VerdictMsg | Resync:
         """Send a draft block and wait for its verdict (or a RESYNC)."""

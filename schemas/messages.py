@@ -8,6 +8,7 @@ little-endian bytes with an explicit dtype and shape; pickle is never used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable
@@ -333,7 +334,7 @@ def _features_in(f: _Fields, index: int) -> Features | None:
         raise f._bad("features", "data must be bytes", ErrorCode.BAD_FEATURES)
     if len(data) > f.limits.max_feature_bytes:
         raise f._bad("features", f"data is {len(data)} bytes, limit {f.limits.max_feature_bytes}", ErrorCode.OVERSIZE)
-    expected = int(np.prod(shape)) * np.dtype(FEATURE_DTYPES[dtype]).itemsize
+    expected = math.prod(shape) * np.dtype(FEATURE_DTYPES[dtype]).itemsize  # Python ints: no overflow
     if len(data) != expected:
         raise f._bad("features", f"data is {len(data)} bytes but shape {shape} needs {expected}", ErrorCode.BAD_FEATURES)
     array = Features(dtype, tuple(shape), data).to_array()

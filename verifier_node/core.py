@@ -8,7 +8,7 @@ device id is known. Nothing a device sends can raise out of `handle`.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,10 @@ from .sessions import Session, SessionTable
 log = logging.getLogger("edgespec.verifier")
 
 Reply = tuple[str, bytes]
+SEEN_OPENS_LIMIT = 100_000  # sealed OPENs remembered against replay (32 bytes each)
+# Failures of messages that did not authenticate: their ERROR names no session, so a forger
+# cannot make a device's session end by sending garbage under its session id.
+UNAUTHENTICATED = (ErrorCode.DECRYPT_FAILED, ErrorCode.REPLAY, ErrorCode.PLAINTEXT_REFUSED, ErrorCode.WRONG_DEVICE)
 
 
 @dataclass
@@ -100,6 +104,7 @@ class VerifierCore:
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
+        self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
 
     # ------------------------------------------------------------------ entry point
 
@@ -180,12 +185,12 @@ class VerifierCore:
             raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {msg.type.name} messages")
         except WireError as err:
             self._count(err)
-            return [self._error(uplink.device_id, err, payload, session)]
+            return [self._error(uplink.device_id, err, payload, session, uplink.kind)]
         except Exception as exc:  # a bug must not stop the service or other devices' sessions
             log.exception("internal error on %s", topic)
             err = WireError(ErrorCode.INTERNAL, f"verifier failed on this message: {type(exc).__name__}")
             self._count(err)
-            return [self._error(uplink.device_id, err, payload, session)]
+            return [self._error(uplink.device_id, err, payload, session, uplink.kind)]
 
     # ------------------------------------------------------------------ handlers
 
@@ -204,6 +209,8 @@ class VerifierCore:
                 and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
             self.stats["duplicate_opens"] += 1
             return [(self.topics.down(device_id), existing.opened_reply)]
+        if existing is None and msg.ciphertext[:32] in self._seen_opens:
+            raise WireError(ErrorCode.REPLAY, "this sealed OPEN was already used; a device opens with fresh keys")
         from security.registry import RegistryError
 
         try:
@@ -221,6 +228,9 @@ class VerifierCore:
                             " re-provision the device with the current verifier key") from None
         cipher, inner = verifier_open(verifier_key, device_pub, device_id, topic, msg)
         cipher.open_ciphertext = msg.ciphertext
+        self._seen_opens[msg.ciphertext[:32]] = None  # authenticated: remember it (bounded)
+        while len(self._seen_opens) > SEEN_OPENS_LIMIT:
+            self._seen_opens.popitem(last=False)
         open_msg = decode(inner, self.config.limits)
         if not isinstance(open_msg, SessionOpen) or open_msg.session_id != msg.session_id:
             raise WireError(ErrorCode.MALFORMED, "a sealed OPEN must hold an OPEN for the same session id")
@@ -261,6 +271,9 @@ class VerifierCore:
                 " draft and target must share one tokenizer",
             )
         context = msg.prompt_ids + msg.generated_ids
+        if len(msg.generated_ids) >= msg.max_new_tokens:
+            raise WireError(ErrorCode.OUT_OF_RANGE, f"{len(msg.generated_ids)} generated tokens resumed, but "
+                            f"max_new_tokens is {msg.max_new_tokens}: nothing is left to generate")
         if not msg.prompt_ids:
             raise WireError(ErrorCode.OUT_OF_RANGE, "prompt_ids must hold at least one token")
         self._check_tokens(context, "prompt")
@@ -382,8 +395,11 @@ class VerifierCore:
             return inner
         return encode(session.cipher.seal(self.topics.down(session.device_id), inner))
 
-    def _error(self, device_id: str, err: WireError, payload: bytes, session: Session | None = None) -> Reply:
+    def _error(self, device_id: str, err: WireError, payload: bytes, session: Session | None = None,
+               topic_kind: str = "session") -> Reply:
         session_id, seq = _peek_ids(payload)
+        if err.code in UNAUTHENTICATED and topic_kind == "session":
+            session_id, seq = None, None
         msg = ErrorMsg(session_id, seq, int(err.code), str(err)[:400])
         if session is not None and session.device_id == device_id and session.cipher is not None \
                 and err.code not in (ErrorCode.DECRYPT_FAILED, ErrorCode.REPLAY, ErrorCode.WRONG_DEVICE):
