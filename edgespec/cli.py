@@ -21,6 +21,7 @@ PLUGIN_COMMANDS = (
     "edgespec.eval_default",
     "edgespec.provisioning",
     "edgespec.loadtest",
+    "edgespec.fuzz",
 )
 
 
@@ -193,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=1024)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
-    p.add_argument("--batch-window-ms", type=float, default=0.0,
-                   help="wait this long for more drafts before a batched forward (0: batch what is queued)")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="while several sessions are held, wait this long for more drafts before a batched forward")
     p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
     p.set_defaults(func=cmd_verifier)
 

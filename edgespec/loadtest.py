@@ -182,7 +182,7 @@ def register(sub) -> None:
     p.add_argument("--gamma", type=int, default=4)
     p.add_argument("--batching", choices=("both", "on", "off"), default="both")
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--window-ms", type=float, default=0.0)
+    p.add_argument("--window-ms", type=float, default=2.0)
     p.add_argument("--distinct", type=int, default=16, help="distinct scenes among the devices")
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")

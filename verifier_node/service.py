@@ -45,7 +45,7 @@ async def serve(
     share_group: str | None = "verifiers",
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
-    batch_window_s: float = 0.0,
+    batch_window_s: float = 0.002,
     max_batch: int = 64,
 ) -> None:
     """Serve until `stop` is set (or forever). Raises aiomqtt.MqttError if the broker is gone."""
@@ -85,12 +85,14 @@ async def serve(
                 inbox.put_nowait((str(message.topic), payload))
 
         async def verify_batches() -> None:
-            # Gather what arrives within `batch_window_s` of the first message (or is already
-            # queued), up to `max_batch`, and hand it to the core as one batch.
+            # A batch is what is queued when the first message is taken plus what arrives within
+            # `batch_window_s`, at most `max_batch` messages. With a single session there is no
+            # one to wait for, so the window applies only while the verifier holds several.
             loop = asyncio.get_running_loop()
             while True:
                 batch = [await inbox.get()]
-                deadline = loop.time() + batch_window_s
+                window = batch_window_s if len(core.sessions) > 1 else 0.0
+                deadline = loop.time() + window
                 while len(batch) < max_batch:
                     if not inbox.empty():
                         batch.append(inbox.get_nowait())
