@@ -118,7 +118,7 @@ class EdgeLink:
                 continue
             try:
                 msg = decode(payload)
-            except WireError as err:
+            except Exception as err:  # noqa: BLE001 - nothing on the downlink may stop the reader
                 self.rejected_downlink += 1
                 log.warning("dropped a malformed downlink message: %s", err)
                 continue

@@ -460,10 +460,10 @@ def decode(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode and validate one message; raises `WireError` on anything off-contract."""
     items = unpack_array(payload, limits)
     version, mtype = items[0], items[1]
-    if version != PROTOCOL_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise WireError(ErrorCode.BAD_VERSION, f"protocol version {version!r} not supported (this side speaks {PROTOCOL_VERSION})")
     try:
-        kind = MsgType(mtype) if not isinstance(mtype, bool) else None
+        kind = MsgType(mtype) if type(mtype) is int else None
     except (ValueError, TypeError):
         kind = None
     if kind is None:

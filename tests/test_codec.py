@@ -110,6 +110,8 @@ def draft_raw(**changes):
         (encode(Close(b"s" * 16))[:-3], ErrorCode.MALFORMED),  # truncated
         (draft_raw(version=2), ErrorCode.BAD_VERSION),
         (draft_raw(version=True), ErrorCode.BAD_VERSION),
+        (draft_raw(version=1.0), ErrorCode.BAD_VERSION),
+        (draft_raw(type=3.0), ErrorCode.UNKNOWN_TYPE),
         (draft_raw(type=99), ErrorCode.UNKNOWN_TYPE),
         (draft_raw(session_id=b"short"), ErrorCode.MALFORMED),
         (draft_raw(seq=-1), ErrorCode.OUT_OF_RANGE),

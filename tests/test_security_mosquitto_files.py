@@ -139,6 +139,7 @@ def test_acl_rules_per_role() -> None:
                          f"topic write edgespec/v1/verifier/{vid}/status"]
     assert lines[lines.index("user dash"):] == ["user dash",
                                                 "topic read edgespec/v1/dev/+/result",
+                                                "topic read edgespec/v1/verifier/+/stats",
                                                 "topic read edgespec/v1/dev/+/status",
                                                 "topic read edgespec/v1/verifier/+/status"]
     assert not any("@" in line for line in lines)

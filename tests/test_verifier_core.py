@@ -253,3 +253,9 @@ def test_blocks_arriving_together_are_verified_in_one_batch(core, loaded_pair):
     for e, prompt in zip(edges, prompts):
         ref = target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20)[0, len(prompt):]
         assert e.generated == ref.tolist()
+
+
+def test_block_longer_than_the_sessions_gamma(core, loaded_pair):
+    msg = opened_session(core, loaded_pair[1], gamma=2)
+    draft = DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [4, 5, 6], None)
+    assert reply_of(core.handle(T.session_up("cam-1", VID), encode(draft))).code == ErrorCode.OUT_OF_RANGE

@@ -244,6 +244,8 @@ class VerifierCore:
             raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
         inner_bytes, duplicate = session.cipher.open(topic, msg)
         inner = decode(inner_bytes, self.config.limits)
+        if getattr(inner, "session_id", None) != msg.session_id:
+            raise WireError(ErrorCode.MALFORMED, "the sealed message names another session than its envelope")
         if duplicate:
             if isinstance(inner, DraftMsg) and inner.seq == session.last_seq and session.last_reply is not None:
                 self.stats["duplicates"] += 1
@@ -295,6 +297,7 @@ class VerifierCore:
             target=target,
             stop=StopRule(msg.max_new_tokens, tuple(msg.stop_token_ids)),
             prompt_len=len(msg.prompt_ids),
+            gamma=msg.gamma,
             cipher=cipher,
         )
         self.sessions.add(session)
@@ -372,6 +375,9 @@ class VerifierCore:
         return array
 
     def _check_draft(self, session: Session, msg: DraftMsg) -> SparseQ | None:
+        if len(msg.tokens) > session.gamma:
+            raise WireError(ErrorCode.OUT_OF_RANGE, f"{len(msg.tokens)} drafted tokens, the session opened with "
+                            f"gamma {session.gamma}")
         self._check_tokens(msg.tokens, "tokens")
         greedy = session.target.params.greedy
         if msg.q is None:

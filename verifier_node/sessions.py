@@ -21,6 +21,7 @@ class Session:
     target: TargetSession
     stop: StopRule
     prompt_len: int
+    gamma: int = 32  # the most drafts per block the device announced
     last_seq: int | None = None
     last_reply: bytes | None = None  # the verdict for last_seq, re-sent for a duplicate
     opened_reply: bytes | None = None  # the OPENED answer, re-sent for a duplicate open
