@@ -777,6 +777,13 @@ class Attacker:
         sealed = cipher.seal(up, encode(Close(opened.session_id, "fuzz cleanup")))
         await self.send(Attack("cleanup_close", up, encode(sealed), _exp(NO_REPLY), reply=False, scaffold=True))
 
+    async def settle(self, timeout_s: float = 30.0) -> None:
+        """Wait until every reply due so far is in. MQTT keeps order only within one topic, so
+        an attacker switching topics waits here first, to keep replies matched to payloads."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
     async def drain(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while (self.pending or self.cleanups) and time.monotonic() < deadline:
@@ -943,6 +950,9 @@ class SessionAttacker:
         if not s.gone:
             close = self._seal(s, encode(Close(s.sid, "done")))
             await self.att.send(Attack("session_close", self.up, close, _exp(NO_REPLY), reply=False, scaffold=True))
+            # The CLOSE has no answer: a fence on the same topic tells when it was handled.
+            await self.att.request(Attack("fence", self.up, b"\xc1", _exp(reason(ErrorCode.MALFORMED)),
+                                          scaffold=True))
         if "replay_open_after_close" in self.kinds and self.budget.take():
             # The recorded sealed OPEN of a finished session, replayed on its own topic: a replay
             # must change nothing (issue 4), so it may not open the session again.
@@ -1085,10 +1095,23 @@ class SessionAttacker:
         await self.att.request(Attack("session_plaintext", topic, payload, expect, cipher=s.cipher, note=how))
 
 
+CHUNK = 32  # payloads generated at a time, then sent topic by topic
+
+
+async def send_by_topic(att: Attacker, attacks: list[Attack]) -> None:
+    """Send `attacks` grouped by topic (in first-seen order), settling between topics."""
+    for topic in dict.fromkeys(a.topic for a in attacks):
+        for a in attacks:
+            if a.topic == topic:
+                await att.send(a)
+        await att.settle()
+
+
 async def stateless_attacker(att: Attacker, ctx: FuzzContext, rng: random.Random, budget: Budget,
                              kinds: dict[str, float], caps: Counter, deadline: float) -> None:
     kinds = dict(kinds)
     misses = 0
+    chunk: list[Attack] = []
     while budget.left > 0 and time.monotonic() < deadline:
         for capped in [k for k in kinds if k in CAPS and caps[k] >= CAPS[k]]:
             del kinds[capped]
@@ -1105,7 +1128,11 @@ async def stateless_attacker(att: Attacker, ctx: FuzzContext, rng: random.Random
         if not budget.take():
             return
         caps[kind] += 1
-        await att.send(attack)
+        chunk.append(attack)
+        if len(chunk) >= CHUNK:
+            await send_by_topic(att, chunk)
+            chunk = []
+    await send_by_topic(att, chunk)
     # A last payload that must be answered: once its ERROR is back, all before it were handled.
     await att.send(Attack("fence", _topic(ctx, att.ident, "up"), b"\xc1", _exp(reason(ErrorCode.MALFORMED)),
                           scaffold=True))
