@@ -61,7 +61,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     broker = args.broker or DEFAULTS.broker
-    lm = load_lm(resolve_model_dir(args.target_model, "target"))
+    lm = load_lm(resolve_model_dir(args.target_model, "target"), dtype=args.dtype, device=args.device,
+                 device_map=args.device_map)
     core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions,
                                            batching=args.max_batch > 1),
                         Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--target-model", default="default", help="model folder, or `default`")
     p.add_argument("--verifier-id", default="verifier-1")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
+    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    p.add_argument("--device-map", help="`auto`: spread a target larger than one accelerator (needs accelerate)")
     p.add_argument("--max-sessions", type=int, default=1024)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")

@@ -78,8 +78,31 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
-def load_lm(model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedLM:
-    """Load a causal LM folder (config, weights, tokenizer, optional vision projector)."""
+def resolve_device(device: str) -> str:
+    """`auto`: CUDA when present, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+    return value
+
+
+def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
+            device_map: str | None = None) -> LoadedLM:
+    """Load a causal LM folder (config, weights, tokenizer, optional vision projector).
+
+    `device` is `cpu`, `cuda`, `cuda:N` or `auto`; `device_map="auto"` spreads a model larger
+    than one accelerator over several (needs the `accelerate` package).
+    """
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -89,8 +112,12 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device
         raise ModelLoadError(f"{path}: not a model folder (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    except (OSError, ValueError, KeyError) as exc:
+        if device_map is not None:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map).eval()
+            device = str(next(model.parameters()).device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ModelLoadError(f"{path}: cannot load a causal LM and tokenizer: {exc}") from exc
     projector = VisionProjector.from_pretrained(path)
     if projector is not None:
@@ -163,7 +190,7 @@ class CachedLM:
     def extend(self, token_ids: list[int]) -> torch.Tensor:
         """Feed `token_ids` after what is cached; returns their logits [n, V] (float32)."""
         ids = torch.tensor([token_ids], device=self._device)
-        return self._forward(input_ids=ids).float()
+        return self._forward(input_ids=ids).float().cpu()  # verification runs on the CPU: [n, V] is small
 
     def crop(self, length: int) -> None:
         """Keep the first `length` cache positions."""
