@@ -22,6 +22,7 @@ PLUGIN_COMMANDS = (
     "edgespec.provisioning",
     "edgespec.loadtest",
     "edgespec.fuzz",
+    "edgespec.serving",
 )
 
 

@@ -1,0 +1,122 @@
+"""`edgespec serving`: what the verifier serves with edge drafts against the same target
+serving the same captions on its own (cloud-only), both batched the same way, in-process.
+
+Each step is one batched target forward (speculative.batch.verify_batch over a KV pool):
+speculative sessions send k+1 new positions per forward (recorded drafts, as in loadtest),
+cloud-only sessions send 1. Two cost modes:
+
+- `--target-cost cpu`: the forwards are timed on this machine's CPU.
+- `--target-cost gpu`: a labelled model of a GPU-served target replaces each forward's time:
+  t = T0 + C x (new tokens in the forward). Defaults model a 7B-parameter target in bf16 on
+  one A100 (2.0 TB/s HBM, 312 TFLOP/s dense bf16, datasheet figures): a forward streams the
+  14 GB of weights once, T0 = 14e9 B / 2.0e12 B/s = 7.0 ms, and each token costs
+  2 x 7e9 FLOP / 312e12 FLOP/s = 0.045 ms. A roofline model, not a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import resolve_model_dir, set_threads
+
+GPU_T0_MS = 7.0
+GPU_PER_TOKEN_MS = 0.045
+
+
+def _serve(target, cases, references, *, speculative: bool, gamma: int, acceptance: float, max_new: int,
+           cost: str, t0_ms: float, per_token_ms: float) -> dict:
+    from speculative.batch import KVPool, verify_batch
+    from speculative.loop import EdgeGeneration, StopRule
+    from speculative.recorded import RecordedDrafter
+    from speculative.sampling import SamplingParams
+    from speculative.target import TargetSession
+
+    pool = KVPool(target)
+    sessions, edges = [], []
+    for i, case in enumerate(cases):
+        s = TargetSession(target, SamplingParams())
+        s.open(case.prompt_ids, case.features)
+        drafter = RecordedDrafter(references[i], target.vocab_size, acceptance, seed=i)
+        drafter.start(case.prompt_ids)
+        sessions.append(s)
+        edges.append(EdgeGeneration(drafter, case.prompt_ids, gamma if speculative else 0,
+                                    StopRule(max_new, target.eos_token_ids)))
+    forwards = tokens_in = 0
+    seconds = 0.0
+    while True:
+        live = [i for i, e in enumerate(edges) if not e.done]
+        if not live:
+            break
+        blocks = [edges[i].next_block() for i in live]
+        started = time.perf_counter()
+        verdicts = verify_batch([sessions[i] for i in live], [(b.tokens, b.q) for b in blocks], pool=pool)
+        elapsed = time.perf_counter() - started
+        new = sum(len(b.tokens) + 1 for b in blocks)
+        seconds += elapsed if cost == "cpu" else (t0_ms + per_token_ms * new) / 1000
+        forwards += 1
+        tokens_in += new
+        for i, v in zip(live, verdicts):
+            edges[i].apply(v.n_accepted, v.next_token)
+    generated = sum(len(e.generated) for e in edges)
+    exact = sum(e.generated == references[i] for i, e in enumerate(edges))
+    return {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds, "forwards": forwards,
+            "forwards_per_token": forwards / generated, "tokens_per_forward_in": tokens_in / forwards,
+            "session_forwards_per_token": sum(e.result.rounds for e in edges) / generated, "exact": exact}
+
+
+def cmd_serving(args) -> int:
+    from edgespec.bench import vision_cases
+    from speculative.loop import generate_autoregressive
+    from speculative.models import load_lm
+    from speculative.sampling import SamplingParams
+
+    set_threads(1)
+    target = load_lm(resolve_model_dir(args.target_model, "target"))
+    rows = []
+    for n in [int(x) for x in args.devices.split(",")]:
+        cases = vision_cases(target, n, seed=950_000)
+        refs = [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), args.tokens).token_ids
+                for c in cases]
+        common = dict(gamma=args.gamma, acceptance=args.acceptance, max_new=args.tokens, cost=args.target_cost,
+                      t0_ms=args.t0_ms, per_token_ms=args.per_token_ms)
+        spec = _serve(target, cases, refs, speculative=True, **common)
+        cloud = _serve(target, cases, refs, speculative=False, **common)
+        rows.append({"devices": n, "speculative": spec, "cloud_only": cloud,
+                     "ratio": spec["tokens_per_s"] / cloud["tokens_per_s"]})
+    label = ("CPU, measured" if args.target_cost == "cpu" else
+             f"GPU cost model: {args.t0_ms} ms + {args.per_token_ms} ms x new tokens per forward")
+    print(f"\nedgespec serving  target cost: {label}; recorded drafts, acceptance {args.acceptance}, "
+          f"gamma {args.gamma}\n")
+    head = f"{'devices':>8}{'spec tok/s':>12}{'cloud tok/s':>13}{'ratio':>8}{'spec fwd/tok':>14}{'cloud fwd/tok':>15}" \
+           f"{'batched fwds':>14}{'exact':>8}"
+    print(head)
+    print("-" * len(head))
+    # fwd/tok: target forwards per generated token for each session (a batched forward counts
+    # once for every session in it); batched fwds: forwards the target actually ran.
+    for r in rows:
+        s, c = r["speculative"], r["cloud_only"]
+        print(f"{r['devices']:>8}{s['tokens_per_s']:>12.1f}{c['tokens_per_s']:>13.1f}{r['ratio']:>8.2f}"
+              f"{s['session_forwards_per_token']:>14.3f}{c['session_forwards_per_token']:>15.3f}"
+              f"{s['forwards']:>6} / {c['forwards']:<5}{min(s['exact'], c['exact']):>5}/{r['devices']}")
+    out = {"target_cost": args.target_cost, "t0_ms": args.t0_ms, "per_token_ms": args.per_token_ms,
+           "acceptance": args.acceptance, "gamma": args.gamma, "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0 if all(r["speculative"]["exact"] == r["cloud_only"]["exact"] == r["devices"] for r in rows) else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serving", help="verifier serving with edge drafts vs the target alone (cloud-only)")
+    p.add_argument("--devices", default="1,8,64", help="comma-separated device counts")
+    p.add_argument("--tokens", type=int, default=48)
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--acceptance", type=float, default=0.9)
+    p.add_argument("--target-cost", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--t0-ms", type=float, default=GPU_T0_MS, help="gpu mode: fixed cost per forward")
+    p.add_argument("--per-token-ms", type=float, default=GPU_PER_TOKEN_MS, help="gpu mode: cost per new token")
+    p.add_argument("--target-model", default="default")
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=cmd_serving)
