@@ -42,10 +42,18 @@ class VerifierRejected(RuntimeError):
 
 
 class VerifierLost(VerifierTimeout):
-    """The verifier holding the session announced it is offline (its Last Will)."""
+    """The verifier holding the session announced it is offline (its Last Will), or the
+    connection to the broker was lost and re-established meanwhile."""
+
+
+class BrokerUnreachable(ConnectionError):
+    """The broker connection was lost and could not be re-established in time."""
 
 
 _GONE = object()  # inbox sentinel: this session's verifier went offline
+_RECONNECTED = object()  # inbox sentinel: the link was re-established; replies may have been lost
+RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+SESSION_EXPIRY_S = 300  # the broker keeps the device's subscription and queued QoS-1 messages
 
 
 class ResyncFailed(RuntimeError):
@@ -73,8 +81,17 @@ class EdgeLink:
     """A device's connection to the broker."""
 
     def __init__(self, broker_url: str, device_id: str, *, topics: Topics = Topics(),
-                 auth: ClientAuth = ClientAuth(), timeout_s: float = DEFAULT_TIMEOUT_S, keys=None):
-        """`keys` (security.channel.DeviceKeys) encrypts every session end to end; None sends plaintext."""
+                 auth: ClientAuth = ClientAuth(), timeout_s: float = DEFAULT_TIMEOUT_S, keys=None,
+                 reconnect_s: float = 30.0):
+        """`keys` (security.channel.DeviceKeys) encrypts every session end to end; None sends plaintext.
+
+        The link is an MQTT v5 persistent session (clean start off, a session expiry), so a short
+        disconnect loses no QoS-1 message; if the connection drops it reconnects for up to
+        `reconnect_s` seconds, and sessions waiting for a reply re-open with their full context.
+        """
+        self.reconnect_s = reconnect_s
+        self.reconnects = 0
+        self._connected = asyncio.Event()
         self.device_id = device_id
         self.keys = keys
         self.topics = topics
@@ -85,28 +102,67 @@ class EdgeLink:
         self._client = make_client(
             broker_url, client_id=f"edgespec-dev-{device_id}",
             will=aiomqtt.Will(status, OFFLINE, qos=1, retain=True), auth=auth,
+            clean_start=False, session_expiry_s=SESSION_EXPIRY_S,
         )
         self._inbox: dict[bytes, asyncio.Queue] = {}
         self._channels: dict[bytes, "SessionChannel"] = {}
         self._reader: asyncio.Task | None = None
         self.rejected_downlink = 0
 
-    async def __aenter__(self) -> "EdgeLink":
+    async def _connect(self) -> None:
         await self._client.__aenter__()
         await self._client.subscribe(self._down, qos=1)
         await self._client.subscribe(self.topics.all_verifier_status(), qos=1)
         await self._client.publish(self._status, ONLINE, qos=1, retain=True)
-        self._reader = asyncio.create_task(self._read(), name=f"downlink-{self.device_id}")
+        self._connected.set()
+
+    async def __aenter__(self) -> "EdgeLink":
+        await self._connect()
+        self._reader = asyncio.create_task(self._read_forever(), name=f"downlink-{self.device_id}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._reader is not None:
             self._reader.cancel()
-        try:
-            await self._client.publish(self._status, OFFLINE, qos=1, retain=True)
-        except aiomqtt.MqttError:
-            pass
-        await self._client.__aexit__(None, None, None)
+        if self._connected.is_set():
+            try:
+                await self._client.publish(self._status, OFFLINE, qos=1, retain=True)
+                await self._client.__aexit__(None, None, None)
+            except aiomqtt.MqttError:
+                pass
+
+    async def _read_forever(self) -> None:
+        """Read the downlink; on a lost connection, reconnect and wake the waiting sessions."""
+        while True:
+            try:
+                await self._read()
+            except aiomqtt.MqttError as exc:
+                self._connected.clear()
+                log.warning("broker connection lost (%s); reconnecting", exc)
+                await self._reconnect()
+                self.reconnects += 1
+                for queue in self._inbox.values():
+                    queue.put_nowait((_RECONNECTED, 0))
+
+    async def _reconnect(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.reconnect_s
+        attempt = 0
+        while True:
+            try:
+                await self._client.__aexit__(None, None, None)
+            except aiomqtt.MqttError:
+                pass
+            try:
+                await self._connect()
+                return
+            except aiomqtt.MqttError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    self._failed = BrokerUnreachable(f"broker unreachable for {self.reconnect_s:.0f} s: {exc}")
+                    for queue in self._inbox.values():
+                        queue.put_nowait((self._failed, 0))
+                    raise self._failed from None
+                await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
+                attempt += 1
 
     async def _read(self) -> None:
         async for message in self._client.messages:
@@ -132,8 +188,21 @@ class EdgeLink:
                 log.warning("verifier error for no open session: %s", msg.message)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
-        await self._client.publish(topic, payload, qos=qos, retain=retain)
-        return publish_size(topic, payload)
+        """Publish, waiting for a reconnect first when the connection is down."""
+        for attempt in range(2):
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.reconnect_s)
+            except asyncio.TimeoutError:
+                raise BrokerUnreachable(f"no broker connection for {self.reconnect_s:.0f} s") from None
+            try:
+                await self._client.publish(topic, payload, qos=qos, retain=retain)
+                return publish_size(topic, payload)
+            except aiomqtt.MqttError:
+                if attempt:
+                    raise
+                self._connected.clear()  # the reader notices too and reconnects
+                await asyncio.sleep(RECONNECT_BACKOFF_S[0])
+        raise AssertionError("unreachable")
 
     async def publish_result(self, result: ResultMsg) -> int:
         """A verified result for dashboards (JSON, QoS 1, not retained: results are events)."""
@@ -189,6 +258,10 @@ class SessionChannel:
                 ) from None
             if msg is _GONE:
                 raise VerifierLost(f"verifier {self.verifier_id} went offline while waiting for {waiting_for}")
+            if msg is _RECONNECTED:
+                raise VerifierLost(f"the broker connection was re-established while waiting for {waiting_for}")
+            if isinstance(msg, BrokerUnreachable):
+                raise msg
             self.traffic.down += size
             self.traffic.down_messages += 1
             if not isinstance(msg, Sealed):
@@ -210,6 +283,12 @@ class SessionChannel:
             except WireError as err:
                 self.rejected += 1
                 log.warning("dropped a downlink message that failed authentication: %s", err)
+
+    def drain(self) -> None:
+        """Forget queued replies and notices (before a re-open: they belong to the old session)."""
+        queue = self.link._inbox.get(self.session_id)
+        while queue is not None and not queue.empty():
+            queue.get_nowait()
 
     async def send_open(self, msg: SessionOpen) -> None:
         """Send the OPEN (sealed under fresh keys when the link has device keys)."""

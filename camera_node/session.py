@@ -125,10 +125,17 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             block = edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
             sent_at = time.perf_counter()
+            reopen = False
             for attempt in range(MAX_REOPENS_PER_ROUND + 1):
                 try:
+                    if reopen:
+                        # 3. The verifier lost the session (or we lost it): re-open with the full
+                        # context on the pool, then resend the same block.
+                        channel.drain()
+                        await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
+                        await channel.wait_opened()
                     reply = await exchange_drafting_ahead(channel, draft, edge if req.draft_ahead else None)
-                except VerifierTimeout as exc:  # the verifier died or went silent: another takes over
+                except VerifierTimeout as exc:  # the verifier died, went silent, or the link dropped
                     if attempt == MAX_REOPENS_PER_ROUND:
                         raise
                     log.warning("%s; re-opening the session on the pool", exc)
@@ -137,10 +144,8 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
                     break
                 if attempt == MAX_REOPENS_PER_ROUND:
                     raise ResyncFailed(f"session lost {attempt + 1} times in one round: {reply.reason}")
-                # 3. The verifier lost the session: re-open with the full context, resend the block.
                 resyncs += 1
-                await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
-                await channel.wait_opened()
+                reopen = True
             # 4. Apply the verdict.
             round_seconds.append(time.perf_counter() - sent_at)
             edge.apply(reply.n_accepted, reply.next_token)

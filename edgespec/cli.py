@@ -56,7 +56,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     from schemas import Topics
     from speculative.models import load_lm
     from verifier_node.core import VerifierConfig, VerifierCore
-    from verifier_node.service import serve
+    from verifier_node.service import serve_reconnecting
 
     from .identity import resolve_verifier_crypto
 
@@ -74,12 +74,16 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         ready = asyncio.Event()
-        task = asyncio.create_task(serve(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
-                                          max_batch=args.max_batch))
-        await ready.wait()
-        mode = "plaintext allowed" if args.allow_plaintext else "encrypted sessions only"
-        print(f"verifier {args.verifier_id} ready on {broker} ({mode})", flush=True)
-        await task
+
+        async def announce() -> None:
+            await ready.wait()
+            mode = "plaintext allowed" if args.allow_plaintext else "encrypted sessions only"
+            print(f"verifier {args.verifier_id} ready on {broker} ({mode})", flush=True)
+
+        announcer = asyncio.create_task(announce())
+        await serve_reconnecting(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
+                                 max_batch=args.max_batch, first_attempts=1 if not ready.is_set() else None)
+        announcer.cancel()
 
     asyncio.run(main())
     return 0

@@ -138,3 +138,28 @@ def _finished(pending: set[asyncio.Task]):
             log.warning("publish failed: %s", task.exception())
 
     return done
+
+
+RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+async def serve_reconnecting(core: VerifierCore, broker_url: str, *, stop: asyncio.Event,
+                             first_attempts: int | None = 1, **kwargs) -> None:
+    """`serve` until `stop`, reconnecting when the broker goes away. Sessions (and their KV
+    caches) live in `core` and survive the reconnect; devices that lost a reply re-open.
+    The first connection is tried `first_attempts` times (so a wrong URL fails fast)."""
+    attempt = 0
+    ever_connected = False
+    ready = kwargs.pop("ready", None) or asyncio.Event()
+    while not stop.is_set():
+        try:
+            await serve(core, broker_url, ready=ready, stop=stop, **kwargs)
+        except aiomqtt.MqttError as exc:
+            ever_connected = ever_connected or ready.is_set()
+            if not ever_connected and first_attempts is not None and attempt + 1 >= first_attempts:
+                raise
+            log.warning("broker connection lost (%s); reconnecting", exc)
+            await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
+            attempt += 1
+            continue
+        attempt = 0
