@@ -250,6 +250,7 @@ def run_bench(args) -> dict:
         "workloads": results,
         "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
         "encryption_bytes": encryption_overhead(args.gamma),
+        "wakeup": wakeup_cost(target, (vision_cases(target, 1) if target.projector is not None else text_cases(target, 1))[0]),
     }
     print_table(result)
     return result
@@ -283,6 +284,32 @@ def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
             sealed = encode(cipher.seal(topic, plain))
         out[name] = {"plain": len(plain), "sealed": len(sealed), "added": len(sealed) - len(plain)}
     return out
+
+
+def wakeup_cost(target, case: Case, rounds: int = 60, idle_s: float = 0.003) -> dict:
+    """Median time of one 4-token verification back to back, and after the process slept
+    `idle_s` (as a verifier does between a device's rounds): what a hand-off between two
+    processes costs on this machine beyond the network."""
+    from speculative.sampling import SamplingParams
+    from speculative.target import TargetSession
+
+    session = TargetSession(target, SamplingParams())
+    session.open(case.prompt_ids, case.features)
+    block = [5, 6, 7, 8]
+
+    def timed(sleep: float) -> float:
+        times = []
+        for _ in range(rounds):
+            if sleep:
+                time.sleep(sleep)
+            started = time.perf_counter()
+            logits = session.block_logits(block)
+            times.append(time.perf_counter() - started)
+            session.state.crop(session.state.length - logits.shape[0])
+        return statistics.median(times) * 1e3
+
+    hot, after_sleep = timed(0.0), timed(idle_s)
+    return {"hot_ms": hot, "after_sleep_ms": after_sleep, "idle_s": idle_s, "penalty_ms": after_sleep - hot}
 
 
 def latency_summary(values: list[float]) -> dict:
@@ -345,6 +372,9 @@ def print_table(result: dict) -> None:
         print(line)
     print("\nmessage payload bytes, plain -> sealed:  " + ";  ".join(
         f"{k}: {v['plain']} -> {v['sealed']} (+{v['added']})" for k, v in result["encryption_bytes"].items()))
+    w = result["wakeup"]
+    print(f"target forward over 5 tokens: {w['hot_ms']:.2f} ms back to back, {w['after_sleep_ms']:.2f} ms after "
+          f"{w['idle_s'] * 1e3:.0f} ms asleep (+{w['penalty_ms']:.2f} ms per hand-off between processes)")
     for kind, nr in result["null_round_trip_ms"].items():
         print(f"null-model round trip through Mosquitto, {kind}: p50 {nr['p50']:.3f} ms, p99 {nr['p99']:.3f} ms "
               f"({nr['rounds']} rounds)")
