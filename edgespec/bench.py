@@ -16,11 +16,13 @@ Modes run interleaved, rep by rep, so machine noise hits them alike; ratios come
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,12 +172,21 @@ async def null_round_trips(url: str, rounds: int, gamma: int, keys=None) -> list
         return latencies
 
 
+def drain(proc: subprocess.Popen, keep: int = 200) -> collections.deque:
+    """Keep reading a child's output in a daemon thread (a full pipe would block the child);
+    returns the last `keep` lines."""
+    tail: collections.deque = collections.deque(maxlen=keep)
+    threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True).start()
+    return tail
+
+
 def spawn(args: list[str], ready_text: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
     assert proc.stdout is not None
     for line in proc.stdout:
         if ready_text in line:
+            drain(proc)
             return proc
     raise RuntimeError(f"{args} exited before it was ready")
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .bench import drain
 from .config import resolve_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,10 +66,12 @@ def cmd_demo(args) -> int:
             for line in verifier.stdout:  # wait until it serves
                 if "ready on" in line:
                     print(f"verifier: {line.strip()}", flush=True)
+                    drain(verifier)
                     break
             else:
                 print("verifier failed to start", file=sys.stderr)
                 return 1
+            tails = []
             for i in range(args.cameras):
                 procs.append(_spawn([
                     "camera", "--broker", broker.url, "--device-id", f"cam-{i + 1}",
@@ -76,11 +79,12 @@ def cmd_demo(args) -> int:
                     "--max-events", str(args.events), "--realtime", "--temperature", str(args.temperature),
                     "--seed", str(args.seed + i),
                 ]))
+                tails.append(drain(procs[-1]))
             print(f"cameras: {args.cameras} synthetic cameras, {args.events} events each\n", flush=True)
             seen = asyncio.run(dashboard(broker.url, "edgespec/v1", args.cameras * args.events, args.timeout))
-            failed = [p for p in procs[1:] if p.wait(timeout=60) != 0]
-            for p in failed:
-                print(p.stdout.read(), file=sys.stderr)
+            failed = [i for i, p in enumerate(procs[1:]) if p.wait(timeout=60) != 0]
+            for i in failed:
+                print(f"camera cam-{i + 1} failed:\n" + "".join(tails[i]), file=sys.stderr)
             return 0 if seen == args.cameras * args.events and not failed else 1
         finally:
             for p in procs:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import drain
 from .config import resolve_model_dir, set_threads
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ def _spawn_verifier(url: str, target_dir: Path, vid: str, prefix: str, max_batch
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
     for line in proc.stdout:
         if "ready on" in line:
+            drain(proc)
             return proc
     raise RuntimeError(f"verifier {vid} did not start")
 
