@@ -120,7 +120,7 @@ class VerifierCore:
         for topic, payload in messages:
             # A second message for a session with a block in this batch (a QoS-1 duplicate,
             # a close) must see that block's outcome: verify what is pending first.
-            session_id, _ = _peek_ids(payload)
+            session_id = _peek_ids(payload)[0] if pending else None
             if session_id is not None and any(p.session.session_id == session_id for p in pending):
                 replies.extend(self._verify(pending))
                 pending = []
