@@ -157,10 +157,10 @@ class EdgeLink:
                 return
             except aiomqtt.MqttError as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    self._failed = BrokerUnreachable(f"broker unreachable for {self.reconnect_s:.0f} s: {exc}")
+                    failed = BrokerUnreachable(f"broker unreachable for {self.reconnect_s:.0f} s: {exc}")
                     for queue in self._inbox.values():
-                        queue.put_nowait((self._failed, 0))
-                    raise self._failed from None
+                        queue.put_nowait((failed, 0))
+                    raise failed from None
                 await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
                 attempt += 1
 

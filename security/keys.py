@@ -205,18 +205,28 @@ def save_public_key(path: str | Path, public: PublicKeyLike, *, fmt: str = "pem"
     return path
 
 
-def load_public_key(path: str | Path) -> X25519PublicKey:
-    """Read a public key written by `save_public_key` (PEM or raw, detected)."""
-    data = Path(path).read_bytes()
+def parse_public_key(data: bytes, where: str = "public key") -> X25519PublicKey:
+    """An X25519 public key from raw 32 bytes, base64 text or SubjectPublicKeyInfo PEM."""
     if len(data) == KEY_LEN:
         return _as_public_key(data)
+    text = data.strip()
+    if text.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(text)
+        except (ValueError, TypeError) as exc:
+            raise KeyFormatError(f"{where}: not a PEM public key ({exc})") from exc
+        if not isinstance(key, X25519PublicKey):
+            raise KeyFormatError(f"{where}: holds a {type(key).__name__}, not an X25519 public key")
+        return key
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFormatError(f"{path}: not a PEM or raw X25519 public key ({exc})") from exc
-    if not isinstance(key, X25519PublicKey):
-        raise KeyFormatError(f"{path}: holds a {type(key).__name__}, not an X25519 public key")
-    return key
+        return public_key_from_b64(text.decode("ascii"))
+    except (KeyFormatError, UnicodeDecodeError) as exc:
+        raise KeyFormatError(f"{where}: not an X25519 public key in raw, base64 or PEM form ({exc})") from exc
+
+
+def load_public_key(path: str | Path) -> X25519PublicKey:
+    """Read a public key written by `save_public_key` (PEM or raw; base64 also accepted)."""
+    return parse_public_key(Path(path).read_bytes(), str(path))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ key ring after `edgespec keys rotate`.
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import fcntl
 import os
@@ -23,13 +22,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from security.ids import is_valid_id, validate_device_id
-from security.keys import (DEFAULT_MAX_PREVIOUS, KEY_LEN, KeyFormatError, PublicKeyLike,
-                           VerifierKeyRing, key_id, public_key_from_b64,
-                           public_key_from_bytes, public_key_to_b64)
+from security.keys import (DEFAULT_MAX_PREVIOUS, KeyFormatError, PublicKeyLike, VerifierKeyRing,
+                           key_id, parse_public_key, public_key_from_b64, public_key_to_b64)
 from security.mosquitto_files import atomic_write_text
 
 DEVICES_DIR = "devices"
@@ -53,22 +50,10 @@ def _stat_key(st: os.stat_result) -> _StatKey:
 
 def parse_public_key_file(data: bytes, where: str = "public key") -> X25519PublicKey:
     """An X25519 public key from raw 32 bytes, base64 text or SubjectPublicKeyInfo PEM."""
-    if len(data) == KEY_LEN:
-        return public_key_from_bytes(data)
-    text = data.strip()
-    if text.startswith(b"-----BEGIN"):
-        try:
-            key = serialization.load_pem_public_key(text)
-        except (ValueError, TypeError) as exc:
-            raise RegistryError(f"{where}: not a PEM public key ({exc})") from None
-        if not isinstance(key, X25519PublicKey):
-            raise RegistryError(f"{where}: holds a {type(key).__name__}, not an X25519 key")
-        return key
     try:
-        return public_key_from_b64(text.decode("ascii"))
-    except (KeyFormatError, UnicodeDecodeError, binascii.Error, ValueError) as exc:
-        raise RegistryError(f"{where}: not an X25519 public key in raw, base64 or PEM form "
-                            f"({exc}); re-flash the device") from None
+        return parse_public_key(data, where)
+    except KeyFormatError as exc:
+        raise RegistryError(f"{exc}; re-flash the device") from None
 
 
 class FleetRegistry:

@@ -32,7 +32,12 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.messages import DEFAULT_LIMITS, MsgType
+from edgespec.kvmem import kv_bytes_per_token
+from schemas.messages import DEFAULT_LIMITS, MsgType, unpack_array
+from security.channel import verifier_open
+from security.keys import UnknownKeyId
+from security.registry import RegistryError
+from speculative.batch import KVPool, verify_batch
 from schemas.topics import Uplink
 from speculative.loop import StopRule
 from speculative.models import LoadedLM
@@ -92,9 +97,6 @@ class VerifierCore:
         self.crypto = crypto
         self.config = config
         self.topics = topics
-        from edgespec.kvmem import kv_bytes_per_token
-        from speculative.batch import KVPool
-
         # Every session's KV cache lives in one pool, so a batch gathers and scatters views.
         self.pool = KVPool(lm)
         self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
@@ -137,8 +139,6 @@ class VerifierCore:
             return []
         self.batch_sizes[len(pending)] += 1
         try:
-            from speculative.batch import verify_batch
-
             if self.config.batching:
                 verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
                                         pool=self.pool)
@@ -199,9 +199,6 @@ class VerifierCore:
             raise WireError(ErrorCode.PLAINTEXT_REFUSED, "this verifier accepts only encrypted sessions")
 
     def _sealed_open(self, device_id: str, topic: str, msg: SealedOpen) -> list[Reply]:
-        from security.channel import verifier_open
-        from security.keys import UnknownKeyId
-
         if self.crypto is None:
             raise WireError(ErrorCode.DECRYPT_FAILED, "this verifier has no keys for encrypted sessions")
         existing = self.sessions.get(msg.session_id)
@@ -211,8 +208,6 @@ class VerifierCore:
             return [(self.topics.down(device_id), existing.opened_reply)]
         if existing is None and msg.ciphertext[:32] in self._seen_opens:
             raise WireError(ErrorCode.REPLAY, "this sealed OPEN was already used; a device opens with fresh keys")
-        from security.registry import RegistryError
-
         try:
             device_pub = self.crypto.registry.public_key(device_id)
             ring = self.crypto.registry.verifier_keys()
@@ -420,8 +415,6 @@ class VerifierCore:
 def _peek_ids(payload: bytes) -> tuple[bytes | None, int | None]:
     """Best-effort (session_id, seq) of a rejected message, so the sender can match the error."""
     try:
-        from schemas.messages import unpack_array
-
         items = unpack_array(payload)
     except WireError:
         return None, None
