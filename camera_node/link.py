@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from edgespec.mqtt import ClientAuth, make_client
+from edgespec.mqtt import ClientAuth, make_client, routing_queue
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
     WireError,
@@ -102,11 +102,12 @@ class EdgeLink:
         self._client = make_client(
             broker_url, client_id=f"edgespec-dev-{device_id}",
             will=aiomqtt.Will(status, OFFLINE, qos=1, retain=True), auth=auth,
-            clean_start=False, session_expiry_s=SESSION_EXPIRY_S,
+            clean_start=False, session_expiry_s=SESSION_EXPIRY_S, queue_type=routing_queue(self._route),
         )
         self._inbox: dict[bytes, asyncio.Queue] = {}
         self._channels: dict[bytes, "SessionChannel"] = {}
         self._reader: asyncio.Task | None = None
+        self._sending: set[asyncio.Task] = set()  # publishes not waited for (see `send`)
         self.rejected_downlink = 0
 
     async def _connect(self) -> None:
@@ -122,6 +123,8 @@ class EdgeLink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=self.timeout_s)
         if self._reader is not None:
             self._reader.cancel()
         if self._connected.is_set():
@@ -165,35 +168,41 @@ class EdgeLink:
                 attempt += 1
 
     async def _read(self) -> None:
-        async for message in self._client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            status = self.topics.parse_status(str(message.topic))
-            if status is not None:
-                if status[0] == "verifier" and payload == OFFLINE:
-                    self._verifier_gone(status[1])
-                continue
-            try:
-                msg = decode(payload)
-            except Exception as err:  # noqa: BLE001 - nothing on the downlink may stop the reader
-                self.rejected_downlink += 1
-                log.warning("dropped a malformed downlink message: %s", err)
-                continue
-            sid = getattr(msg, "session_id", None)
-            queue = self._inbox.get(sid) if sid is not None else None
-            if queue is not None:
-                queue.put_nowait((msg, publish_size(str(message.topic), payload)))
-            elif isinstance(msg, Sealed):
-                self.rejected_downlink += 1  # for no session of ours (a stale reply, or not for us)
-            elif isinstance(msg, ErrorMsg):
-                log.warning("verifier error for no open session: %s", msg.message)
+        # Messages are routed as they arrive (`_route`); this only waits for the connection to drop.
+        async for _ in self._client.messages:
+            pass
+
+    def _route(self, message: aiomqtt.Message) -> None:
+        """Deliver one downlink message to its session's inbox (runs in the read callback)."""
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        status = self.topics.parse_status(str(message.topic))
+        if status is not None:
+            if status[0] == "verifier" and payload == OFFLINE:
+                self._verifier_gone(status[1])
+            return
+        try:
+            msg = decode(payload)
+        except Exception as err:  # noqa: BLE001 - nothing on the downlink may stop the reader
+            self.rejected_downlink += 1
+            log.warning("dropped a malformed downlink message: %s", err)
+            return
+        sid = getattr(msg, "session_id", None)
+        queue = self._inbox.get(sid) if sid is not None else None
+        if queue is not None:
+            queue.put_nowait((msg, publish_size(str(message.topic), payload)))
+        elif isinstance(msg, Sealed):
+            self.rejected_downlink += 1  # for no session of ours (a stale reply, or not for us)
+        elif isinstance(msg, ErrorMsg):
+            log.warning("verifier error for no open session: %s", msg.message)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Publish, waiting for a reconnect first when the connection is down."""
         for attempt in range(2):
-            try:
-                await asyncio.wait_for(self._connected.wait(), self.reconnect_s)
-            except asyncio.TimeoutError:
-                raise BrokerUnreachable(f"no broker connection for {self.reconnect_s:.0f} s") from None
+            if not self._connected.is_set():
+                try:
+                    await asyncio.wait_for(self._connected.wait(), self.reconnect_s)
+                except asyncio.TimeoutError:
+                    raise BrokerUnreachable(f"no broker connection for {self.reconnect_s:.0f} s") from None
             try:
                 await self._client.publish(topic, payload, qos=qos, retain=retain)
                 return publish_size(topic, payload)
@@ -204,6 +213,20 @@ class EdgeLink:
                 await asyncio.sleep(RECONNECT_BACKOFF_S[0])
         raise AssertionError("unreachable")
 
+    def send(self, topic: str, payload: bytes) -> int:
+        """Publish (QoS 1) without waiting for the broker's PUBACK: for messages whose answer
+        is awaited anyway (a reply proves delivery, and a lost one is handled by its timeout
+        and re-open), and for the CLOSE. The link waits for these before it disconnects."""
+        task = asyncio.ensure_future(self.publish(topic, payload))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+        return publish_size(topic, payload)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("publish failed: %s", task.exception())
+
     async def publish_result(self, result: ResultMsg) -> int:
         """A verified result for dashboards (JSON, QoS 1, not retained: results are events)."""
         return await self.publish(self.topics.result(self.device_id), result.to_json())
@@ -211,7 +234,9 @@ class EdgeLink:
     def _verifier_gone(self, verifier_id: str) -> None:
         """Wake every session waiting on a verifier that announced it is offline."""
         for sid, channel in self._channels.items():
-            if channel.verifier_id == verifier_id:
+            # An unanswered OPEN may have gone to that verifier too: the shared subscription
+            # does not say which member got it.
+            if channel.verifier_id == verifier_id or channel.open_pending:
                 self._inbox[sid].put_nowait((_GONE, 0))
 
     def channel(self, session_id: bytes) -> "SessionChannel":
@@ -235,9 +260,10 @@ class SessionChannel:
         self.cipher = None  # security.channel.SessionCipher once an encrypted open was sent
         self.rejected = 0
         self._opening = False
+        self.open_pending = False  # an OPEN was sent and its OPENED not yet received
 
     async def _send(self, topic: str, payload: bytes) -> None:
-        self.traffic.up += await self.link.publish(topic, payload)
+        self.traffic.up += self.link.send(topic, payload)
         self.traffic.up_messages += 1
 
     async def _send_msg(self, topic: str, msg) -> None:
@@ -249,8 +275,11 @@ class SessionChannel:
         deadline = asyncio.get_running_loop().time() + self.link.timeout_s
         while True:
             try:
-                remaining = deadline - asyncio.get_running_loop().time()
-                msg, size = await asyncio.wait_for(queue.get(), max(remaining, 0.0))
+                if not queue.empty():  # already delivered: no task, no loop turn
+                    msg, size = queue.get_nowait()
+                else:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    msg, size = await asyncio.wait_for(queue.get(), max(remaining, 0.0))
             except asyncio.TimeoutError:
                 raise VerifierTimeout(
                     f"no verifier answered {waiting_for} within {self.link.timeout_s:.1f} s on "
@@ -293,6 +322,7 @@ class SessionChannel:
     async def send_open(self, msg: SessionOpen) -> None:
         """Send the OPEN (sealed under fresh keys when the link has device keys)."""
         topic = self.link.topics.open(self.link.device_id)
+        self.open_pending = True
         keys = self.link.keys
         if keys is None:
             await self._send(topic, encode(msg))
@@ -310,6 +340,7 @@ class SessionChannel:
                 msg = await self._next("the session open")
                 if isinstance(msg, Opened):
                     self.verifier_id = msg.verifier_id
+                    self.open_pending = False
                     return msg
                 if isinstance(msg, ErrorMsg):
                     raise VerifierRejected(msg)

@@ -48,6 +48,7 @@ class CameraConfig:
     auth: ClientAuth = ClientAuth()
     keys: object | None = None  # security.channel.DeviceKeys; None: plaintext sessions
     privacy: PrivacyConfig = PrivacyConfig()
+    draft_ahead: bool = True  # pipelining: draft the next block while one is verified
 
 
 @dataclass
@@ -85,7 +86,7 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
     features = extractor.extract(event.first, event.last)  # [S, D], computed on the device
     features = cfg.privacy.features(features)
     req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, cfg.sampling, cfg.gamma,
-                      cfg.max_new_tokens, seed)
+                      cfg.max_new_tokens, seed, draft_ahead=cfg.draft_ahead)
     outcome = await run_edge_session(link, lm, req)
     text = lm.decode(outcome.result.token_ids)
     key_bytes, clip_bytes = event_jpeg_bytes(event)

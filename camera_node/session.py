@@ -5,6 +5,7 @@ speculative.loop.EdgeGeneration; this module only moves its blocks and verdicts 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from speculative.loop import EdgeGeneration, GenerationResult, StopRule
 from speculative.models import LoadedLM
 from speculative.sampling import DEFAULT_Q_TOP, SamplingParams
 
-from .link import EdgeLink, ResyncFailed, Traffic, VerifierTimeout
+from .link import EdgeLink, ResyncFailed, Traffic, VerifierLost, VerifierTimeout
 
 log = logging.getLogger("edgespec.camera")
 MAX_REOPENS_PER_ROUND = 3
@@ -38,7 +39,7 @@ class EdgeRequest:
     seed: int = 0
     q_top: int = DEFAULT_Q_TOP
     stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
-    draft_ahead: bool = False  # draft the next block while this one is verified (see docs/benchmarks.md)
+    draft_ahead: bool = True  # draft the next block while this one is verified (see docs/benchmarks.md)
 
 
 @dataclass
@@ -78,19 +79,52 @@ def q_to_wire(block: DraftBlock) -> SparseQWire | None:
     return SparseQWire.from_arrays(block.q.ids.numpy(), block.q.weights.numpy())
 
 
+_AHEAD_THREAD: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _ahead_thread() -> concurrent.futures.ThreadPoolExecutor:
+    global _AHEAD_THREAD
+    if _AHEAD_THREAD is None:
+        _AHEAD_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="draft-ahead")
+    return _AHEAD_THREAD
+
+
 async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration | None):
     """Send a block and, until its verdict arrives, draft the next one a forward at a time.
 
-    Each step is one draft forward (~1 ms); between steps the event loop delivers messages, so
-    the verdict waits at most one step. `edge` None: plain request/response.
+    The forwards run on a worker thread (torch releases the GIL inside its kernels), so the
+    event loop keeps moving messages meanwhile: the draft leaves at once and the verdict is
+    taken as soon as it lands; then the step in progress (one draft forward, ~1 ms) finishes
+    before the verdict is applied. `edge` None: plain request/response.
     """
     if edge is None:
         return await channel.exchange(draft)
+    loop = asyncio.get_running_loop()
     reply = asyncio.ensure_future(channel.exchange(draft))
-    await asyncio.sleep(0)  # let the draft be sent first
-    while not reply.done() and edge.draft_ahead_step():
-        await asyncio.sleep(0)
+    while not reply.done():
+        step = loop.run_in_executor(_ahead_thread(), edge.draft_ahead_step)
+        await asyncio.wait((reply, step), return_when=asyncio.FIRST_COMPLETED)
+        if not await step:  # the drafter is used by one thread at a time
+            break
     return await reply
+
+
+async def wait_opened_retrying(channel, open_msg: SessionOpen) -> int:
+    """Wait for the OPENED of an OPEN already sent; if a verifier went offline meanwhile (the
+    OPEN may have gone to it through the shared subscription) or the link reconnected, send
+    the OPEN again. Returns how many times it was re-sent."""
+    for attempt in range(MAX_REOPENS_PER_ROUND + 1):
+        try:
+            if attempt:
+                channel.drain()
+                await channel.send_open(open_msg)
+            await channel.wait_opened()
+            return attempt
+        except VerifierLost as exc:
+            if attempt == MAX_REOPENS_PER_ROUND:
+                raise
+            log.warning("%s; sending the open again", exc)
+    raise AssertionError("unreachable")
 
 
 async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, drafter=None) -> EdgeOutcome:
@@ -112,17 +146,25 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     )
     resyncs = 0
     try:
-        # 1. Open; the draft's prefill overlaps the verifier's.
+        # 1. Open; the draft's prefill and first block (on the worker thread, so the event loop
+        # sends the OPEN meanwhile) overlap the verifier's prefill.
         await channel.send_open(open_msg)
         drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
-        drafter.start(list(req.prompt_ids), features)
-        await channel.wait_opened()
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
+
+        def prepare():
+            drafter.start(list(req.prompt_ids), features)
+            return None if edge.done else edge.next_block()
+
+        block = await asyncio.get_running_loop().run_in_executor(_ahead_thread(), prepare)
+        resyncs += await wait_opened_retrying(channel, open_msg)
         seq = 0
         round_seconds: list[float] = []
         while not edge.done:
-            # 2. Draft a block and send it with its exact q.
-            block = edge.next_block()
+            # 2. Draft a block (the first was drafted while the session opened) and send it
+            # with its exact q.
+            if block is None:
+                block = edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
             sent_at = time.perf_counter()
             reopen = False
@@ -134,7 +176,8 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
                         channel.drain()
                         await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
                         await channel.wait_opened()
-                    reply = await exchange_drafting_ahead(channel, draft, edge if req.draft_ahead else None)
+                    ahead = req.draft_ahead and edge.ahead_worthwhile
+                    reply = await exchange_drafting_ahead(channel, draft, edge if ahead else None)
                 except VerifierTimeout as exc:  # the verifier died, went silent, or the link dropped
                     if attempt == MAX_REOPENS_PER_ROUND:
                         raise
@@ -149,6 +192,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             # 4. Apply the verdict.
             round_seconds.append(time.perf_counter() - sent_at)
             edge.apply(reply.n_accepted, reply.next_token)
+            block = None
             seq += 1
     finally:
         await channel.close()

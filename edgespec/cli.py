@@ -40,8 +40,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
     p.add_argument("--q-top", type=int, default=16, help="entries of q sent per drafted token")
-    p.add_argument("--draft-ahead", action="store_true",
-                   help="draft the next block while the current one is verified (pipelining)")
+    p.add_argument("--draft-ahead", action=argparse.BooleanOptionalAction, default=True,
+                   help="draft the next block while the current one is verified (pipelining; default on)")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -82,7 +82,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
         announcer = asyncio.create_task(announce())
         await serve_reconnecting(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
-                                 max_batch=args.max_batch, first_attempts=1 if not ready.is_set() else None)
+                                 max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000,
+                                 first_attempts=1 if not ready.is_set() else None)
         announcer.cancel()
 
     asyncio.run(main())
@@ -160,7 +161,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
         keys=ident.keys, privacy=privacy_from_args(args),
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
         max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events, realtime=args.realtime,
-        timeout_s=args.timeout,
+        timeout_s=args.timeout, draft_ahead=args.draft_ahead,
     )
     asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True)))
     return 0
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="while several sessions are held, wait this long for more drafts before a batched forward")
     p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
+    p.add_argument("--busy-poll-ms", type=float, default=20.0,
+                   help="after each reply keep polling the socket this long instead of sleeping, so the next "
+                        "round's forward runs on a warm CPU (0: off; see docs/benchmarks.md)")
     p.set_defaults(func=cmd_verifier)
 
     p = sub.add_parser("generate", help="one edge session in text mode")

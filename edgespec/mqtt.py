@@ -6,6 +6,7 @@ clients' sockets (paho-mqtt and aiomqtt do not set it), 0.47 ms p50 with it.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def make_client(
     session_expiry_s: int = 0,
     max_queued_incoming: int = 10000,
     timeout_s: float = 10.0,
+    queue_type: type | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt MQTT v5 client with TCP_NODELAY, ready for `async with`."""
     from paho.mqtt.packettypes import PacketTypes
@@ -104,4 +106,18 @@ def make_client(
         socket_options=[NODELAY],
         max_queued_incoming_messages=max_queued_incoming,
         timeout=timeout_s,
+        queue_type=queue_type,
     )
+
+
+def routing_queue(route) -> type:
+    """An aiomqtt `queue_type` that hands each incoming message to `route(message)` at once,
+    in the socket's read callback, instead of queueing it for `client.messages`: a reply
+    reaches its waiter in one event-loop turn instead of four or five. `client.messages` then
+    yields nothing, but still raises `MqttError` when the connection is lost."""
+
+    class RoutingQueue(asyncio.Queue):
+        def put_nowait(self, item) -> None:
+            route(item)
+
+    return RoutingQueue

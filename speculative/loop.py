@@ -99,6 +99,13 @@ class EdgeGeneration:
         self._block = self.drafter.propose(max(0, min(self.gamma, remaining - 1)))
         return self._block
 
+    @property
+    def ahead_worthwhile(self) -> bool:
+        """Whether drafting ahead is likely to pay: it needs every draft of the block in flight
+        accepted, so bet on it only after a round that accepted all (and on the first round)."""
+        r = self.result
+        return not r.rounds or r.accepted_per_round[-1] == r.drafted_per_round[-1]
+
     def draft_ahead_step(self) -> bool:
         """One forward of drafting the next block while the current one is verified (pipelining);
         False when there is nothing (more) worth drafting ahead."""

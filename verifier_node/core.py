@@ -139,7 +139,10 @@ class VerifierCore:
             return []
         self.batch_sizes[len(pending)] += 1
         try:
-            if self.config.batching:
+            if len(pending) == 1:  # nothing to batch: the plain path has less to set up
+                p = pending[0]
+                verdicts = [p.session.target.verify(p.msg.tokens, p.q)]
+            elif self.config.batching:
                 verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
                                         pool=self.pool)
             else:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import time
 
 import aiomqtt
 
-from edgespec.mqtt import ClientAuth, make_client
+from edgespec.mqtt import ClientAuth, make_client, routing_queue
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -47,6 +48,8 @@ async def serve(
     stop: asyncio.Event | None = None,
     batch_window_s: float = 0.002,
     max_batch: int = 64,
+    busy_poll_s: float = 0.0,
+    max_inbox: int = 10_000,
 ) -> None:
     """Serve until `stop` is set (or forever). Raises aiomqtt.MqttError if the broker is gone."""
     topics = core.topics
@@ -55,7 +58,16 @@ async def serve(
     will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True)
     pending: set[asyncio.Task] = set()
 
-    async with make_client(broker_url, client_id=f"edgespec-{vid}", will=will, auth=auth) as client:
+    inbox: asyncio.Queue = asyncio.Queue(maxsize=max_inbox)
+
+    def route(message: aiomqtt.Message) -> None:  # in the socket's read callback: no extra loop turns
+        try:
+            inbox.put_nowait((str(message.topic), message.payload if isinstance(message.payload, bytes) else b""))
+        except asyncio.QueueFull:  # a flood: shed it here, counted, rather than grow without bound
+            core.rejected["overloaded"] += 1
+
+    async with make_client(broker_url, client_id=f"edgespec-{vid}", will=will, auth=auth,
+                           queue_type=routing_queue(route)) as client:
 
         def publish(topic: str, payload: bytes) -> None:
             # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
@@ -77,12 +89,25 @@ async def serve(
                 stats = json.dumps(stats_snapshot(core)).encode()
                 publish(f"{topics.prefix}/verifier/{vid}/stats", stats)
 
-        inbox: asyncio.Queue = asyncio.Queue()
+        hot_until = [0.0]
+
+        async def busy_poll() -> None:
+            # Keep the loop turning (socket polled with a zero timeout) for `busy_poll_s` after
+            # each reply: a process that sleeps between rounds runs its next forward ~2x slower
+            # on a VM (docs/benchmarks.md, "hand-off").
+            loop = asyncio.get_running_loop()
+            while True:
+                if loop.time() < hot_until[0]:
+                    os.sched_yield()
+                    await asyncio.sleep(0)
+                else:
+                    await hot.wait()
+                    hot.clear()
+        hot = asyncio.Event()
 
         async def receive() -> None:
-            async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                inbox.put_nowait((str(message.topic), payload))
+            async for _ in client.messages:  # messages go to `route`; this ends when the connection drops
+                pass
 
         async def verify_batches() -> None:
             # A batch is what is queued when the first message is taken plus what arrives within
@@ -106,11 +131,15 @@ async def serve(
                         break
                 for topic, reply in core.handle_batch(batch):
                     publish(topic, reply)
+                if busy_poll_s:
+                    hot_until[0] = loop.time() + busy_poll_s
+                    hot.set()
                 await asyncio.sleep(0)  # let the replies go out and new messages come in
 
         tasks = [asyncio.create_task(receive(), name="receive"),
                  asyncio.create_task(verify_batches(), name="verify"),
-                 asyncio.create_task(housekeeping(), name="housekeeping")]
+                 asyncio.create_task(housekeeping(), name="housekeeping"),
+                 asyncio.create_task(busy_poll(), name="busy-poll")]
         if stop is not None:
             tasks.append(asyncio.create_task(stop.wait(), name="stop"))
         try:
