@@ -1,0 +1,107 @@
+"""The device's fast path: replies routed in the socket callback, publishes not waiting for
+PUBACK, drafting ahead on a worker thread, and an OPEN re-sent when the verifier it may have
+gone to announces that it is offline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+import pytest
+import torch
+
+from camera_node.link import EdgeLink
+from camera_node.session import EdgeRequest, run_edge_session
+from conftest import dev_keys, start_verifier, stop_process
+from edgespec.mqtt import routing_queue
+from schemas import Topics
+from schemas.topics import OFFLINE
+from speculative.loop import EdgeGeneration, StopRule
+
+
+def test_routing_queue_hands_items_over_at_once():
+    seen = []
+    queue = routing_queue(seen.append)(maxsize=1)
+    queue.put_nowait("a")
+    queue.put_nowait("b")  # never full: nothing is queued
+    assert seen == ["a", "b"] and queue.empty()
+
+
+class _Drafter:
+    def __init__(self):
+        self.forwards = 0
+
+    def propose(self, gamma):
+        from speculative.draft import DraftBlock
+        return DraftBlock([1] * gamma, None)
+
+    def commit(self, n, token):
+        pass
+
+
+def test_drafting_ahead_is_bet_on_only_after_a_fully_accepted_round():
+    edge = EdgeGeneration(_Drafter(), [5], 4, StopRule(100))
+    assert edge.ahead_worthwhile  # no evidence yet: bet
+    edge.next_block()
+    edge.apply(4, 7)
+    assert edge.ahead_worthwhile
+    edge.next_block()
+    edge.apply(1, 7)
+    assert not edge.ahead_worthwhile
+
+
+def reference(target, prompt_ids, n):
+    out = target.model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n)
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("ahead", [True, False])
+def test_greedy_through_broker_equals_target_with_and_without_drafting_ahead(mosquitto, tiny_pair, loaded_pair, ahead):
+    target, draft = loaded_pair
+    prefix = f"fast-{int(ahead)}/v1"
+    proc = start_verifier(mosquitto.url, tiny_pair[0], f"fast-{int(ahead)}", "--prefix", prefix)
+    try:
+        async def scenario():
+            async with EdgeLink(mosquitto.url, "fast-dev", topics=Topics(prefix), keys=dev_keys("fast-dev")) as link:
+                outs = []
+                for text in ("a red circle moves", "the camera sees", "hello world"):
+                    ids = target.encode(text)
+                    outs.append((ids, await run_edge_session(
+                        link, draft, EdgeRequest(ids, None, gamma=3, max_new_tokens=40, draft_ahead=ahead))))
+                return outs
+
+        for ids, outcome in asyncio.run(asyncio.wait_for(scenario(), 120)):
+            assert outcome.result.token_ids == reference(target, ids, 40)
+            assert outcome.traffic.up_messages == outcome.result.rounds + 2  # open, drafts, close
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.broker
+def test_open_is_sent_again_when_a_verifier_goes_offline_during_it(mosquitto, tiny_pair, loaded_pair):
+    """No verifier is up when the OPEN goes out (the broker drops it, as it would with a
+    verifier that died holding it); a verifier's Last Will then wakes the device, which sends
+    the OPEN again and finishes on the verifier that is up by then."""
+    target, draft = loaded_pair
+    prefix = "reopen/v1"
+    topics = Topics(prefix)
+    ids = target.encode("a red circle moves")
+
+    async def scenario():
+        async with EdgeLink(mosquitto.url, "reopen-dev", topics=topics, keys=dev_keys("reopen-dev"),
+                            timeout_s=60) as link:
+            job = asyncio.create_task(run_edge_session(link, draft, EdgeRequest(ids, None, gamma=2, max_new_tokens=24)))
+            while not any(ch.open_pending for ch in link._channels.values()):
+                await asyncio.sleep(0.01)
+            proc = await asyncio.to_thread(start_verifier, mosquitto.url, tiny_pair[0], "reopen-live", "--prefix", prefix)
+            try:
+                async with aiomqtt.Client("127.0.0.1", mosquitto.port) as announcer:
+                    await announcer.publish(topics.verifier_status("reopen-ghost"), OFFLINE, qos=1)
+                return await asyncio.wait_for(job, 60)
+            finally:
+                stop_process(proc)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.resyncs == 1 and outcome.verifier_id == "reopen-live"
+    assert outcome.result.token_ids == reference(target, ids, 24)
