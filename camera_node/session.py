@@ -97,11 +97,9 @@ async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration
     taken as soon as it lands; then the step in progress (one draft forward, ~1 ms) finishes
     before the verdict is applied. `edge` None: plain request/response.
     """
-    if edge is None:
-        return await channel.exchange(draft)
     loop = asyncio.get_running_loop()
     reply = asyncio.ensure_future(channel.exchange(draft))
-    while not reply.done():
+    while edge is not None and not reply.done():
         step = loop.run_in_executor(_ahead_thread(), edge.draft_ahead_step)
         await asyncio.wait((reply, step), return_when=asyncio.FIRST_COMPLETED)
         if not await step:  # the drafter is used by one thread at a time

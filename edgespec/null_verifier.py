@@ -12,13 +12,13 @@ import argparse
 import asyncio
 import sys
 
-from edgespec.mqtt import make_client
+from edgespec.mqtt import BusyPoll, make_client, routing_queue
 from schemas import DraftMsg, Opened, Sealed, SealedOpen, SessionOpen, Topics, VerdictMsg, WireError, decode, encode
 
 VERIFIER_ID = "null"
 
 
-async def serve_null(broker_url: str, prefix: str) -> None:
+async def serve_null(broker_url: str, prefix: str, busy_poll_s: float = 0.02) -> None:
     from security.channel import verifier_open
     from security.dev_identity import default_home, ensure_verifier_keys
     from security.registry import FleetRegistry
@@ -33,43 +33,62 @@ async def serve_null(broker_url: str, prefix: str) -> None:
         inner = encode(msg)
         return inner if cipher is None else encode(cipher.seal(topics.down(device), inner))
 
-    async with make_client(broker_url, client_id="edgespec-null-verifier") as client:
+    def answer(topic: str, payload: bytes) -> tuple[str, bytes] | None:
+        device = topics.parse_uplink(topic).device_id
+        msg = decode(payload)
+        if isinstance(msg, SealedOpen):
+            key = registry.verifier_keys().get(msg.verifier_key_id)
+            ciphers[msg.session_id], _ = verifier_open(key, registry.public_key(device), device, topic, msg)
+            return topics.down(device), reply(msg.session_id, device, Opened(msg.session_id, VERIFIER_ID, 1))
+        if isinstance(msg, SessionOpen):
+            ciphers[msg.session_id] = None
+            return topics.down(device), reply(msg.session_id, device, Opened(msg.session_id, VERIFIER_ID, 1))
+        if isinstance(msg, Sealed):
+            inner, _ = ciphers[msg.session_id].open(topic, msg)
+            msg = decode(inner)
+        if not isinstance(msg, DraftMsg):
+            return None
+        k = len(msg.tokens)
+        verdict = VerdictMsg(msg.session_id, msg.seq, [True] * k, k, 0, msg.committed_len + k + 1)
+        return topics.down(device), reply(msg.session_id, device, verdict)
+
+    # The same message path as the real verifier (verifier_node.service): messages routed in
+    # the read callback, replies published without waiting for their PUBACK, busy polling.
+    inbox: asyncio.Queue = asyncio.Queue()
+    route = routing_queue(lambda m: inbox.put_nowait((str(m.topic), m.payload)))
+    async with make_client(broker_url, client_id="edgespec-null-verifier", queue_type=route) as client:
         await client.subscribe(topics.open_subscription(None), qos=1)
         await client.subscribe(topics.session_subscription(VERIFIER_ID), qos=1)
+        poller = BusyPoll(busy_poll_s)
+        background = {asyncio.create_task(poller.run())}
+
+        async def watch() -> None:
+            async for _ in client.messages:  # raises when the connection drops
+                pass
+
+        watcher = asyncio.create_task(watch())
         print("null verifier ready", flush=True)
-        async for message in client.messages:
-            topic = str(message.topic)
+        while not watcher.done():
+            topic, payload = await inbox.get()
             try:
-                device = topics.parse_uplink(topic).device_id
-                msg = decode(message.payload)
-                if isinstance(msg, SealedOpen):
-                    key = registry.verifier_keys().get(msg.verifier_key_id)
-                    ciphers[msg.session_id], _ = verifier_open(key, registry.public_key(device), device, topic, msg)
-                    out = reply(msg.session_id, device, Opened(msg.session_id, VERIFIER_ID, 1))
-                elif isinstance(msg, SessionOpen):
-                    ciphers[msg.session_id] = None
-                    out = reply(msg.session_id, device, Opened(msg.session_id, VERIFIER_ID, 1))
-                else:
-                    if isinstance(msg, Sealed):
-                        inner, _ = ciphers[msg.session_id].open(topic, msg)
-                        msg = decode(inner)
-                    if not isinstance(msg, DraftMsg):
-                        continue
-                    k = len(msg.tokens)
-                    verdict = VerdictMsg(msg.session_id, msg.seq, [True] * k, k, 0, msg.committed_len + k + 1)
-                    out = reply(msg.session_id, device, verdict)
+                out = answer(topic, payload if isinstance(payload, bytes) else b"")
             except (WireError, KeyError, AttributeError):
                 continue
-            await client.publish(topics.down(device), out, qos=1)
+            if out is not None:
+                task = asyncio.create_task(client.publish(*out, qos=1))
+                background.add(task)
+                task.add_done_callback(background.discard)
+            poller.kick()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--broker", required=True)
     parser.add_argument("--prefix", default="edgespec/v1")
+    parser.add_argument("--busy-poll-ms", type=float, default=20.0, help="as `edgespec verifier --busy-poll-ms`")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve_null(args.broker, args.prefix))
+        asyncio.run(serve_null(args.broker, args.prefix, args.busy_poll_ms / 1000))
     except KeyboardInterrupt:
         pass
     return 0

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
 import time
 
 import aiomqtt
 
-from edgespec.mqtt import ClientAuth, make_client, routing_queue
+from edgespec.mqtt import BusyPoll, ClientAuth, make_client, routing_queue
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -89,21 +88,7 @@ async def serve(
                 stats = json.dumps(stats_snapshot(core)).encode()
                 publish(f"{topics.prefix}/verifier/{vid}/stats", stats)
 
-        hot_until = [0.0]
-
-        async def busy_poll() -> None:
-            # Keep the loop turning (socket polled with a zero timeout) for `busy_poll_s` after
-            # each reply: a process that sleeps between rounds runs its next forward ~2x slower
-            # on a VM (docs/benchmarks.md, "hand-off").
-            loop = asyncio.get_running_loop()
-            while True:
-                if loop.time() < hot_until[0]:
-                    os.sched_yield()
-                    await asyncio.sleep(0)
-                else:
-                    await hot.wait()
-                    hot.clear()
-        hot = asyncio.Event()
+        poller = BusyPoll(busy_poll_s)
 
         async def receive() -> None:
             async for _ in client.messages:  # messages go to `route`; this ends when the connection drops
@@ -131,15 +116,13 @@ async def serve(
                         break
                 for topic, reply in core.handle_batch(batch):
                     publish(topic, reply)
-                if busy_poll_s:
-                    hot_until[0] = loop.time() + busy_poll_s
-                    hot.set()
+                poller.kick()
                 await asyncio.sleep(0)  # let the replies go out and new messages come in
 
         tasks = [asyncio.create_task(receive(), name="receive"),
                  asyncio.create_task(verify_batches(), name="verify"),
                  asyncio.create_task(housekeeping(), name="housekeeping"),
-                 asyncio.create_task(busy_poll(), name="busy-poll")]
+                 asyncio.create_task(poller.run(), name="busy-poll")]
         if stop is not None:
             tasks.append(asyncio.create_task(stop.wait(), name="stop"))
         try:
