@@ -34,10 +34,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _spawn_verifier(url: str, target_dir: Path, vid: str, prefix: str, max_batch: int, window_ms: float,
-                    max_sessions: int) -> subprocess.Popen:
+                    max_sessions: int, busy_poll_ms: float = 0.0) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", url, "--target-model", str(target_dir),
            "--verifier-id", vid, "--prefix", prefix, "--max-batch", str(max_batch),
-           "--batch-window-ms", str(window_ms), "--max-sessions", str(max_sessions)]
+           "--batch-window-ms", str(window_ms), "--max-sessions", str(max_sessions),
+           "--busy-poll-ms", str(busy_poll_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
     for line in proc.stdout:
@@ -75,15 +76,20 @@ async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs
         await asyncio.gather(*(link.__aenter__() for link in links))
 
         async def device(i: int, link):
-            c = i % len(cases)
-            drafter = RecordedDrafter(references[c], lm.vocab_size, args.acceptance, seed=i)
-            req = EdgeRequest(cases[c].prompt_ids, cases[c].features, gamma=args.gamma, max_new_tokens=args.tokens,
-                              draft_ahead=False)
-            return await run_edge_session(link, lm, req, drafter=drafter)
+            # Session after session (one caption per event), so the load stays at N devices.
+            done = []
+            for j in range(args.sessions_per_device):
+                c = (i + j * args.devices) % len(cases)
+                drafter = RecordedDrafter(references[c], lm.vocab_size, args.acceptance, seed=i * 1000 + j)
+                req = EdgeRequest(cases[c].prompt_ids, cases[c].features, gamma=args.gamma,
+                                  max_new_tokens=args.tokens, draft_ahead=False)
+                done.append((c, await run_edge_session(link, lm, req, drafter=drafter)))
+            return done
 
         cpu_before = [cpu_seconds(p.pid) for p in procs]
         started = time.perf_counter()
-        outcomes = await asyncio.gather(*(device(i, link) for i, link in enumerate(links)))
+        outcomes = [o for per_device in await asyncio.gather(*(device(i, link) for i, link in enumerate(links)))
+                    for o in per_device]
         wall = time.perf_counter() - started
         verifier_cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu_before))
         await asyncio.gather(*(link.__aexit__(None, None, None) for link in links))
@@ -103,7 +109,8 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
     prefix = f"load-{'b' if batching else 'n'}/v1"
     with MosquittoBroker(port=0, extra_config="max_connections -1") as broker:
         procs = [_spawn_verifier(broker.url, target_dir, f"lv-{j}", prefix, args.max_batch if batching else 1,
-                                 args.window_ms, max(1024, args.devices * 2)) for j in range(args.verifiers)]
+                                 args.window_ms, max(1024, args.devices * 2), args.busy_poll_ms)
+                 for j in range(args.verifiers)]
         try:
             res = asyncio.run(_run_devices(broker.url, prefix, lm, cases, references, args, procs))
         finally:
@@ -111,8 +118,9 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
                 if p.poll() is None:
                     p.terminate()
                 p.wait(timeout=10)
-    outcomes = res["outcomes"]
-    exact = sum(o.result.token_ids == references[i % len(cases)] for i, o in enumerate(outcomes))
+    cases_run = [c for c, _ in res["outcomes"]]
+    outcomes = [o for _, o in res["outcomes"]]
+    exact = sum(o.result.token_ids == references[c] for c, o in zip(cases_run, outcomes))
     tokens = sum(len(o.result.token_ids) for o in outcomes)
     rounds = [r for o in outcomes for r in o.round_seconds]
     hist: Counter[int] = Counter()
@@ -124,6 +132,7 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
     forwards = sum(k * v for k, v in hist.items())
     return {
         "batching": batching, "devices": args.devices, "verifiers": args.verifiers,
+        "sessions_per_device": args.sessions_per_device,
         "sessions_completed": len(outcomes), "sessions_exact": exact, "tokens": tokens, "seconds": res["wall"],
         "tokens_per_s": tokens / res["wall"], "verifier_cpu_s": res["verifier_cpu"],
         "tokens_per_verifier_cpu_s": tokens / res["verifier_cpu"] if res["verifier_cpu"] else None,
@@ -144,12 +153,12 @@ def cmd_loadtest(args) -> int:
     target_dir = resolve_model_dir(args.target_model, "target")
     target = load_lm(target_dir)
     lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
-    cases = vision_cases(target, min(args.devices, args.distinct))
+    cases = vision_cases(target, min(args.devices * args.sessions_per_device, args.distinct))
     references = [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), args.tokens).token_ids
                   for c in cases]
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     results = [run_mode(args, target_dir, lm, cases, references, b) for b in modes]
-    print(f"\nedgespec loadtest  {args.devices} devices, {args.verifiers} verifier(s), recorded drafts with "
+    print(f"\nedgespec loadtest  {args.devices} devices x {args.sessions_per_device} session(s), {args.verifiers} verifier(s), recorded drafts with "
           f"acceptance {args.acceptance}, gamma {args.gamma}, up to {args.tokens} tokens\n")
     head = f"{'batching':<10}{'sessions':>9}{'exact':>7}{'tokens':>8}{'tok/s':>9}{'tok/cpu-s':>10}{'p50 ms':>9}{'p99 ms':>9}" \
            f"{'forwards':>10}{'evict':>7}{'resync':>8}  batch sizes"
@@ -171,7 +180,8 @@ def cmd_loadtest(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
-    ok = all(r["sessions_exact"] == r["sessions_completed"] == args.devices for r in results)
+    ok = all(r["sessions_exact"] == r["sessions_completed"] == args.devices * args.sessions_per_device
+             for r in results)
     return 0 if ok else 1
 
 
@@ -180,11 +190,15 @@ def register(sub) -> None:
     p.add_argument("--devices", type=int, default=64)
     p.add_argument("--verifiers", type=int, default=1)
     p.add_argument("--tokens", type=int, default=48, help="max new tokens per session")
+    p.add_argument("--sessions-per-device", type=int, default=1,
+                   help="captions each device asks for, one after another")
     p.add_argument("--acceptance", type=float, default=0.9, help="share of recorded drafts left correct")
     p.add_argument("--gamma", type=int, default=4)
     p.add_argument("--batching", choices=("both", "on", "off"), default="both")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--window-ms", type=float, default=2.0)
+    p.add_argument("--busy-poll-ms", type=float, default=0.0,
+                   help="the verifiers' busy polling (off here: under load it only adds spinning to their CPU time)")
     p.add_argument("--distinct", type=int, default=16, help="distinct scenes among the devices")
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")

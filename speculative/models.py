@@ -171,6 +171,13 @@ class CachedLM:
     @torch.inference_mode()
     def prefill(self, token_ids: list[int], features: np.ndarray | None = None) -> torch.Tensor | None:
         """Feed the vision prefix (if any) and `token_ids`; returns logits [n, V] or None."""
+        if features is None:
+            return self.extend(token_ids) if token_ids else None
+        return self._forward(inputs_embeds=self.prefill_embeddings(token_ids, features)[None])
+
+    @torch.inference_mode()
+    def prefill_embeddings(self, token_ids: list[int], features: np.ndarray | None) -> torch.Tensor:
+        """The input embeddings [n, H] a prefill feeds (vision prefix first); sets `prefix_len`."""
         embeds = []
         if features is not None:
             if self.lm.projector is None:
@@ -179,12 +186,12 @@ class CachedLM:
             prefix = self.lm.projector(feats.to(self.lm.model.dtype))  # [S, H]
             self.prefix_len = int(prefix.shape[0])
             embeds.append(prefix)
-        if not embeds:
-            return self.extend(token_ids) if token_ids else None
         if token_ids:
             ids = torch.tensor(token_ids, device=self._device)
             embeds.append(self.lm.model.get_input_embeddings()(ids))
-        return self._forward(inputs_embeds=torch.cat(embeds, 0)[None])
+        if not embeds:
+            return torch.zeros((0, self.lm.model.config.hidden_size), dtype=self.lm.model.dtype, device=self._device)
+        return torch.cat(embeds, 0)
 
     @torch.inference_mode()
     def extend(self, token_ids: list[int]) -> torch.Tensor:

@@ -38,6 +38,7 @@ from security.channel import verifier_open
 from security.keys import UnknownKeyId
 from security.registry import RegistryError
 from speculative.batch import KVPool, verify_batch
+from speculative.prefill import open_batch
 from schemas.topics import Uplink
 from speculative.loop import StopRule
 from speculative.models import LoadedLM
@@ -79,6 +80,16 @@ class VerifierConfig:
 
 
 @dataclass
+class PendingOpen:
+    """A validated session open waiting for its (possibly batched) prefill; `reply` is its OPENED."""
+
+    session: Session
+    context: list[int]
+    features: np.ndarray | None
+    reply: Reply
+
+
+@dataclass
 class PendingBlock:
     """A validated draft block waiting for its (possibly batched) target forward."""
 
@@ -117,22 +128,56 @@ class VerifierCore:
     def handle_batch(self, messages: list[tuple[str, bytes]]) -> list[Reply]:
         """Process messages that arrived together; their drafted blocks are verified in one
         batched target forward (one block per session per forward, in arrival order)."""
-        replies: list[Reply] = []
+        # Replies keep the order of the messages (a device sees its answers in the order it
+        # sent): each message gets a slot, filled at once or when its open or block is done.
+        slots: list[Any] = []
+        opens: list[PendingOpen] = []
         pending: list[PendingBlock] = []
+        done: dict[int, Reply] = {}
+
+        def flush() -> None:
+            done.update(zip(map(id, [*opens, *pending]), self._prefill(opens) + self._verify(pending)))
+            opens.clear()
+            pending.clear()
+
         for topic, payload in messages:
-            # A second message for a session with a block in this batch (a QoS-1 duplicate,
-            # a close) must see that block's outcome: verify what is pending first.
-            session_id = _peek_ids(payload)[0] if pending else None
-            if session_id is not None and any(p.session.session_id == session_id for p in pending):
-                replies.extend(self._verify(pending))
-                pending = []
+            # A second message for a session with an open or a block in this batch (a QoS-1
+            # duplicate, a close) must see its outcome: do what is pending first.
+            session_id = _peek_ids(payload)[0] if pending or opens else None
+            if session_id is not None and any(p.session.session_id == session_id for p in [*opens, *pending]):
+                flush()
             out = self._handle_one(topic, payload)
             if isinstance(out, PendingBlock):
                 pending.append(out)
+            elif isinstance(out, PendingOpen):
+                opens.append(out)
+            slots.append(out)
+        flush()
+        return [reply for slot in slots for reply in (slot if isinstance(slot, list) else [done[id(slot)]])]
+
+    def _prefill(self, opens: list[PendingOpen]) -> list[Reply]:
+        """Prefill the sessions opened in this batch (one forward when batching) and release
+        their OPENED replies."""
+        if not opens:
+            return []
+        try:
+            if self.config.batching:
+                open_batch([o.session.target for o in opens], [(o.context, o.features) for o in opens])
             else:
-                replies.extend(out)
-        replies.extend(self._verify(pending))
-        return replies
+                for o in opens:
+                    o.session.target.open(o.context, o.features)
+        except Exception as exc:  # a bug must not take the other sessions down with it
+            log.exception("prefill failed for %d sessions", len(opens))
+            err = WireError(ErrorCode.INTERNAL, f"verifier failed to open this session: {type(exc).__name__}")
+            out = []
+            for o in opens:
+                self._count(err)
+                self.sessions.remove(o.session.session_id)
+                msg = ErrorMsg(o.session.session_id, None, int(err.code), str(err))
+                out.append((o.reply[0], self._wrap(o.session, msg)))
+            return out
+        self.stats["prefill_batches"] += 1
+        return [o.reply for o in opens]
 
     def _verify(self, pending: list["PendingBlock"]) -> list[Reply]:
         if not pending:
@@ -158,7 +203,7 @@ class VerifierCore:
             return out
         return [(p.down, self._settle(p.session, p.msg, v)) for p, v in zip(pending, verdicts)]
 
-    def _handle_one(self, topic: str, payload: bytes) -> "list[Reply] | PendingBlock":
+    def _handle_one(self, topic: str, payload: bytes) -> "list[Reply] | PendingBlock | PendingOpen":
         try:
             uplink = self.topics.parse_uplink(topic)
         except WireError as err:
@@ -201,7 +246,7 @@ class VerifierCore:
         if self.crypto is not None and self.crypto.require:
             raise WireError(ErrorCode.PLAINTEXT_REFUSED, "this verifier accepts only encrypted sessions")
 
-    def _sealed_open(self, device_id: str, topic: str, msg: SealedOpen) -> list[Reply]:
+    def _sealed_open(self, device_id: str, topic: str, msg: SealedOpen) -> "list[Reply] | PendingOpen":
         if self.crypto is None:
             raise WireError(ErrorCode.DECRYPT_FAILED, "this verifier has no keys for encrypted sessions")
         existing = self.sessions.get(msg.session_id)
@@ -255,7 +300,7 @@ class VerifierCore:
             return self._close(uplink, inner)
         raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {inner.type.name} messages")
 
-    def _open(self, device_id: str, msg: SessionOpen, cipher: Any = None) -> list[Reply]:
+    def _open(self, device_id: str, msg: SessionOpen, cipher: Any = None) -> "list[Reply] | PendingOpen":
         existing = self.sessions.get(msg.session_id)
         if existing is not None:
             if existing.device_id != device_id:
@@ -288,7 +333,7 @@ class VerifierCore:
             )
         params = SamplingParams(msg.temperature, msg.top_k, msg.top_p)
         target = TargetSession(self.lm, params, seed=msg.seed)
-        target.open(context, features)
+        target.committed = list(context)  # its prefill comes with the batch's (`_prefill`)
         session = Session(
             device_id=device_id,
             session_id=msg.session_id,
@@ -303,7 +348,7 @@ class VerifierCore:
         self.stats["encrypted_sessions" if cipher is not None else "plaintext_sessions"] += 1
         session.opened_reply = self._wrap(session, Opened(session.session_id, self.config.verifier_id,
                                                            session.committed_len))
-        return [(self.topics.down(device_id), session.opened_reply)]
+        return PendingOpen(session, context, features, (self.topics.down(device_id), session.opened_reply))
 
     def _draft(self, uplink: Uplink, msg: DraftMsg) -> "list[Reply] | PendingBlock":
         session = self.sessions.get(msg.session_id)
