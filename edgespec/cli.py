@@ -65,6 +65,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     lm = load_lm(resolve_model_dir(args.target_model, "target"), dtype=args.dtype, device=args.device,
                  device_map=args.device_map)
     core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions,
+                                           max_sessions_per_device=args.max_sessions_per_device,
+                                           device_rate=args.device_rate, device_burst=args.device_burst,
                                            batching=args.max_batch > 1),
                         Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
 
@@ -202,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     p.add_argument("--device-map", help="`auto`: spread a target larger than one accelerator (needs accelerate)")
     p.add_argument("--max-sessions", type=int, default=1024)
+    p.add_argument("--max-sessions-per-device", type=int, default=8,
+                   help="a device opening more gives up its own oldest session, never another device's")
+    p.add_argument("--device-rate", type=float, default=1000.0,
+                   help="uplink messages per second per device; more are dropped and counted as busy")
+    p.add_argument("--device-burst", type=int, default=2000)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
     p.add_argument("--batch-window-ms", type=float, default=2.0,

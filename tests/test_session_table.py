@@ -7,9 +7,13 @@ from types import SimpleNamespace
 from verifier_node.sessions import SessionTable
 
 
-def fake_session(sid: bytes, length: int):
+def fake_session(sid: bytes, length: int, device_id: str = "cam-1"):
     target = SimpleNamespace(state=SimpleNamespace(length=length))
-    return SimpleNamespace(session_id=sid, target=target, last_used=0.0)
+    return SimpleNamespace(session_id=sid, target=target, last_used=0.0, device_id=device_id)
+
+
+def make(device_id: str, n: int):
+    return fake_session(bytes([n]) * 16, 4, device_id)
 
 
 def test_lru_eviction_by_count():
@@ -38,3 +42,16 @@ def test_idle_expiry():
     s.last_used = 100.0
     assert table.expire(now=104.0) == 0
     assert table.expire(now=106.0) == 1 and dropped == [s] and len(table) == 0
+
+
+def test_a_device_at_its_quota_gives_up_its_own_oldest_session():
+    dropped = []
+    table = SessionTable(100, 60, on_drop=dropped.append, max_per_device=2)
+    other = make("other", 1)
+    table.add(other)
+    mine = [make("greedy", i + 10) for i in range(5)]
+    for s in mine:
+        table.add(s)
+    assert table.get(other.session_id) is other  # never pushed out by another device
+    assert [s.session_id for s in dropped] == [s.session_id for s in mine[:3]]
+    assert table.quota_evictions == 3 and len(table) == 3

@@ -46,6 +46,7 @@ from speculative.sampling import SamplingParams, SparseQ
 from speculative.target import TargetSession
 from speculative.verify import Verdict
 
+from .limits import DeviceRateLimiter
 from .sessions import Session, SessionTable
 
 log = logging.getLogger("edgespec.verifier")
@@ -77,6 +78,9 @@ class VerifierConfig:
     limits: Limits = DEFAULT_LIMITS
     batching: bool = True  # verify blocks that arrive together in one forward
     max_kv_bytes: int = 8 << 30  # the session table evicts LRU sessions beyond this much KV cache
+    max_sessions_per_device: int = 8  # beyond it a device's own oldest session goes
+    device_rate: float = 1000.0  # uplink messages per second per device (a session sends one per round)
+    device_burst: int = 2000
 
 
 @dataclass
@@ -113,7 +117,9 @@ class VerifierCore:
         self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
         self.sessions = SessionTable(config.max_sessions, config.session_idle_s,
                                      max_bytes=config.max_kv_bytes, bytes_per_token=self.kv_bytes_per_token,
-                                     on_drop=lambda s: self.pool.release(s.target))
+                                     on_drop=lambda s: self.pool.release(s.target),
+                                     max_per_device=config.max_sessions_per_device)
+        self.limiter = DeviceRateLimiter(config.device_rate, config.device_burst)
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
@@ -210,6 +216,14 @@ class VerifierCore:
             self._count(err)
             return []  # no device to answer
         session: Session | None = None
+        allowed, tell = self.limiter.admit(uplink.device_id)
+        if not allowed:
+            err = WireError(ErrorCode.BUSY, f"more than {self.config.device_rate:g} messages per second from "
+                            f"{uplink.device_id}: dropped (told at most once a second)")
+            self._count(err)
+            # No session id: the drop must not end a session (the device's timeout re-sends).
+            return [(self.topics.down(uplink.device_id), encode(ErrorMsg(None, None, int(err.code), str(err))))] \
+                if tell else []
         try:
             msg = decode(payload, self.config.limits)
             if uplink.kind == "open":

@@ -48,8 +48,9 @@ class SessionTable:
     """
 
     def __init__(self, max_sessions: int, idle_timeout_s: float, *, max_bytes: int | None = None,
-                 bytes_per_token: int = 0, on_drop=None):
+                 bytes_per_token: int = 0, on_drop=None, max_per_device: int | None = None):
         self.max_sessions = max_sessions
+        self.max_per_device = max_per_device
         self.idle_timeout_s = idle_timeout_s
         self.max_bytes = max_bytes
         self.bytes_per_token = bytes_per_token
@@ -57,6 +58,7 @@ class SessionTable:
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
         self.evictions = 0
         self.expired = 0
+        self.quota_evictions = 0  # a device's own sessions dropped for its newer ones
 
     def kv_bytes(self) -> int:
         """KV cache bytes the sessions hold now."""
@@ -78,6 +80,15 @@ class SessionTable:
         return session
 
     def add(self, session: Session) -> None:
+        """Hold `session`. A device at its quota gives up its own least recently used session
+        first (so one device opening session after session cannot push other devices' out);
+        beyond the table's bounds the least recently used of all go."""
+        if self.max_per_device is not None:
+            own = [s for s in self._sessions.values() if s.device_id == session.device_id
+                   and s.session_id != session.session_id]
+            for old in own[: max(0, len(own) - self.max_per_device + 1)]:
+                self.remove(old.session_id)
+                self.quota_evictions += 1
         self._sessions[session.session_id] = session
         self._sessions.move_to_end(session.session_id)
         while self._over():
