@@ -50,7 +50,8 @@ class BrokerUnreachable(ConnectionError):
     """The broker connection was lost and could not be re-established in time."""
 
 
-_GONE = object()  # inbox sentinel: this session's verifier went offline
+_GONE = object()  # inbox sentinel (with the verifier's id): a verifier went offline
+GONE_GRACE_S = 0.5
 _RECONNECTED = object()  # inbox sentinel: the link was re-established; replies may have been lost
 RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 SESSION_EXPIRY_S = 300  # the broker keeps the device's subscription and queued QoS-1 messages
@@ -105,6 +106,7 @@ class EdgeLink:
             clean_start=False, session_expiry_s=SESSION_EXPIRY_S, queue_type=routing_queue(self._route),
         )
         self._inbox: dict[bytes, asyncio.Queue] = {}
+        self.verifier_status: dict[str, bytes] = {}  # the latest availability each verifier announced
         self._channels: dict[bytes, "SessionChannel"] = {}
         self._reader: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()  # publishes not waited for (see `send`)
@@ -177,8 +179,10 @@ class EdgeLink:
         payload = message.payload if isinstance(message.payload, bytes) else b""
         status = self.topics.parse_status(str(message.topic))
         if status is not None:
-            if status[0] == "verifier" and payload == OFFLINE:
-                self._verifier_gone(status[1])
+            if status[0] == "verifier":
+                self.verifier_status[status[1]] = payload
+                if payload == OFFLINE:
+                    self._verifier_gone(status[1])
             return
         try:
             msg = decode(payload)
@@ -237,7 +241,7 @@ class EdgeLink:
             # An unanswered OPEN may have gone to that verifier too: the shared subscription
             # does not say which member got it.
             if channel.verifier_id == verifier_id or channel.open_pending:
-                self._inbox[sid].put_nowait((_GONE, 0))
+                self._inbox[sid].put_nowait((_GONE, verifier_id))
 
     def channel(self, session_id: bytes) -> "SessionChannel":
         self._inbox[session_id] = asyncio.Queue()
@@ -286,7 +290,14 @@ class SessionChannel:
                     f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?"
                 ) from None
             if msg is _GONE:
-                raise VerifierLost(f"verifier {self.verifier_id} went offline while waiting for {waiting_for}")
+                # A retained `offline` can be stale for a moment (a broker that restarted sends
+                # the Will of a verifier that reconnects at once): give it a short grace, and
+                # keep waiting if that verifier is back, since it kept its sessions.
+                gone = size  # a notice carries the verifier's id where a message carries its size
+                await asyncio.sleep(GONE_GRACE_S)
+                if gone == self.verifier_id and self.link.verifier_status.get(gone) == ONLINE:
+                    continue
+                raise VerifierLost(f"verifier {gone} went offline while waiting for {waiting_for}")
             if msg is _RECONNECTED:
                 raise VerifierLost(f"the broker connection was re-established while waiting for {waiting_for}")
             if isinstance(msg, BrokerUnreachable):

@@ -41,6 +41,20 @@ def dev_keys(device_id: str, broker_url: str = "mqtt://127.0.0.1:1883"):
     return DeviceKeys.from_bundle(bundle)
 
 
+@pytest.fixture
+def mosquitto_store():
+    """A folder for a broker's persistence database. Mosquitto started as root drops to user
+    `mosquitto`, which must reach and write the folder (pytest's tmp_path is 0700), so it is a
+    world-writable folder of its own, removed afterwards."""
+    import shutil
+    import tempfile
+
+    store = Path(tempfile.mkdtemp(prefix="edgespec-mqdb-"))
+    store.chmod(0o777)
+    yield store
+    shutil.rmtree(store, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def mosquitto():
     """A Mosquitto process with the project's development config, for the whole test session."""

@@ -20,10 +20,9 @@ PREFIX = "restart/v1"
 PROMPTS = ["a red circle moves", "hello world", "the camera sees", "two objects"]
 
 
-def test_broker_restart_mid_session(tmp_path, tiny_pair, loaded_pair):
+def test_broker_restart_mid_session(mosquitto_store, tiny_pair, loaded_pair):
     target, draft = loaded_pair
-    store = tmp_path / "mosquitto-db"
-    store.mkdir()
+    store = mosquitto_store
     extra = f"persistence true\npersistence_location {store}/\nautosave_interval 1\n"
     broker = MosquittoBroker(port=0, extra_config=extra).start()
     verifier = start_verifier(broker.url, tiny_pair[0], "restart-verifier", "--prefix", PREFIX)

@@ -8,6 +8,7 @@ pool of verifiers can split them; each verifier's session traffic has its own to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,20 @@ from .core import VerifierCore
 
 log = logging.getLogger("edgespec.verifier")
 STATS_INTERVAL_S = 5.0
+SESSION_EXPIRY_S = 60  # how long the broker queues a disconnected verifier's session traffic
+# The Last Will waits this long (MQTT v5 Will Delay Interval): a verifier back within it (a
+# network blip, a broker restart) keeps its sessions and gets their queued drafts, and its
+# devices never hear it was gone; one that stays away is announced offline after it.
+WILL_DELAY_S = 2
+
+
+def _will_delay(seconds: int):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = seconds
+    return props
 
 
 def stats_snapshot(core: VerifierCore) -> dict:
@@ -49,14 +64,13 @@ async def serve(
     max_batch: int = 64,
     busy_poll_s: float = 0.0,
     max_inbox: int = 10_000,
+    session_expiry_s: int = SESSION_EXPIRY_S,
 ) -> None:
     """Serve until `stop` is set (or forever). Raises aiomqtt.MqttError if the broker is gone."""
     topics = core.topics
     vid = core.config.verifier_id
     status_topic = topics.verifier_status(vid)
-    will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True)
-    pending: set[asyncio.Task] = set()
-
+    will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True, properties=_will_delay(WILL_DELAY_S))
     inbox: asyncio.Queue = asyncio.Queue(maxsize=max_inbox)
 
     def route(message: aiomqtt.Message) -> None:  # in the socket's read callback: no extra loop turns
@@ -65,82 +79,102 @@ async def serve(
         except asyncio.QueueFull:  # a flood: shed it here, counted, rather than grow without bound
             core.rejected["overloaded"] += 1
 
-    async with make_client(broker_url, client_id=f"edgespec-{vid}", will=will, auth=auth,
-                           queue_type=routing_queue(route)) as client:
+    # Two connections. The verifier's own: an MQTT v5 persistent session (clean start off, an
+    # expiry), so drafts for its sessions that arrive while it reconnects are queued by the
+    # broker, not lost; it carries the Last Will and every reply. The opens': clean start,
+    # for the shared subscription only, so a verifier that is gone is at once out of the
+    # share instead of having new sessions queued for it until its session expires.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(make_client(
+            broker_url, client_id=f"edgespec-{vid}", will=will, auth=auth, queue_type=routing_queue(route),
+            clean_start=False, session_expiry_s=session_expiry_s))
+        opens = await stack.enter_async_context(make_client(
+            broker_url, client_id=f"edgespec-{vid}-opens", auth=auth, queue_type=routing_queue(route)))
+        await _serve_connected(core, client, opens, inbox, topics, share_group, ready, stop, batch_window_s,
+                               max_batch, busy_poll_s, broker_url)
 
-        def publish(topic: str, payload: bytes) -> None:
-            # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
-            task = asyncio.create_task(client.publish(topic, payload, qos=1))
-            pending.add(task)
-            task.add_done_callback(_finished(pending))
 
-        await client.subscribe(topics.open_subscription(share_group), qos=1)
-        await client.subscribe(topics.session_subscription(vid), qos=1)
-        await client.publish(status_topic, ONLINE, qos=1, retain=True)
-        log.info("verifier %s serving on %s (model %s)", vid, broker_url, core.lm.path)
-        if ready is not None:
-            ready.set()
+async def _serve_connected(core, client, opens, inbox, topics, share_group, ready, stop, batch_window_s, max_batch,
+                           busy_poll_s, broker_url) -> None:
+    """`serve`'s work once both connections are up: subscribe, announce, verify, say goodbye."""
+    vid = core.config.verifier_id
+    status_topic = topics.verifier_status(vid)
+    pending: set[asyncio.Task] = set()
 
-        async def housekeeping() -> None:
-            while True:
-                await asyncio.sleep(STATS_INTERVAL_S)
-                core.sessions.expire()
-                stats = json.dumps(stats_snapshot(core)).encode()
-                publish(f"{topics.prefix}/verifier/{vid}/stats", stats)
+    def publish(topic: str, payload: bytes) -> None:
+        # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
+        task = asyncio.create_task(client.publish(topic, payload, qos=1))
+        pending.add(task)
+        task.add_done_callback(_finished(pending))
 
-        poller = BusyPoll(busy_poll_s)
+    await client.subscribe(topics.session_subscription(vid), qos=1)
+    await opens.subscribe(topics.open_subscription(share_group), qos=1)
+    await client.publish(status_topic, ONLINE, qos=1, retain=True)
+    log.info("verifier %s serving on %s (model %s)", vid, broker_url, core.lm.path)
+    if ready is not None:
+        ready.set()
 
-        async def receive() -> None:
-            async for _ in client.messages:  # messages go to `route`; this ends when the connection drops
-                pass
+    async def housekeeping() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            core.sessions.expire()
+            stats = json.dumps(stats_snapshot(core)).encode()
+            publish(f"{topics.prefix}/verifier/{vid}/stats", stats)
 
-        async def verify_batches() -> None:
-            # A batch is what is queued when the first message is taken plus what arrives within
-            # `batch_window_s`, at most `max_batch` messages. With a single session there is no
-            # one to wait for, so the window applies only while the verifier holds several.
-            loop = asyncio.get_running_loop()
-            while True:
-                batch = [await inbox.get()]
-                window = batch_window_s if len(core.sessions) > 1 else 0.0
-                deadline = loop.time() + window
-                while len(batch) < max_batch:
-                    if not inbox.empty():
-                        batch.append(inbox.get_nowait())
-                        continue
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(inbox.get(), remaining))
-                    except asyncio.TimeoutError:
-                        break
-                for topic, reply in core.handle_batch(batch):
-                    publish(topic, reply)
-                poller.kick()
-                await asyncio.sleep(0)  # let the replies go out and new messages come in
+    poller = BusyPoll(busy_poll_s)
 
-        tasks = [asyncio.create_task(receive(), name="receive"),
-                 asyncio.create_task(verify_batches(), name="verify"),
-                 asyncio.create_task(housekeeping(), name="housekeeping"),
-                 asyncio.create_task(poller.run(), name="busy-poll")]
-        if stop is not None:
-            tasks.append(asyncio.create_task(stop.wait(), name="stop"))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.get_name() != "stop" and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            for task in tasks:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            try:  # final stats, then the clean goodbye
-                await client.publish(f"{topics.prefix}/verifier/{vid}/stats",
-                                     json.dumps({**stats_snapshot(core), "final": True}).encode(), qos=1)
-                await client.publish(status_topic, OFFLINE, qos=1, retain=True)
-            except aiomqtt.MqttError:
-                pass
+    async def receive(source) -> None:
+        async for _ in source.messages:  # messages go to `route`; this ends when the connection drops
+            pass
+
+    async def verify_batches() -> None:
+        # A batch is what is queued when the first message is taken plus what arrives within
+        # `batch_window_s`, at most `max_batch` messages. With a single session there is no
+        # one to wait for, so the window applies only while the verifier holds several.
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await inbox.get()]
+            window = batch_window_s if len(core.sessions) > 1 else 0.0
+            deadline = loop.time() + window
+            while len(batch) < max_batch:
+                if not inbox.empty():
+                    batch.append(inbox.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(inbox.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            for topic, reply in core.handle_batch(batch):
+                publish(topic, reply)
+            poller.kick()
+            await asyncio.sleep(0)  # let the replies go out and new messages come in
+
+    tasks = [asyncio.create_task(receive(client), name="receive"),
+             asyncio.create_task(receive(opens), name="receive-opens"),
+             asyncio.create_task(verify_batches(), name="verify"),
+             asyncio.create_task(housekeeping(), name="housekeeping"),
+             asyncio.create_task(poller.run(), name="busy-poll")]
+    if stop is not None:
+        tasks.append(asyncio.create_task(stop.wait(), name="stop"))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.get_name() != "stop" and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:  # final stats, then the clean goodbye
+            await client.publish(f"{topics.prefix}/verifier/{vid}/stats",
+                                 json.dumps({**stats_snapshot(core), "final": True}).encode(), qos=1)
+            await client.publish(status_topic, OFFLINE, qos=1, retain=True)
+        except aiomqtt.MqttError:
+            pass
 
 
 def _finished(pending: set[asyncio.Task]):
