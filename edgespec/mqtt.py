@@ -111,6 +111,17 @@ def make_client(
     )
 
 
+def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1) -> bool:
+    """Queue a PUBLISH on the client's paho connection and return at once: no asyncio task
+    and no PUBACK future per message, which is most of what `await client.publish` costs a
+    verifier answering hundreds of blocks a second. paho still retransmits it (QoS 1) and
+    writes it on the next loop turn. False when the connection is down.
+
+    aiomqtt has no public call for this, so it uses the paho client aiomqtt keeps (`_client`,
+    present throughout aiomqtt 2.x, which pyproject pins)."""
+    return client._client.publish(topic, payload, qos).rc == 0  # noqa: SLF001
+
+
 def routing_queue(route) -> type:
     """An aiomqtt `queue_type` that hands each incoming message to `route(message)` at once,
     in the socket's read callback, instead of queueing it for `client.messages`: a reply

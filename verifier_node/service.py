@@ -15,7 +15,7 @@ import time
 
 import aiomqtt
 
-from edgespec.mqtt import BusyPoll, ClientAuth, make_client, routing_queue
+from edgespec.mqtt import BusyPoll, ClientAuth, make_client, publish_nowait, routing_queue
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -99,13 +99,11 @@ async def _serve_connected(core, client, opens, inbox, topics, share_group, read
     """`serve`'s work once both connections are up: subscribe, announce, verify, say goodbye."""
     vid = core.config.verifier_id
     status_topic = topics.verifier_status(vid)
-    pending: set[asyncio.Task] = set()
 
     def publish(topic: str, payload: bytes) -> None:
         # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
-        task = asyncio.create_task(client.publish(topic, payload, qos=1))
-        pending.add(task)
-        task.add_done_callback(_finished(pending))
+        if not publish_nowait(client, topic, payload):
+            log.warning("reply to %s not sent: the connection is down (the device will re-open)", topic)
 
     await client.subscribe(topics.session_subscription(vid), qos=1)
     await opens.subscribe(topics.open_subscription(share_group), qos=1)
@@ -167,23 +165,12 @@ async def _serve_connected(core, client, opens, inbox, topics, share_group, read
     finally:
         for task in tasks:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
         try:  # final stats, then the clean goodbye
             await client.publish(f"{topics.prefix}/verifier/{vid}/stats",
                                  json.dumps({**stats_snapshot(core), "final": True}).encode(), qos=1)
             await client.publish(status_topic, OFFLINE, qos=1, retain=True)
         except aiomqtt.MqttError:
             pass
-
-
-def _finished(pending: set[asyncio.Task]):
-    def done(task: asyncio.Task) -> None:
-        pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("publish failed: %s", task.exception())
-
-    return done
 
 
 RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
