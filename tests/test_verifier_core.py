@@ -259,3 +259,33 @@ def test_block_longer_than_the_sessions_gamma(core, loaded_pair):
     msg = opened_session(core, loaded_pair[1], gamma=2)
     draft = DraftMsg(msg.session_id, 0, len(msg.prompt_ids), [4, 5, 6], None)
     assert reply_of(core.handle(T.session_up("cam-1", VID), encode(draft))).code == ErrorCode.OUT_OF_RANGE
+
+
+def test_a_failing_model_call_answers_internal_and_drops_only_those_sessions(core, loaded_pair, monkeypatch):
+    target, _ = loaded_pair
+    prompt = target.encode("a red circle")
+    calm = open_msg(target, prompt, max_new_tokens=8)
+    assert isinstance(reply_of(core.handle(T.open("cam-2"), encode(calm)), "cam-2"), Opened)
+
+    import verifier_node.core as core_module
+    from speculative.target import TargetSession
+
+    def boom(*_a, **_k):
+        raise RuntimeError("model failure")
+
+    # An open whose prefill fails: an INTERNAL error naming the session, and the session is gone.
+    with monkeypatch.context() as m:
+        m.setattr(core_module, "open_batch", boom)
+        m.setattr(TargetSession, "open", boom)
+        failed = open_msg(target, prompt, max_new_tokens=8)
+        err = reply_of(core.handle(T.open("cam-1"), encode(failed)))
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.INTERNAL and err.session_id == failed.session_id
+    assert core.sessions.get(failed.session_id) is None
+
+    # A block whose verification fails: the same, for that block's session only.
+    with monkeypatch.context() as m:
+        m.setattr(TargetSession, "verify", boom)
+        draft = DraftMsg(calm.session_id, 0, len(prompt), [5, 6], None)
+        err = reply_of(core.handle(T.session_up("cam-2", VID), encode(draft)), "cam-2")
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.INTERNAL and err.seq == 0
+    assert core.sessions.get(calm.session_id) is None and core.rejected["internal"] == 2

@@ -174,14 +174,8 @@ class VerifierCore:
                     o.session.target.open(o.context, o.features)
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("prefill failed for %d sessions", len(opens))
-            err = WireError(ErrorCode.INTERNAL, f"verifier failed to open this session: {type(exc).__name__}")
-            out = []
-            for o in opens:
-                self._count(err)
-                self.sessions.remove(o.session.session_id)
-                msg = ErrorMsg(o.session.session_id, None, int(err.code), str(err))
-                out.append((o.reply[0], self._wrap(o.session, msg)))
-            return out
+            return self._failed([(o.session, o.reply[0], None) for o in opens],
+                                f"verifier failed to open this session: {type(exc).__name__}")
         self.stats["prefill_batches"] += 1
         return [o.reply for o in opens]
 
@@ -200,14 +194,20 @@ class VerifierCore:
                 verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("verification failed for %d blocks", len(pending))
-            err = WireError(ErrorCode.INTERNAL, f"verifier failed on this block: {type(exc).__name__}")
-            out = []
-            for p in pending:
-                self._count(err)
-                self.sessions.remove(p.session.session_id)  # its cache may be inconsistent now
-                out.append((p.down, self._wrap(p.session, ErrorMsg(p.msg.session_id, p.msg.seq, int(err.code), str(err)))))
-            return out
+            return self._failed([(p.session, p.down, p.msg.seq) for p in pending],
+                                f"verifier failed on this block: {type(exc).__name__}")
         return [(p.down, self._settle(p.session, p.msg, v)) for p, v in zip(pending, verdicts)]
+
+    def _failed(self, items: list[tuple[Session, str, int | None]], message: str) -> list[Reply]:
+        """An INTERNAL error for each (session, downlink, seq) whose model work failed; the
+        sessions are dropped (their caches may be inconsistent now)."""
+        err = WireError(ErrorCode.INTERNAL, message)
+        out = []
+        for session, down, seq in items:
+            self._count(err)
+            self.sessions.remove(session.session_id)
+            out.append((down, self._wrap(session, ErrorMsg(session.session_id, seq, int(err.code), str(err)))))
+        return out
 
     def _handle_one(self, topic: str, payload: bytes) -> "list[Reply] | PendingBlock | PendingOpen":
         try:
