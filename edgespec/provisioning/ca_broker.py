@@ -1,0 +1,183 @@
+"""`edgespec ca init|crl` and `edgespec broker-files init`: the CA folder and the broker
+folder."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import ipaddress
+import shutil
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+
+from security import ca as ca_mod
+from security.keys import write_secret_file
+from security.mosquitto_files import (DEFAULT_PREFIX, AclPolicy, BrokerFiles,
+                                      ensure_password_file, generate_password,
+                                      read_password_file, remove_user, set_password,
+                                      write_acl_file, write_prod_config)
+
+from .common import (BROKER_SETTINGS, CONFIG_FILE, CREDENTIALS_DIR, DEFAULT_DASHBOARDS,
+                     DEFAULT_PORTS, DEFAULT_VERIFIERS, ISSUED_INDEX, ProvisioningError,
+                     _command, _file_lock, _load_ca, _read_pid, _reload, _say, _write_json)
+from .state import BrokerSettings, _load_index, _save_index, _write_crl
+
+# ---------------------------------------------------------------- ca
+
+
+def _server_sans(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {*san.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))}
+
+
+def _server_cert_ok(ca: ca_mod.CertificateAuthority, d: Path, wanted: set[str] | None) -> bool:
+    try:
+        cert, _key = ca_mod.load_cert_and_key(d / "server.crt", d / "server.key")
+        cert.verify_directly_issued_by(ca.cert)
+    except (OSError, ca_mod.CertificateError, ValueError, TypeError, InvalidSignature):
+        return False
+    return wanted is None or _server_sans(cert) == wanted
+
+
+@_command("ca init")
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    for ip in args.ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ProvisioningError(f"--ip {ip!r} is not an IP address") from None
+    explicit = bool(args.dns or args.ip)
+    dns = list(dict.fromkeys([*args.dns, *ca_mod.DEFAULT_DNS]))
+    ips = list(dict.fromkeys([*args.ip, *ca_mod.DEFAULT_IPS]))
+    exists = (d / "ca.crt").exists() or (d / "ca.key").exists()
+    if exists and not args.force and not ((d / "ca.crt").exists() and (d / "ca.key").exists()):
+        raise ProvisioningError(f"{d} holds only one of ca.crt and ca.key: restore the other, "
+                                "or pass --force to make a new CA")
+    if exists and not args.force:
+        authority = _load_ca(d)
+        made = f"kept the existing CA in {d} (--force makes a new one)"
+    else:
+        authority = ca_mod.create_ca()
+        authority.save(d)
+        _save_index(d, [])
+        made = (f"new CA in {d}" + (": certificates signed by the old CA no longer verify; "
+                                    "re-flash --cert devices" if exists else ""))
+    with _file_lock(d / ISSUED_INDEX):
+        if not (d / "ca.crl").exists() or not exists or args.force:
+            _write_crl(authority, _load_index(d), d / "ca.crl")
+    if _server_cert_ok(authority, d, set(dns) | set(ips) if explicit else None):
+        server = "server certificate kept"
+    else:
+        ca_mod.issue_server_cert(authority, dns, ips).write(d / "server.crt", d / "server.key")
+        server = f"server certificate for {', '.join(dns + ips)}"
+    fingerprint = authority.cert.fingerprint(hashes.SHA256()).hex()[:16]
+    _say(f"{made}; CA fingerprint SHA-256 {fingerprint}...; {server}",
+         f"next: edgespec broker-files init --dir {d}")
+    return 0
+
+
+@_command("ca crl")
+def cmd_ca_crl(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    pid = _read_pid(args.pid, args.pid_file)
+    authority = _load_ca(d)
+    paths = [d / "ca.crl"]
+    if args.broker_dir:
+        paths.append(BrokerFiles.in_dir(args.broker_dir).crlfile)
+    with _file_lock(d / ISSUED_INDEX):
+        count = _write_crl(authority, _load_index(d), *paths)
+    _say(f"reissued the CRL ({count} revoked, valid {ca_mod.CRL_DAYS} days) in "
+         f"{', '.join(map(str, dict.fromkeys(paths)))}", _reload(pid))
+    return 0
+
+
+# ---------------------------------------------------------------- broker-files
+
+
+@_command("broker-files init")
+def cmd_broker_files_init(args: argparse.Namespace) -> int:
+    d = Path(args.dir).resolve()
+    pid = _read_pid(args.pid, args.pid_file)
+    old = BrokerSettings.load(d)
+    ca_dir = Path(args.ca_dir).resolve() if args.ca_dir else (old.ca_dir if old else d)
+    authority = _load_ca(ca_dir)
+    files = BrokerFiles.in_dir(d)
+    d.mkdir(parents=True, exist_ok=True)
+    if ca_dir != d:
+        shutil.copyfile(ca_dir / "ca.crt", files.cafile)
+        shutil.copyfile(ca_dir / "server.crt", files.certfile)
+        write_secret_file(files.keyfile, (ca_dir / "server.key").read_bytes())
+    if not files.certfile.is_file() or not files.keyfile.is_file():
+        raise ProvisioningError(f"no server certificate in {ca_dir}: run `edgespec ca init "
+                                f"--dir {ca_dir}`")
+
+    def pick(flag: list[str] | None, previous: tuple[str, ...] | None,
+             default: tuple[str, ...]) -> tuple[str, ...]:
+        if flag:
+            return tuple(dict.fromkeys(flag))
+        return previous if previous is not None else default
+
+    policy = AclPolicy(
+        prefix=args.prefix or (old.policy.prefix if old else DEFAULT_PREFIX),
+        verifiers=pick(args.verifier, old.policy.verifiers if old else None, DEFAULT_VERIFIERS),
+        dashboards=pick(args.dashboard, old.policy.dashboards if old else None,
+                        DEFAULT_DASHBOARDS),
+        verifier_writes_results=(args.verifier_writes_results
+                                 or (old.policy.verifier_writes_results if old else False)))
+    previous_services = old.policy.service_users if old else frozenset()
+    ensure_password_file(files.password_file)
+    entries = read_password_file(files.password_file)
+    certified = {r.device_id for r in _load_index(ca_dir) if r.revoked_at is None}
+    for name in sorted(policy.service_users):
+        if name not in previous_services and (name in entries or name in certified):
+            raise ProvisioningError(f"{name!r} is already a provisioned device: revoke it first "
+                                    "or choose another service name")
+
+    creds = d / CREDENTIALS_DIR
+    creds.mkdir(mode=0o700, exist_ok=True)
+    created = []
+    for name in sorted(policy.service_users):
+        cred = creds / f"{name}.password"
+        if name in entries and cred.is_file():
+            continue  # keep a running service's password
+        password = generate_password()
+        set_password(files.password_file, name, password)
+        write_secret_file(cred, (password + "\n").encode())
+        created.append(name)
+    removed = sorted(previous_services - policy.service_users)
+    for name in removed:
+        remove_user(files.password_file, name)
+        (creds / f"{name}.password").unlink(missing_ok=True)
+
+    write_acl_file(files.acl_file, policy)
+    with _file_lock(ca_dir / ISSUED_INDEX):
+        if not files.crlfile.exists():
+            _write_crl(authority, _load_index(ca_dir), files.crlfile)
+    files.persistence_dir.mkdir(exist_ok=True)
+    settings = BrokerSettings(
+        policy=policy, ca_dir=ca_dir,
+        mqtts_port=args.mqtts_port or (old.mqtts_port if old else DEFAULT_PORTS["mqtts_port"]),
+        client_cert_port=args.client_cert_port or (old.client_cert_port if old
+                                                   else DEFAULT_PORTS["client_cert_port"]),
+        wss_port=args.wss_port or (old.wss_port if old else DEFAULT_PORTS["wss_port"]),
+        bind=args.bind if args.bind is not None else (old.bind if old else None),
+        user=args.user or (old.user if old else getpass.getuser()))
+    write_prod_config(d / CONFIG_FILE, files, mqtts_port=settings.mqtts_port,
+                      client_cert_port=settings.client_cert_port, wss_port=settings.wss_port,
+                      tls_bind=settings.bind, user=settings.user)
+    _write_json(d / BROKER_SETTINGS, settings.to_json())
+    new = (f"; new passwords in {creds}/<name>.password (0600) for {', '.join(created)}"
+           if created else "")
+    gone = f"; removed {', '.join(removed)}" if removed else ""
+    _say(f"broker folder {d}: {CONFIG_FILE}, passwd, acl, ca.crl for verifiers "
+         f"{list(policy.verifiers)} and dashboards {list(policy.dashboards)}{new}{gone}",
+         f"run: mosquitto -c {d / CONFIG_FILE}" if pid is None else _reload(pid))
+    return 0
