@@ -126,7 +126,9 @@ class EdgeLink:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._sending:
-            await asyncio.wait(set(self._sending), timeout=self.timeout_s)
+            _, unsent = await asyncio.wait(set(self._sending), timeout=self.timeout_s)
+            for task in unsent:  # the broker stayed away: give up on them
+                task.cancel()
         if self._reader is not None:
             self._reader.cancel()
         if self._connected.is_set():
