@@ -162,7 +162,10 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             # 2. Draft a block (the first was drafted while the session opened) and send it
             # with its exact q.
             if block is None:
-                block = edge.next_block()
+                # With drafting ahead, every draft forward runs on the worker thread, so two
+                # sessions of one process never run the draft model at the same time.
+                block = (await asyncio.get_running_loop().run_in_executor(_ahead_thread(), edge.next_block)
+                         if req.draft_ahead else edge.next_block())
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
             sent_at = time.perf_counter()
             reopen = False
