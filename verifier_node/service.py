@@ -90,13 +90,16 @@ async def serve(
             clean_start=False, session_expiry_s=session_expiry_s))
         opens = await stack.enter_async_context(make_client(
             broker_url, client_id=f"edgespec-{vid}-opens", auth=auth, queue_type=routing_queue(route)))
-        await _serve_connected(core, client, opens, inbox, topics, share_group, ready, stop, batch_window_s,
-                               max_batch, busy_poll_s, broker_url)
+        await _serve_connected(core, client, opens, inbox, share_group=share_group, ready=ready, stop=stop,
+                               batch_window_s=batch_window_s, max_batch=max_batch, busy_poll_s=busy_poll_s,
+                               broker_url=broker_url)
 
 
-async def _serve_connected(core, client, opens, inbox, topics, share_group, ready, stop, batch_window_s, max_batch,
-                           busy_poll_s, broker_url) -> None:
+async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: aiomqtt.Client, inbox: asyncio.Queue, *,
+                           share_group: str | None, ready: asyncio.Event | None, stop: asyncio.Event | None,
+                           batch_window_s: float, max_batch: int, busy_poll_s: float, broker_url: str) -> None:
     """`serve`'s work once both connections are up: subscribe, announce, verify, say goodbye."""
+    topics = core.topics
     vid = core.config.verifier_id
     status_topic = topics.verifier_status(vid)
 
