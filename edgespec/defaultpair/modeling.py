@@ -28,6 +28,8 @@ from transformers import (
 from edgespec.defaultpair.config import LMSpec
 from speculative.vision_prefix import VisionProjector
 
+SHARD_SIZE = "4MB"  # weight files stay small in the repository (from_pretrained reads the shards)
+
 
 def build_lm(
     spec: LMSpec, tokenizer: PreTrainedTokenizerBase, max_positions: int
@@ -130,7 +132,7 @@ def save_model_folder(
         max_new_tokens=max_new_tokens,
         do_sample=False,
     )
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, max_shard_size=SHARD_SIZE)
     tokenizer.save_pretrained(out_dir)
     projector.save_pretrained(out_dir)
 
