@@ -332,6 +332,13 @@ class SessionChannel:
         while queue is not None and not queue.empty():
             queue.get_nowait()
 
+    async def reopen(self, msg: SessionOpen) -> Opened:
+        """Send `msg` again after the session was lost, forgetting replies already queued (they
+        belong to the old session), and wait for its OPENED."""
+        self.drain()
+        await self.send_open(msg)
+        return await self.wait_opened()
+
     async def send_open(self, msg: SessionOpen) -> None:
         """Send the OPEN (sealed under fresh keys when the link has device keys)."""
         topic = self.link.topics.open(self.link.device_id)

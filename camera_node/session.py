@@ -82,11 +82,12 @@ def q_to_wire(block: DraftBlock) -> SparseQWire | None:
 _AHEAD_THREAD: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _ahead_thread() -> concurrent.futures.ThreadPoolExecutor:
+def on_draft_thread(fn) -> asyncio.Future:
+    """Run `fn()` (draft model work) on the process's one drafting thread."""
     global _AHEAD_THREAD
     if _AHEAD_THREAD is None:
         _AHEAD_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="draft-ahead")
-    return _AHEAD_THREAD
+    return asyncio.get_running_loop().run_in_executor(_AHEAD_THREAD, fn)
 
 
 async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration | None):
@@ -97,10 +98,9 @@ async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration
     taken as soon as it lands; then the step in progress (one draft forward, ~1 ms) finishes
     before the verdict is applied. `edge` None: plain request/response.
     """
-    loop = asyncio.get_running_loop()
     reply = asyncio.ensure_future(channel.exchange(draft))
     while edge is not None and not reply.done():
-        step = loop.run_in_executor(_ahead_thread(), edge.draft_ahead_step)
+        step = on_draft_thread(edge.draft_ahead_step)
         await asyncio.wait((reply, step), return_when=asyncio.FIRST_COMPLETED)
         if not await step:  # the drafter is used by one thread at a time
             break
@@ -113,10 +113,7 @@ async def wait_opened_retrying(channel, open_msg: SessionOpen) -> int:
     the OPEN again. Returns how many times it was re-sent."""
     for attempt in range(MAX_REOPENS_PER_ROUND + 1):
         try:
-            if attempt:
-                channel.drain()
-                await channel.send_open(open_msg)
-            await channel.wait_opened()
+            await (channel.reopen(open_msg) if attempt else channel.wait_opened())
             return attempt
         except VerifierLost as exc:
             if attempt == MAX_REOPENS_PER_ROUND:
@@ -154,7 +151,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             drafter.start(list(req.prompt_ids), features)
             return None if edge.done else edge.next_block()
 
-        block = await asyncio.get_running_loop().run_in_executor(_ahead_thread(), prepare)
+        block = await on_draft_thread(prepare)
         resyncs += await wait_opened_retrying(channel, open_msg)
         seq = 0
         round_seconds: list[float] = []
@@ -164,8 +161,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             if block is None:
                 # With drafting ahead, every draft forward runs on the worker thread, so two
                 # sessions of one process never run the draft model at the same time.
-                block = (await asyncio.get_running_loop().run_in_executor(_ahead_thread(), edge.next_block)
-                         if req.draft_ahead else edge.next_block())
+                block = await on_draft_thread(edge.next_block) if req.draft_ahead else edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
             sent_at = time.perf_counter()
             reopen = False
@@ -174,9 +170,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
                     if reopen:
                         # 3. The verifier lost the session (or we lost it): re-open with the full
                         # context on the pool, then resend the same block.
-                        channel.drain()
-                        await channel.send_open(replace(open_msg, generated_ids=list(edge.generated)))
-                        await channel.wait_opened()
+                        await channel.reopen(replace(open_msg, generated_ids=list(edge.generated)))
                     ahead = req.draft_ahead and edge.ahead_worthwhile
                     reply = await exchange_drafting_ahead(channel, draft, edge if ahead else None)
                 except VerifierTimeout as exc:  # the verifier died, went silent, or the link dropped

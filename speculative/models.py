@@ -52,6 +52,7 @@ class LoadedLM:
     max_positions: int
     eos_token_ids: tuple[int, ...]
     cache_kwarg: str  # "cache" (transformers >= 5) or "past_key_values"
+    logits_to_keep: bool = False  # the forward can skip all but the last positions' logits
 
     @property
     def num_parameters(self) -> int:
@@ -134,6 +135,7 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
         max_positions=int(getattr(cfg, "max_position_embeddings", 1 << 20)),
         eos_token_ids=_eos_ids(model, tokenizer),
         cache_kwarg="cache" if "cache" in params else "past_key_values",
+        logits_to_keep="logits_to_keep" in params,
     )
 
 
@@ -189,9 +191,7 @@ class CachedLM:
         if token_ids:
             ids = torch.tensor(token_ids, device=self._device)
             embeds.append(self.lm.model.get_input_embeddings()(ids))
-        if not embeds:
-            return torch.zeros((0, self.lm.model.config.hidden_size), dtype=self.lm.model.dtype, device=self._device)
-        return torch.cat(embeds, 0)
+        return torch.cat(embeds, 0)  # callers ask only when there is something to feed
 
     @torch.inference_mode()
     def extend(self, token_ids: list[int]) -> torch.Tensor:

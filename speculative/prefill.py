@@ -11,15 +11,13 @@ are copied into each session's own cache; afterwards every session is where
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
 from .batch import BatchError, _layers, _set_layer
 from .target import TargetSession
 
-Context = tuple[list[int], "np.ndarray | None"]  # prompt (+ resumed) token ids, vision features
+Context = tuple[list[int], np.ndarray | None]  # prompt (+ resumed) token ids, vision features
 
 
 @torch.inference_mode()
@@ -32,24 +30,22 @@ def open_batch(sessions: list[TargetSession], contexts: list[Context]) -> None:
     if not sessions:
         return
     lm = sessions[0].lm
-    rows: list[tuple[TargetSession, torch.Tensor]] = []
-    for session, (ids, features) in zip(sessions, contexts):
+    for session, (ids, _) in zip(sessions, contexts):
         if session.lm is not lm:
             raise BatchError("sessions of different target models cannot be opened together")
         if not ids:
             raise ValueError("a session needs at least one prompt token")
         if session.state.length:
             raise BatchError("open_batch takes new sessions only")
+    # A context needs a forward when it has a vision prefix or more than its last token.
+    needs = [i for i, (ids, features) in enumerate(contexts) if features is not None or len(ids) > 1]
+    if len(needs) < 2:  # nothing to batch: the plain path
+        for session, (ids, features) in zip(sessions, contexts):
+            session.open(ids, features)
+        return
+    for session, (ids, _) in zip(sessions, contexts):
         session.committed = list(ids)
-        embeds = session.state.prefill_embeddings(ids[:-1], features)
-        if embeds.shape[0]:
-            rows.append((session, embeds))
-    if len(rows) == 1:  # nothing to batch: the plain path
-        session, embeds = rows[0]
-        session.state._forward(inputs_embeds=embeds[None])
-        return
-    if not rows:
-        return
+    rows = [(sessions[i], sessions[i].state.prefill_embeddings(contexts[i][0][:-1], contexts[i][1])) for i in needs]
     from transformers import DynamicCache
 
     longest = max(e.shape[0] for _, e in rows)
@@ -58,7 +54,7 @@ def open_batch(sessions: list[TargetSession], contexts: list[Context]) -> None:
         batch[i, : embeds.shape[0]] = embeds
     cache = DynamicCache(config=lm.model.config)
     kwargs = {lm.cache_kwarg: cache}
-    if "logits_to_keep" in inspect.signature(lm.model.forward).parameters:
+    if lm.logits_to_keep:
         kwargs["logits_to_keep"] = 1  # an open needs the cache, not the logits
     lm.model(inputs_embeds=batch, use_cache=True, **kwargs)
     for i, (session, embeds) in enumerate(rows):

@@ -41,6 +41,27 @@ def dev_keys(device_id: str, broker_url: str = "mqtt://127.0.0.1:1883"):
     return DeviceKeys.from_bundle(bundle)
 
 
+def reference(target, prompt_ids: list[int], n: int) -> list[int]:
+    """The target's own greedy continuation (`generate(do_sample=False)`): what every
+    speculative session must reproduce token for token."""
+    import torch
+
+    out = target.model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n)
+    return out[0, len(prompt_ids):].tolist()
+
+
+async def open_links(broker_url: str, name: str, prefix: str, n: int, timeout_s: float = 20):
+    """`n` encrypted device links `{name}-0` ... under `prefix`, connected."""
+    from camera_node.link import EdgeLink
+    from schemas import Topics
+
+    links = [EdgeLink(broker_url, f"{name}-{i}", topics=Topics(prefix), keys=dev_keys(f"{name}-{i}"),
+                      timeout_s=timeout_s) for i in range(n)]
+    for link in links:
+        await link.__aenter__()
+    return links
+
+
 @pytest.fixture
 def mosquitto_store():
     """A folder for a broker's persistence database. Mosquitto started as root drops to user

@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
 
 from broker.runner import MosquittoBroker
-from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
-from conftest import dev_keys, start_verifier, stop_process
-from schemas import Topics
+from conftest import open_links, reference, start_verifier, stop_process
 
 pytestmark = pytest.mark.broker
 PREFIX = "restart/v1"
@@ -28,10 +25,7 @@ def test_broker_restart_mid_session(mosquitto_store, tiny_pair, loaded_pair):
     verifier = start_verifier(broker.url, tiny_pair[0], "restart-verifier", "--prefix", PREFIX)
     try:
         async def scenario():
-            links = [EdgeLink(broker.url, f"restart-dev-{i}", topics=Topics(PREFIX), keys=dev_keys(f"restart-dev-{i}"),
-                              timeout_s=20) for i in range(4)]
-            for link in links:
-                await link.__aenter__()
+            links = await open_links(broker.url, "restart-dev", PREFIX, 4)
             jobs = [asyncio.create_task(run_edge_session(
                 link, draft, EdgeRequest(target.encode(PROMPTS[i]), None, gamma=1, max_new_tokens=64)))
                 for i, link in enumerate(links)]
@@ -51,6 +45,4 @@ def test_broker_restart_mid_session(mosquitto_store, tiny_pair, loaded_pair):
         broker.stop()
     assert all(r >= 1 for r in reconnects)
     for prompt, o in zip(PROMPTS, outcomes):
-        ids = target.encode(prompt)
-        ref = target.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=64)[0, len(ids):]
-        assert o.result.token_ids == ref.tolist()
+        assert o.result.token_ids == reference(target, target.encode(prompt), 64)

@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
-from conftest import REPO, dev_keys
+from conftest import REPO, dev_keys, reference
 from edgespec.mqtt import make_client
 from schemas import DraftMsg, Opened, SessionOpen, Topics, VerdictMsg, decode, encode
 from security.channel import device_open
@@ -23,9 +22,6 @@ pytestmark = pytest.mark.broker
 PROMPTS = ["a red circle moves", "hello world", "the camera sees"]
 
 
-def reference(target, prompt_ids, n):
-    out = target.model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n)
-    return out[0, len(prompt_ids):].tolist()
 
 
 async def edge(url, draft, prompt_ids, gamma, n, device="cam-1", sampling=SamplingParams()):

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
 
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
-from conftest import dev_keys, start_verifier, stop_process
+from conftest import dev_keys, start_verifier, stop_process, reference
 from schemas import Topics
 
 pytestmark = pytest.mark.broker
@@ -34,8 +33,6 @@ class PausingLink(EdgeLink):
         return await super().publish(topic, payload, **kwargs)
 
 
-def reference(target, ids, n):
-    return target.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n)[0, len(ids):].tolist()
 
 
 def test_eviction_then_resync_keeps_output(mosquitto, tiny_pair, loaded_pair):

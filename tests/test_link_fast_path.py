@@ -8,11 +8,10 @@ import asyncio
 
 import aiomqtt
 import pytest
-import torch
 
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
-from conftest import dev_keys, start_verifier, stop_process
+from conftest import dev_keys, start_verifier, stop_process, reference
 from edgespec.mqtt import routing_queue
 from schemas import Topics
 from schemas.topics import OFFLINE
@@ -50,9 +49,6 @@ def test_drafting_ahead_is_bet_on_only_after_a_fully_accepted_round():
     assert not edge.ahead_worthwhile
 
 
-def reference(target, prompt_ids, n):
-    out = target.model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n)
-    return out[0, len(prompt_ids):].tolist()
 
 
 @pytest.mark.broker

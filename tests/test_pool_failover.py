@@ -7,21 +7,15 @@ import asyncio
 import signal
 
 import pytest
-import torch
 
-from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
-from conftest import dev_keys, start_verifier, stop_process
-from schemas import Topics
+from conftest import open_links, reference, start_verifier, stop_process
 
 pytestmark = pytest.mark.broker
 PREFIX = "pool/v1"
 PROMPTS = ["a red circle moves", "hello world", "the camera sees", "two objects"]
 
 
-def reference(target, prompt_ids, n):
-    out = target.model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n)
-    return out[0, len(prompt_ids):].tolist()
 
 
 def test_killed_verifier_loses_no_token(mosquitto, tiny_pair, loaded_pair):
@@ -31,10 +25,7 @@ def test_killed_verifier_loses_no_token(mosquitto, tiny_pair, loaded_pair):
     n_tokens = 48
     try:
         async def scenario():
-            links = [EdgeLink(mosquitto.url, f"pool-dev-{i}", topics=Topics(PREFIX), keys=dev_keys(f"pool-dev-{i}"),
-                              timeout_s=20) for i in range(20)]
-            for link in links:
-                await link.__aenter__()
+            links = await open_links(mosquitto.url, "pool-dev", PREFIX, 20)
             try:
                 jobs = [asyncio.create_task(run_edge_session(
                     link, draft, EdgeRequest(target.encode(PROMPTS[i % 4]), None, gamma=2, max_new_tokens=n_tokens)))

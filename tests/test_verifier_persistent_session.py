@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-import aiomqtt
 import pytest
 
 import verifier_node.service as service

@@ -139,24 +139,24 @@ class VerifierCore:
         slots: list[Any] = []
         opens: list[PendingOpen] = []
         pending: list[PendingBlock] = []
+        waiting: set[bytes] = set()  # session ids of `opens` and `pending`
         done: dict[int, Reply] = {}
 
         def flush() -> None:
             done.update(zip(map(id, [*opens, *pending]), self._prefill(opens) + self._verify(pending)))
             opens.clear()
             pending.clear()
+            waiting.clear()
 
         for topic, payload in messages:
             # A second message for a session with an open or a block in this batch (a QoS-1
             # duplicate, a close) must see its outcome: do what is pending first.
-            session_id = _peek_ids(payload)[0] if pending or opens else None
-            if session_id is not None and any(p.session.session_id == session_id for p in [*opens, *pending]):
+            if waiting and _peek_ids(payload)[0] in waiting:
                 flush()
             out = self._handle_one(topic, payload)
-            if isinstance(out, PendingBlock):
-                pending.append(out)
-            elif isinstance(out, PendingOpen):
-                opens.append(out)
+            if isinstance(out, (PendingBlock, PendingOpen)):
+                (pending if isinstance(out, PendingBlock) else opens).append(out)
+                waiting.add(out.session.session_id)
             slots.append(out)
         flush()
         return [reply for slot in slots for reply in (slot if isinstance(slot, list) else [done[id(slot)]])]
