@@ -53,6 +53,7 @@ from .target import TargetSession
 from .verify import Verdict, verify_block
 
 Block = tuple[list[int], SparseQ | None]  # drafted tokens [k] and their q (None when greedy)
+Context = tuple[list[int], "np.ndarray | None"]  # a new session's prompt (+ resumed) ids, vision features
 
 
 class BatchError(ValueError):
@@ -129,34 +130,50 @@ def _forward(
     sessions: list[TargetSession],
     blocks: list[Block],
     starts: list[int],
+    opening: list[torch.Tensor] = (),  # type: ignore[assignment]
 ) -> torch.Tensor:
-    """One target forward over the batch; returns logits [B, T, V] (float32)."""
+    """One target forward over the batch; returns logits [B, T, V] (float32).
+
+    Rows follow `sessions` (last committed token + drafts after its past), then one row per
+    tensor in `opening`: the prefill embeddings [n, H] of a session being opened, no past.
+    """
     model = lm.model
     device = layers[0].keys.device
     past = layers[0].past
     ks = [len(tokens) for tokens, _ in blocks]
-    width = max(ks) + 1
+    width = max([k + 1 for k in ks] + [e.shape[0] for e in opening])
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     rows = [
         [session.committed[-1], *tokens] + [pad] * (width - 1 - k)
         for session, (tokens, _), k in zip(sessions, blocks, ks)
     ]
-    input_ids = torch.tensor(rows, dtype=torch.int64)  # [B, T]
+    input_ids = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), width)  # [B_v, T]
     offsets = torch.arange(width)  # [T]
-    k_col = torch.tensor(ks)[:, None]  # [B, 1]
-    length_col = torch.tensor([s.state.length for s in sessions])[:, None]  # [B, 1]
+    # Per row: the last real offset and the cache length (an opening row has no past).
+    last_col = torch.tensor(ks + [e.shape[0] - 1 for e in opening])[:, None]  # [B, 1]
+    length_col = torch.tensor([s.state.length for s in sessions] + [0] * len(opening))[:, None]  # [B, 1]
     # True positions L_i + j; padded columns repeat the last real one (masked, any RoPE will do).
-    positions = length_col + torch.minimum(offsets[None, :], k_col)  # [B, T]
+    positions = length_col + torch.minimum(offsets[None, :], last_col)  # [B, T]
     column = torch.arange(past)
-    start_col = torch.tensor(starts)[:, None]
+    start_col = torch.tensor(list(starts) + [0] * len(opening))[:, None]
     past_allowed = (column >= start_col) & (column < start_col + length_col)  # [B, P]
     # Among the new tokens, causal is enough: a row's pad tokens come after its real ones, so
     # only pad queries (whose logits are dropped) could see them.
-    causal = (offsets[:, None] >= offsets[None, :]).expand(len(blocks), -1, -1)  # [B, T, T]
+    n_rows = len(rows) + len(opening)
+    causal = (offsets[:, None] >= offsets[None, :]).expand(n_rows, -1, -1)  # [B, T, T]
     allowed = torch.cat([past_allowed[:, None, :].expand(-1, width, -1), causal], -1)  # [B, T, P+T]
     mask = _attention_mask(allowed[:, None].to(device), model.config._attn_implementation, model.dtype)
+    if opening:  # embeddings for every row: the lookup the model would do, then the prefills
+        embed = model.get_input_embeddings()
+        embeds = embed(input_ids.to(device))
+        extra = embeds.new_zeros((len(opening), width, embeds.shape[-1]))  # padding: finite, masked
+        for i, e in enumerate(opening):
+            extra[i, : e.shape[0]] = e
+        inputs = {"inputs_embeds": torch.cat([embeds, extra], 0)}
+    else:
+        inputs = {"input_ids": input_ids.to(device)}
     out = model(
-        input_ids=input_ids.to(device),
+        **inputs,
         position_ids=positions.to(device),
         attention_mask=mask,  # [B, 1, T, P+T]
         use_cache=True,
@@ -413,17 +430,15 @@ def _scatter_copies(
         session.settle(tokens, verdict)  # crops nothing: the rejected drafts were never written
 
 
-def _gather_pool(
-    sessions: list[TargetSession], blocks: list[Block], pool: KVPool
-) -> list[_BatchLayer]:
-    """The batch's rows of the pool (right-padded: row i's past is columns [0, L_i)).
+def _gather_pool(sessions: list[TargetSession], width: int, pool: KVPool) -> list[_BatchLayer]:
+    """The batch's rows of the pool (right-padded: row i's past is columns [0, L_i)), with
+    `width` new columns after the longest past.
 
     `sessions` are in slot order; contiguous slots are views, so the new entries land in the
     pool's columns [P, P+T), beyond every row's past.
     """
     slots = [pool.slot_of(s) for s in sessions]
     past = max(s.state.length for s in sessions)
-    width = max(len(tokens) for tokens, _ in blocks) + 1
     pool.reserve(past + width)
     columns = slice(0, past + width)
     if slots == list(range(slots[0], slots[0] + len(slots))):
@@ -444,12 +459,18 @@ def _scatter_pool(
     verdicts: list[Verdict],
     layers: list[_BatchLayer],
     pool: KVPool,
+    opening: list[tuple[TargetSession, int]] = (),  # type: ignore[assignment]
 ) -> None:
-    """Row i's kept entries move from batch columns [P, P+keep) to its slot's [L_i, L_i+keep)."""
+    """Row i's kept entries move from batch columns [P, P+keep) to its slot's [L_i, L_i+keep).
+
+    The rows after the verified ones are `opening` (session, n): all n entries are kept, at
+    its slot's [0, n).
+    """
     past = layers[0].past
-    lengths = [s.state.length for s in sessions]
-    slots = [pool.slot_of(s) for s in sessions]
-    kept = [(row, j) for row, v in enumerate(verdicts) for j in range(v.n_accepted + 1)]
+    lengths = [s.state.length for s in sessions] + [0] * len(opening)
+    slots = [pool.slot_of(s) for s in sessions] + [pool.slot_of(s) for s, _ in opening]
+    keeps = [v.n_accepted + 1 for v in verdicts] + [n for _, n in opening]
+    kept = [(row, j) for row, keep in enumerate(keeps) for j in range(keep)]
     as_index = lambda values: torch.tensor(values, device=pool.device)  # noqa: E731
     batch_rows = as_index([row for row, _ in kept])  # [N]
     batch_columns = as_index([past + j for _, j in kept])
@@ -463,6 +484,9 @@ def _scatter_pool(
         pool._point(session, slot, length + verdict.n_accepted + 1)
         session.state.forwards += 1
         session.settle(tokens, verdict)
+    for (session, n), slot in zip(opening, slots[len(sessions):]):
+        pool._point(session, slot, n)
+        session.state.forwards += 1
 
 
 @torch.inference_mode()
@@ -480,6 +504,32 @@ def block_logits_batch(sessions: list[TargetSession], blocks: list[Block]) -> li
     return [logits[row, : len(tokens) + 1].cpu() for row, (tokens, _) in enumerate(blocks)]
 
 
+def _check_opening(sessions: list[TargetSession], opening: list[tuple[TargetSession, Context]]) -> None:
+    verified = {id(s) for s in sessions}
+    if len({id(s) for s, _ in opening} | verified) != len(verified) + len(opening):
+        raise BatchError("a session appears twice in one batch")
+    for session, (ids, _) in opening:
+        if session.lm is not sessions[0].lm:
+            raise BatchError("sessions of different target models cannot be opened together")
+        if not ids:
+            raise ValueError("a session needs at least one prompt token")
+        if session.state.length:
+            raise BatchError("only new sessions can be opened in a batch")
+
+
+def _opening_rows(opening: list[tuple[TargetSession, Context]], pool: KVPool) -> list[tuple[TargetSession, torch.Tensor]]:
+    """Admit the new sessions to the pool; (session, prefill embeddings [n, H]) for those that
+    have something to prefill. The others (one token, no features) are open already."""
+    rows = []
+    for session, (ids, features) in opening:
+        session.committed = list(ids)
+        if features is None and len(ids) == 1:
+            continue  # TargetSession.open would run no forward either
+        rows.append((session, session.state.prefill_embeddings(ids[:-1], features)))
+        pool.admit(session)
+    return rows
+
+
 @torch.inference_mode()
 def verify_batch(
     sessions: list[TargetSession],
@@ -487,6 +537,7 @@ def verify_batch(
     *,
     pool: KVPool | None = None,
     profile: BatchProfile | None = None,
+    opening: list[tuple[TargetSession, Context]] = (),  # type: ignore[assignment]
 ) -> list[Verdict]:
     """Verify one drafted block per session in a single target forward.
 
@@ -497,26 +548,41 @@ def verify_batch(
     same order as alone, so sampled outputs match too. With `pool`, the sessions' caches live
     in that `KVPool` (admitted on first use). Raises `BatchError` before touching any session
     when the batch is malformed.
+
+    `opening` (with a pool): new sessions and their (prompt ids, features), prefilled as extra
+    rows of the same forward, each left where `session.open(ids, features)` would leave it; a
+    session open costs a row instead of a forward of its own. Best when a prefill is about as
+    long as a block (a vision prefix and a short prompt), since rows are padded to the longest.
     """
     if not sessions:
+        if opening:
+            raise BatchError("opening rows ride along verified blocks; open_batch opens sessions alone")
         return []
     _check(sessions, blocks)
     lm = sessions[0].lm
+    if opening:
+        if pool is None:
+            raise BatchError("sessions are opened inside a verified batch only with a KVPool")
+        _check_opening(sessions, opening)
     started = time.perf_counter()
     # 1. Gather the caches side by side.
     if pool is None:
         layers, starts = _gather_copies(sessions, blocks)
         order = list(range(len(sessions)))
+        prefills: list[tuple[TargetSession, torch.Tensor]] = []
     else:
         if pool.lm is not lm:
             raise BatchError("the pool holds caches of another target model")
         slots = [pool.admit(s) for s in sessions]
         order = sorted(range(len(sessions)), key=slots.__getitem__)  # contiguous slots: no copy
         sessions, blocks = [sessions[i] for i in order], [blocks[i] for i in order]
-        layers, starts = _gather_pool(sessions, blocks, pool), [0] * len(sessions)
+        prefills = _opening_rows(opening, pool)
+        width = max([len(tokens) + 1 for tokens, _ in blocks] + [e.shape[0] for _, e in prefills])
+        layers = _gather_pool(sessions + [s for s, _ in prefills], width, pool)
+        starts = [0] * len(sessions)
     gathered = time.perf_counter()
     # 2. One forward; 3. each block judged on its own rows.
-    logits = _forward(lm, layers, sessions, blocks, starts)
+    logits = _forward(lm, layers, sessions, blocks, starts, [e for _, e in prefills])
     forwarded = time.perf_counter()
     verdicts = _judge(sessions, blocks, logits)
     verified = time.perf_counter()
@@ -524,7 +590,7 @@ def verify_batch(
     if pool is None:
         _scatter_copies(sessions, blocks, verdicts, layers, starts)
     else:
-        _scatter_pool(sessions, blocks, verdicts, layers, pool)
+        _scatter_pool(sessions, blocks, verdicts, layers, pool, [(s, e.shape[0]) for s, e in prefills])
     if profile is not None:
         profile.calls += 1
         profile.sequences += len(sessions)

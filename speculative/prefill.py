@@ -11,13 +11,10 @@ are copied into each session's own cache; afterwards every session is where
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .batch import BatchError, _layers, _set_layer
+from .batch import BatchError, Context, _layers, _set_layer
 from .target import TargetSession
-
-Context = tuple[list[int], np.ndarray | None]  # prompt (+ resumed) token ids, vision features
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ import pytest
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
 from conftest import dev_keys, start_verifier, stop_process, reference
-from edgespec.mqtt import routing_queue
+from edgespec.mqtt import make_client, read_waiting, routing_queue
 from schemas import Topics
 from schemas.topics import OFFLINE
 from speculative.loop import EdgeGeneration, StopRule
@@ -24,6 +24,44 @@ def test_routing_queue_hands_items_over_at_once():
     queue.put_nowait("a")
     queue.put_nowait("b")  # never full: nothing is queued
     assert seen == ["a", "b"] and queue.empty()
+
+
+@pytest.mark.broker
+def test_read_waiting_takes_everything_already_in_the_socket(mosquitto):
+    """Messages that reached the socket while the loop was busy are all read by one call,
+    without the event loop running the read callback."""
+
+    import time
+
+    import paho.mqtt.client as paho
+
+    from edgespec.mqtt import BrokerAddress
+
+    def publish_blocking(n: int) -> None:  # another client, on its own thread
+        addr = BrokerAddress.parse(mosquitto.url)
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="rw-pub", protocol=paho.MQTTv5)
+        pub.connect(addr.host, addr.port)
+        pub.loop_start()
+        try:
+            for info in [pub.publish("rw/t", str(i).encode(), qos=1) for i in range(n)]:
+                info.wait_for_publish(5)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+
+    async def main():
+        seen = []
+        async with make_client(mosquitto.url, client_id="rw-sub", queue_type=routing_queue(seen.append)) as sub:
+            await sub.subscribe("rw/t", qos=1)
+            publish_blocking(40)  # this loop is "busy" meanwhile: the copies wait in the kernel
+            time.sleep(0.2)
+            before = len(seen)
+            read_waiting(sub)
+            return before, [m.payload for m in seen]
+
+    before, payloads = asyncio.run(main())
+    assert before < 40  # the event loop did not get to them all by itself
+    assert payloads == [str(i).encode() for i in range(40)]
 
 
 class _Drafter:

@@ -67,3 +67,91 @@ def test_batched_open_rejects_reused_sessions(loaded_pair):
     fresh = TargetSession(target, SamplingParams())
     with pytest.raises(BatchError):
         open_batch([fresh, fresh], [(target.encode("a"), None)] * 2)
+
+
+# --- opens riding a verified batch ---------------------------------------------------------
+
+
+def _open_sessions(lm, contexts, params):
+    sessions = [TargetSession(lm, params, seed=10 + i) for i in range(len(contexts))]
+    for s, (ids, feats) in zip(sessions, contexts):
+        s.open(ids, feats)
+    return sessions
+
+
+def _same_cache(a, b):
+    assert a.committed == b.committed and a.state.length == b.state.length
+    assert a.state.prefix_len == b.state.prefix_len and a.state.forwards == b.state.forwards
+    for la, lb in zip(_layers(a), _layers(b)):
+        ka, kb = _layer_kv(la), _layer_kv(lb)
+        assert (ka is None) == (kb is None)
+        if ka is not None:
+            torch.testing.assert_close(ka[0], kb[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(ka[1], kb[1], atol=1e-5, rtol=1e-4)
+
+
+def _assert_riding_equals_alone(lm, running_contexts, new_contexts, params):
+    """Sessions opened as extra rows of a verified batch end where open() leaves them, the
+    batch's verdicts are unchanged, and both kinds verify alike afterwards."""
+    from speculative.batch import KVPool, verify_batch
+
+    blocks = [([5, 6, 7], None), ([9], None), ([4, 4, 8, 3], None)][: len(running_contexts)]
+    if not params.greedy:
+        pytest.skip("greedy blocks only")
+    alone = _open_sessions(lm, running_contexts, params)
+    verdicts_alone = [s.verify(*b) for s, b in zip(alone, blocks)]
+    new_alone = _open_sessions(lm, new_contexts, params)
+
+    pool = KVPool(lm, slots=2)
+    running = _open_sessions(lm, running_contexts, params)
+    new = [TargetSession(lm, params, seed=10 + i) for i in range(len(new_contexts))]
+    verdicts = verify_batch(running, blocks, pool=pool, opening=list(zip(new, new_contexts)))
+    assert [(v.n_accepted, v.next_token, v.accept_mask) for v in verdicts] == \
+        [(v.n_accepted, v.next_token, v.accept_mask) for v in verdicts_alone]
+    for a, b in zip(alone + new_alone, running + new):
+        _same_cache(a, b)
+    # The next round: every session, old and new, in one batch against each alone.
+    later = [([3, 5], None)] * (len(alone) + len(new_alone))
+    expected = [s.verify(*b) for s, b in zip(alone + new_alone, later)]
+    got = verify_batch(running + new, later, pool=pool)
+    assert [(v.n_accepted, v.next_token) for v in got] == [(v.n_accepted, v.next_token) for v in expected]
+    for a, b in zip(alone + new_alone, running + new):
+        assert a.committed == b.committed
+
+
+def test_opens_riding_a_verified_batch_text(loaded_pair):
+    target, _ = loaded_pair
+    enc = target.encode
+    running = [(enc("a red circle"), None), (enc("hello"), None), (enc("two"), None)]
+    # A short prompt, a one-token prompt (no prefill at all), and one longer than the blocks.
+    new = [(enc("hi there"), None), (enc("x")[:1], None), (enc("the camera sees two objects on the left"), None)]
+    _assert_riding_equals_alone(target, running, new, SamplingParams())
+
+
+def test_opens_riding_a_verified_batch_with_vision_prefix():
+    lm = load_lm(resolve_model_dir("default", "target"))
+    contexts = _contexts(lm, True)
+    _assert_riding_equals_alone(lm, contexts[:2], contexts[2:], SamplingParams())
+
+
+def test_riding_opens_are_checked_before_anything_moves(loaded_pair):
+    from speculative.batch import KVPool, verify_batch
+
+    target, _ = loaded_pair
+    running = _open_sessions(target, [(target.encode("a red circle"), None)], SamplingParams())
+    length = running[0].state.length
+    pool = KVPool(target, slots=2)
+    used = _open_sessions(target, [(target.encode("hello world"), None)], SamplingParams())[0]
+    assert used.state.length > 0
+    fresh = TargetSession(target, SamplingParams())
+    for opening, kwargs in (
+        ([(used, (target.encode("hello"), None))], {"pool": pool}),  # already open
+        ([(fresh, (target.encode("hello"), None))], {}),  # no pool
+        ([(running[0], (target.encode("hello"), None))], {"pool": pool}),  # verified and opened
+        ([(fresh, (target.encode("a"), None))] * 2, {"pool": pool}),  # twice
+    ):
+        with pytest.raises(BatchError):
+            verify_batch(running, [([5], None)], opening=opening, **kwargs)
+    assert running[0].state.length == length and fresh.state.length == 0 and not fresh.committed
+    with pytest.raises(BatchError):
+        verify_batch([], [], pool=pool, opening=[(fresh, (target.encode("hello"), None))])

@@ -13,6 +13,7 @@ from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Features, Opened, Resync, SessionOpen, SparseQWire, Topics,
     VerdictMsg, decode, encode,
 )
+from conftest import reference
 from speculative.draft import Drafter
 from speculative.loop import EdgeGeneration, StopRule
 from speculative.sampling import SamplingParams
@@ -289,3 +290,44 @@ def test_a_failing_model_call_answers_internal_and_drops_only_those_sessions(cor
         err = reply_of(core.handle(T.session_up("cam-2", VID), encode(draft)), "cam-2")
     assert isinstance(err, ErrorMsg) and err.code == ErrorCode.INTERNAL and err.seq == 0
     assert core.sessions.get(calm.session_id) is None and core.rejected["internal"] == 2
+
+
+def test_opens_arriving_with_blocks_ride_in_their_forward(core, loaded_pair):
+    """Sessions start one round apart: each OPEN comes in the same batch as the others' drafts,
+    is prefilled as a row of their forward, and every caption still equals the target's."""
+    target, draft = loaded_pair
+    prompts = [target.encode(t) for t in ("a red circle", "hello", "the camera sees one", "two")]
+    devices = [f"cam-{i}" for i in range(4)]
+    edges: list = [None] * 4
+    sids, seqs = [os.urandom(16) for _ in devices], [0] * 4
+    started = 0
+    while started < 4 or not all(e.done for e in edges):
+        batch, order = [], []
+        for i in range(started):
+            if not edges[i].done:
+                block = edges[i].next_block()
+                batch.append((T.session_up(devices[i], VID),
+                              encode(DraftMsg(sids[i], seqs[i], edges[i].committed_len, block.tokens, None))))
+                order.append(i)
+        if started < 4:
+            msg = open_msg(draft, prompts[started], session_id=sids[started], gamma=3, max_new_tokens=16,
+                           stop_token_ids=list(draft.eos_token_ids))
+            batch.append((T.open(devices[started]), encode(msg)))
+            order.append(started)
+        replies = core.handle_batch(batch)
+        assert [t for t, _ in replies] == [T.down(devices[i]) for i in order]
+        for i, (_, payload) in zip(order, replies):
+            reply = decode(payload)
+            if edges[i] is None:
+                assert isinstance(reply, Opened)
+                drafter = Drafter(draft, SamplingParams())
+                drafter.start(prompts[i])
+                edges[i] = EdgeGeneration(drafter, prompts[i], 3, StopRule(16, draft.eos_token_ids))
+                started += 1
+            else:
+                assert isinstance(reply, VerdictMsg)
+                edges[i].apply(reply.n_accepted, reply.next_token)
+                seqs[i] += 1
+    assert core.stats["opens_in_verify_batches"] >= 2  # prompts of one or two tokens ride along
+    for e, prompt in zip(edges, prompts):
+        assert e.generated == reference(target, prompt, 16)

@@ -93,6 +93,11 @@ class PendingOpen:
     reply: Reply
 
 
+def _prefill_length(o: PendingOpen) -> int:
+    """Positions the open's prefill feeds: the vision prefix and all but the last context token."""
+    return (0 if o.features is None else int(o.features.shape[0])) + len(o.context) - 1
+
+
 @dataclass
 class PendingBlock:
     """A validated draft block waiting for its (possibly batched) target forward."""
@@ -143,7 +148,7 @@ class VerifierCore:
         done: dict[int, Reply] = {}
 
         def flush() -> None:
-            done.update(zip(map(id, [*opens, *pending]), self._prefill(opens) + self._verify(pending)))
+            done.update(zip(map(id, [*opens, *pending]), self._open_and_verify(opens, pending)))
             opens.clear()
             pending.clear()
             waiting.clear()
@@ -179,24 +184,42 @@ class VerifierCore:
         self.stats["prefill_batches"] += 1
         return [o.reply for o in opens]
 
-    def _verify(self, pending: list["PendingBlock"]) -> list[Reply]:
+    def _open_and_verify(self, opens: list[PendingOpen], pending: list["PendingBlock"]) -> list[Reply]:
+        """The replies of `opens`, then of `pending`. With batching, an open whose prefill is
+        no longer than the blocks' rows (a vision prefix and a short prompt) rides in their
+        forward as one more row instead of costing a forward of its own."""
+        if not (self.config.batching and opens and pending):
+            return self._prefill(opens) + self._verify(pending)
+        width = max(len(p.msg.tokens) for p in pending) + 1
+        riding = [o for o in opens if _prefill_length(o) <= width]
+        alone = [o for o in opens if _prefill_length(o) > width]
+        replies = dict(zip(map(id, alone), self._prefill(alone)))
+        replies.update(zip(map(id, [*riding, *pending]), self._verify(pending, riding)))
+        return [replies[id(item)] for item in [*opens, *pending]]
+
+    def _verify(self, pending: list["PendingBlock"], opening: list[PendingOpen] = ()) -> list[Reply]:  # type: ignore[assignment]
+        """The replies of `opening` (opened in the same forward, with batching), then of `pending`."""
         if not pending:
             return []
         self.batch_sizes[len(pending)] += 1
         try:
-            if len(pending) == 1:  # nothing to batch: the plain path has less to set up
+            if len(pending) == 1 and not opening:  # nothing to batch: the plain path has less to set up
                 p = pending[0]
                 verdicts = [p.session.target.verify(p.msg.tokens, p.q)]
             elif self.config.batching:
                 verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
-                                        pool=self.pool)
+                                        pool=self.pool,
+                                        opening=[(o.session.target, (o.context, o.features)) for o in opening])
             else:
                 verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
         except Exception as exc:  # a bug must not take the other sessions down with it
-            log.exception("verification failed for %d blocks", len(pending))
-            return self._failed([(p.session, p.down, p.msg.seq) for p in pending],
+            log.exception("verification failed for %d blocks and %d opens", len(pending), len(opening))
+            return self._failed([(o.session, o.reply[0], None) for o in opening]
+                                + [(p.session, p.down, p.msg.seq) for p in pending],
                                 f"verifier failed on this block: {type(exc).__name__}")
-        return [(p.down, self._settle(p.session, p.msg, v)) for p, v in zip(pending, verdicts)]
+        if opening:
+            self.stats["opens_in_verify_batches"] += len(opening)
+        return [o.reply for o in opening] + [(p.down, self._settle(p.session, p.msg, v)) for p, v in zip(pending, verdicts)]
 
     def _failed(self, items: list[tuple[Session, str, int | None]], message: str) -> list[Reply]:
         """An INTERNAL error for each (session, downlink, seq) whose model work failed; the

@@ -15,7 +15,7 @@ import time
 
 import aiomqtt
 
-from edgespec.mqtt import BusyPoll, ClientAuth, make_client, publish_nowait, routing_queue
+from edgespec.mqtt import BusyPoll, ClientAuth, make_client, publish_nowait, read_waiting, routing_queue
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -138,6 +138,9 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
             window = batch_window_s if len(core.sessions) > 1 else 0.0
             deadline = loop.time() + window
             while len(batch) < max_batch:
+                if inbox.empty() and max_batch > 1:
+                    read_waiting(client)  # what already reached the socket joins this batch
+                    read_waiting(opens)
                 if not inbox.empty():
                     batch.append(inbox.get_nowait())
                     continue
