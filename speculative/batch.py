@@ -25,10 +25,10 @@ Two ways to hold the caches between rounds, same results:
   P - L_i), and each session gets a private copy of its row back. No shared state, but two
   small copies per session, layer and K/V: at B = 64 that per-tensor overhead, not the
   bytes, is most of the time spent outside the forward.
-* `KVPool`: the sessions' cache tensors are views into one [slots, H_kv, C, D] tensor per
-  layer (start_i = 0). A round gathers its rows with one `index_select` per layer (none when
-  its slots are contiguous) and writes back only the kept entries, one indexed assignment per
-  layer. A session's cache is still an ordinary `DynamicCache`: unbatched calls, crops and
+* `KVPool`: the sessions' cache tensors are views into one tensor [2, layers, slots, H_kv,
+  C, D] (start_i = 0). A round gathers its rows with one `index_select` for every layer's K
+  and V (none when its slots are contiguous) and writes back only the kept entries, one copy
+  per session for all layers. A session's cache is still an ordinary `DynamicCache`: unbatched calls, crops and
   prefills work on it as before (a cache that moved out is copied back at its next round).
 
 `python -m speculative.batch` measures where the time goes (see `bench`).
@@ -259,7 +259,8 @@ def _check(sessions: list[TargetSession], blocks: list[Block]) -> None:
 
 
 class KVPool:
-    """Resident KV storage for the sessions of one target: [slots, H_kv, C, D] per layer, K and V.
+    """Resident KV storage for the sessions of one target: one tensor [2, layers, slots, H_kv,
+    C, D] holding K and V of every layer (`keys[i]`, `values[i]`: per-layer views [slots, H_kv, C, D]).
 
     An admitted session's cache tensors are views of its slot's first L positions. Slots
     double when sessions join and C (positions) doubles when a row needs more; a slot is freed
@@ -271,6 +272,9 @@ class KVPool:
         self.lm = lm
         self.n_layers, self.heads, self.head_dim, self.dtype = _kv_shape(lm)
         self.device = next(lm.model.parameters()).device
+        # One tensor [2 (K, V), layers, slots, H_kv, C, D], so a round gathers and writes back
+        # every layer with one indexed copy each; keys[i] / values[i] are its per-layer views.
+        self.store: torch.Tensor | None = None
         self.keys: list[torch.Tensor] = []  # per layer [slots, H_kv, C, D]
         self.values: list[torch.Tensor] = []
         self._owners: list[weakref.ref[TargetSession] | None] = []
@@ -360,18 +364,14 @@ class KVPool:
     def _resize(self, slots: int, positions: int) -> None:
         """Reallocate to (slots, positions), keeping contents and re-pointing resident sessions."""
         resident = [(s, slot) for s, slot in list(self._slot.items()) if self._resident(s, slot)]
-        shape = (slots, self.heads, positions, self.head_dim)
+        shape = (2, self.n_layers, slots, self.heads, positions, self.head_dim)
         old_slots, old_positions = (self.slots, self.positions) if self.keys else (0, 0)
-
-        def grown(old: torch.Tensor | None) -> torch.Tensor:
-            new = torch.zeros(shape, dtype=self.dtype, device=self.device)  # padding must be finite
-            if old is not None:
-                new[:old_slots, :, :old_positions] = old
-            return new
-
-        olds = list(zip(self.keys, self.values)) or [(None, None)] * self.n_layers
-        self.keys = [grown(k) for k, _ in olds]
-        self.values = [grown(v) for _, v in olds]
+        store = torch.zeros(shape, dtype=self.dtype, device=self.device)  # padding must be finite
+        if self.store is not None:
+            store[:, :, :old_slots, :, :old_positions] = self.store
+        self.store = store
+        self.keys = list(store[0].unbind(0))
+        self.values = list(store[1].unbind(0))
         self._owners += [None] * (slots - old_slots)
         # Per-slot views [1, H_kv, C, D] and base pointers, made once: a round touches every
         # session's layers, and plain tensor indexing costs about a microsecond a call.
@@ -430,9 +430,12 @@ def _scatter_copies(
         session.settle(tokens, verdict)  # crops nothing: the rejected drafts were never written
 
 
-def _gather_pool(sessions: list[TargetSession], width: int, pool: KVPool) -> list[_BatchLayer]:
+def _gather_pool(
+    sessions: list[TargetSession], width: int, pool: KVPool
+) -> tuple[list[_BatchLayer], torch.Tensor]:
     """The batch's rows of the pool (right-padded: row i's past is columns [0, L_i)), with
-    `width` new columns after the longest past.
+    `width` new columns after the longest past: per-layer `_BatchLayer`s, and all of them as
+    one tensor [2, layers, B, H_kv, P+T, D] (for the write-back).
 
     `sessions` are in slot order; contiguous slots are views, so the new entries land in the
     pool's columns [P, P+T), beyond every row's past.
@@ -440,17 +443,12 @@ def _gather_pool(sessions: list[TargetSession], width: int, pool: KVPool) -> lis
     slots = [pool.slot_of(s) for s in sessions]
     past = max(s.state.length for s in sessions)
     pool.reserve(past + width)
-    columns = slice(0, past + width)
+    store = pool.store.narrow(4, 0, past + width)
     if slots == list(range(slots[0], slots[0] + len(slots))):
-        rows = slice(slots[0], slots[0] + len(slots))
-        return [
-            _BatchLayer(k[rows, :, columns], v[rows, :, columns], past) for k, v in zip(pool.keys, pool.values)
-        ]
-    index = torch.tensor(slots, device=pool.device)
-    return [
-        _BatchLayer(k[:, :, columns].index_select(0, index), v[:, :, columns].index_select(0, index), past)
-        for k, v in zip(pool.keys, pool.values)
-    ]
+        rows = store.narrow(2, slots[0], len(slots))
+    else:
+        rows = store.index_select(2, torch.tensor(slots, device=pool.device))
+    return [_BatchLayer(k, v, past) for k, v in zip(rows[0].unbind(0), rows[1].unbind(0))], rows
 
 
 def _scatter_pool(
@@ -458,6 +456,7 @@ def _scatter_pool(
     blocks: list[Block],
     verdicts: list[Verdict],
     layers: list[_BatchLayer],
+    rows: torch.Tensor,
     pool: KVPool,
     opening: list[tuple[TargetSession, int]] = (),  # type: ignore[assignment]
 ) -> None:
@@ -470,16 +469,18 @@ def _scatter_pool(
     lengths = [s.state.length for s in sessions] + [0] * len(opening)
     slots = [pool.slot_of(s) for s in sessions] + [pool.slot_of(s) for s, _ in opening]
     keeps = [v.n_accepted + 1 for v in verdicts] + [n for _, n in opening]
-    kept = [(row, j) for row, keep in enumerate(keeps) for j in range(keep)]
-    as_index = lambda values: torch.tensor(values, device=pool.device)  # noqa: E731
-    batch_rows = as_index([row for row, _ in kept])  # [N]
-    batch_columns = as_index([past + j for _, j in kept])
-    slot_rows = as_index([slots[row] for row, _ in kept])
-    slot_columns = as_index([lengths[row] + j for row, j in kept])
-    for keys, values, layer in zip(pool.keys, pool.values, layers):
-        # Advanced indexing reads a copy [N, H_kv, D] first, so source and target may overlap.
-        keys[slot_rows, :, slot_columns] = layer.keys[batch_rows, :, batch_columns]
-        values[slot_rows, :, slot_columns] = layer.values[batch_rows, :, batch_columns]
+    # Per row, one copy of its kept columns for every layer's K and V (a row keeps one run of
+    # columns; on the CPU this is cheaper than one advanced-indexing assignment for all rows).
+    # When `rows` is a view of the pool, a row's source [P, P+keep) and target [L_i, L_i+keep)
+    # are in the same slot and may overlap (then the source is copied first); rows never share
+    # a slot, and there a row with L_i = P is in place already.
+    in_pool = rows.untyped_storage().data_ptr() == pool.store.untyped_storage().data_ptr()
+    for row, (slot, length, keep) in enumerate(zip(slots, lengths, keeps)):
+        if not (in_pool and length == past):
+            source = rows[:, :, row, :, past : past + keep]
+            if length + keep > past:
+                source = source.clone()
+            pool.store[:, :, slot, :, length : length + keep] = source
     for session, slot, length, (tokens, _), verdict in zip(sessions, slots, lengths, blocks, verdicts):
         pool._point(session, slot, length + verdict.n_accepted + 1)
         session.state.forwards += 1
@@ -578,7 +579,7 @@ def verify_batch(
         sessions, blocks = [sessions[i] for i in order], [blocks[i] for i in order]
         prefills = _opening_rows(opening, pool)
         width = max([len(tokens) + 1 for tokens, _ in blocks] + [e.shape[0] for _, e in prefills])
-        layers = _gather_pool(sessions + [s for s, _ in prefills], width, pool)
+        layers, rows = _gather_pool(sessions + [s for s, _ in prefills], width, pool)
         starts = [0] * len(sessions)
     gathered = time.perf_counter()
     # 2. One forward; 3. each block judged on its own rows.
@@ -590,7 +591,7 @@ def verify_batch(
     if pool is None:
         _scatter_copies(sessions, blocks, verdicts, layers, starts)
     else:
-        _scatter_pool(sessions, blocks, verdicts, layers, pool, [(s, e.shape[0]) for s, e in prefills])
+        _scatter_pool(sessions, blocks, verdicts, layers, rows, pool, [(s, e.shape[0]) for s, e in prefills])
     if profile is not None:
         profile.calls += 1
         profile.sequences += len(sessions)
