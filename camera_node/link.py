@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from edgespec.mqtt import ClientAuth, make_client, routing_queue
+from edgespec.mqtt import RECONNECT_BACKOFF_S, ClientAuth, make_client, reconnect_delay, routing_queue, until_disconnected
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
     WireError,
@@ -53,7 +53,6 @@ class BrokerUnreachable(ConnectionError):
 _GONE = object()  # inbox sentinel (with the verifier's id): a verifier went offline
 GONE_GRACE_S = 0.5
 _RECONNECTED = object()  # inbox sentinel: the link was re-established; replies may have been lost
-RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 SESSION_EXPIRY_S = 300  # the broker keeps the device's subscription and queued QoS-1 messages
 
 
@@ -168,18 +167,19 @@ class EdgeLink:
                     for queue in self._inbox.values():
                         queue.put_nowait((failed, 0))
                     raise failed from None
-                await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
+                await asyncio.sleep(reconnect_delay(attempt))
                 attempt += 1
 
     async def _read(self) -> None:
         # Messages are routed as they arrive (`_route`); this only waits for the connection to drop.
-        async for _ in self._client.messages:
-            pass
+        await until_disconnected(self._client)
 
     def _route(self, message: aiomqtt.Message) -> None:
         """Deliver one downlink message to its session's inbox (runs in the read callback)."""
         payload = message.payload if isinstance(message.payload, bytes) else b""
-        status = self.topics.parse_status(str(message.topic))
+        topic = str(message.topic)
+        # The common case first: the downlink topic ({p}/dev/{id}/down) is never a status topic.
+        status = None if topic == self._down else self.topics.parse_status(topic)
         if status is not None:
             if status[0] == "verifier":
                 self.verifier_status[status[1]] = payload
@@ -195,7 +195,7 @@ class EdgeLink:
         sid = getattr(msg, "session_id", None)
         queue = self._inbox.get(sid) if sid is not None else None
         if queue is not None:
-            queue.put_nowait((msg, publish_size(str(message.topic), payload)))
+            queue.put_nowait((msg, publish_size(topic, payload)))
         elif isinstance(msg, Sealed):
             self.rejected_downlink += 1  # for no session of ours (a stale reply, or not for us)
         elif isinstance(msg, ErrorMsg):
@@ -265,7 +265,6 @@ class SessionChannel:
         self.traffic = Traffic()
         self.cipher = None  # security.channel.SessionCipher once an encrypted open was sent
         self.rejected = 0
-        self._opening = False
         self.open_pending = False  # an OPEN was sent and its OPENED not yet received
 
     async def _send(self, topic: str, payload: bytes) -> None:
@@ -309,7 +308,7 @@ class SessionChannel:
             if not isinstance(msg, Sealed):
                 # An encrypted session takes only RESYNC in the clear, and ERROR only while its
                 # open is unanswered (the verifier cannot seal before it has the keys).
-                allowed = (Resync, ErrorMsg) if self._opening else (Resync,)
+                allowed = (Resync, ErrorMsg) if self.open_pending else (Resync,)
                 if self.cipher is not None and not isinstance(msg, allowed):
                     self.rejected += 1
                     continue
@@ -354,18 +353,16 @@ class SessionChannel:
         await self._send(topic, encode(sealed))
 
     async def wait_opened(self) -> Opened:
-        self._opening = True
-        try:
-            while True:
-                msg = await self._next("the session open")
-                if isinstance(msg, Opened):
-                    self.verifier_id = msg.verifier_id
-                    self.open_pending = False
-                    return msg
-                if isinstance(msg, ErrorMsg):
-                    raise VerifierRejected(msg)
-        finally:
-            self._opening = False
+        # Called after send_open, so open_pending is set until the OPENED below: `_next` takes an
+        # ERROR in the clear meanwhile (and, as exchange runs only after a successful open, only then).
+        while True:
+            msg = await self._next("the session open")
+            if isinstance(msg, Opened):
+                self.verifier_id = msg.verifier_id
+                self.open_pending = False
+                return msg
+            if isinstance(msg, ErrorMsg):
+                raise VerifierRejected(msg)
 
     async def exchange(self, draft: DraftMsg) -> VerdictMsg | Resync:
         """Send a draft block and wait for its verdict (or a RESYNC)."""

@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import resolve_model_dir, set_threads
+from .config import REPO, resolve_model_dir, set_threads
 
-REPO = Path(__file__).resolve().parent.parent
 NULL_PREFIX = "bench-null/v1"  # keeps the model-free verifier apart from the real one
 TEXT_PROMPTS = [
     "a red circle", "on the left a blue", "the camera sees", "a small green triangle",
@@ -113,6 +112,16 @@ class ForwardCounter:
 
     def __exit__(self, *exc):
         self._handle.remove()
+
+
+def references(target, cases: list[Case], max_new: int) -> list[list[int]]:
+    """The target's own greedy output for each case (KV-cached loop): what every speculative
+    session must reproduce token for token."""
+    from speculative.loop import generate_autoregressive
+    from speculative.sampling import SamplingParams
+
+    return [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), max_new).token_ids
+            for c in cases]
 
 
 def expected_tokens_per_round(a: float, gamma: int) -> float:

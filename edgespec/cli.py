@@ -84,8 +84,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
         announcer = asyncio.create_task(announce())
         await serve_reconnecting(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
-                                 max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000,
-                                 first_attempts=1 if not ready.is_set() else None)
+                                 max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000)
         announcer.cancel()
 
     asyncio.run(main())

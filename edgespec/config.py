@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent  # the checkout: where spawned nodes run
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "default_models"
 
 

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from camera_node.captions import CaptionScore, score_caption
+from edgespec.bench import expected_tokens_per_round
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, EvalConfig
 from edgespec.defaultpair.data import compute_features, eval_seeds, prompt_ids
 from edgespec.defaultpair.modeling import greedy_captions, parameter_count
@@ -50,13 +51,6 @@ def caption_accuracy(
     for text, scene in zip(texts, scenes, strict=True):
         total.add(score_caption(text, scene))
     return total.shares(), ids, texts
-
-
-def expected_tokens_per_round(acceptance: float, gamma: int) -> float:
-    """(1 - a^(g+1)) / (1 - a): tokens per round if each draft is accepted with rate a."""
-    if acceptance >= 1.0:
-        return float(gamma + 1)
-    return (1 - acceptance ** (gamma + 1)) / (1 - acceptance)
 
 
 def speculative_stats(

@@ -19,31 +19,18 @@ from typing import Any
 
 import torch
 
+from speculative.models import kv_dims, resolve_dtype
+
 from .config import DEFAULT_MODELS_DIR
 
 GIB = 1 << 30
 DEFAULT_BUDGET_BYTES = 8 * GIB
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r} (try float32, float16 or bfloat16)")
-    return resolved
-
-
 def kv_bytes_per_token(model_config: Any, dtype: torch.dtype | str = torch.float32) -> int:
     """2 x layers x kv_heads x head_dim x bytes per element, for a Hugging Face decoder config."""
-    cfg = model_config
-    if hasattr(cfg, "get_text_config"):  # a multimodal config: the decoder's part
-        cfg = cfg.get_text_config(decoder=True)
-    heads = int(cfg.num_attention_heads)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    element = torch.empty((), dtype=_dtype(dtype)).element_size()
-    return 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * element
+    layers, kv_heads, head_dim = kv_dims(model_config)
+    return 2 * layers * kv_heads * head_dim * resolve_dtype(dtype).itemsize
 
 
 def session_kv_bytes(session: Any) -> int:
@@ -88,7 +75,7 @@ def kv_budget(
     per_session = per_token * positions
     return KVBudget(
         model=str(model_dir),
-        dtype=str(_dtype(dtype)).removeprefix("torch."),
+        dtype=str(resolve_dtype(dtype)).removeprefix("torch."),
         bytes_per_token=per_token,
         context=positions,
         bytes_per_session=per_session,

@@ -13,17 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
-from .bench import drain
+from .bench import percentile, spawn
 from .config import resolve_model_dir, set_threads
 
-REPO = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -35,17 +31,14 @@ def cpu_seconds(pid: int) -> float:
 
 def _spawn_verifier(url: str, target_dir: Path, vid: str, prefix: str, max_batch: int, window_ms: float,
                     max_sessions: int, busy_poll_ms: float = 0.0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", url, "--target-model", str(target_dir),
-           "--verifier-id", vid, "--prefix", prefix, "--max-batch", str(max_batch),
-           "--batch-window-ms", str(window_ms), "--max-sessions", str(max_sessions),
-           "--busy-poll-ms", str(busy_poll_ms)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
-    for line in proc.stdout:
-        if "ready on" in line:
-            drain(proc)
-            return proc
-    raise RuntimeError(f"verifier {vid} did not start")
+    args = ["-m", "edgespec.cli", "verifier", "--broker", url, "--target-model", str(target_dir),
+            "--verifier-id", vid, "--prefix", prefix, "--max-batch", str(max_batch),
+            "--batch-window-ms", str(window_ms), "--max-sessions", str(max_sessions),
+            "--busy-poll-ms", str(busy_poll_ms)]
+    try:
+        return spawn(args, "ready on")
+    except RuntimeError:
+        raise RuntimeError(f"verifier {vid} did not start") from None
 
 
 async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs) -> dict:
@@ -60,7 +53,7 @@ async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs
     topics = Topics(prefix)
     stats: dict[str, dict] = {}
     async with make_client(url, client_id=f"loadtest-stats-{os.getpid()}") as watcher:
-        await watcher.subscribe(f"{prefix}/verifier/+/stats", qos=1)
+        await watcher.subscribe(topics.all_verifier_stats(), qos=1)
 
         async def collect():
             async for message in watcher.messages:
@@ -136,26 +129,23 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
         "sessions_completed": len(outcomes), "sessions_exact": exact, "tokens": tokens, "seconds": res["wall"],
         "tokens_per_s": tokens / res["wall"], "verifier_cpu_s": res["verifier_cpu"],
         "tokens_per_verifier_cpu_s": tokens / res["verifier_cpu"] if res["verifier_cpu"] else None,
-        "round_ms_p50": float(np.percentile(rounds, 50)) * 1e3,
-        "round_ms_p99": float(np.percentile(rounds, 99)) * 1e3, "batch_size_histogram": dict(sorted(hist.items())),
+        "round_ms_p50": percentile(rounds, 50) * 1e3,
+        "round_ms_p99": percentile(rounds, 99) * 1e3, "batch_size_histogram": dict(sorted(hist.items())),
         "batched_forwards": sum(hist.values()), "blocks_verified": forwards,
         "evictions": evictions, "resyncs": resyncs + sum(o.resyncs for o in outcomes),
     }
 
 
 def cmd_loadtest(args) -> int:
-    from edgespec.bench import vision_cases
-    from speculative.loop import generate_autoregressive
+    from edgespec.bench import references as target_references, vision_cases
     from speculative.models import load_lm
-    from speculative.sampling import SamplingParams
 
     set_threads(1)
     target_dir = resolve_model_dir(args.target_model, "target")
     target = load_lm(target_dir)
     lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
     cases = vision_cases(target, min(args.devices * args.sessions_per_device, args.distinct))
-    references = [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), args.tokens).token_ids
-                  for c in cases]
+    references = target_references(target, cases, args.tokens)
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     results = [run_mode(args, target_dir, lm, cases, references, b) for b in modes]
     print(f"\nedgespec loadtest  {args.devices} devices x {args.sessions_per_device} session(s), {args.verifiers} verifier(s), recorded drafts with "

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 import aiomqtt
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # seconds before reconnect attempt 1, 2, ...; then the last
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883, "ws": 9001, "wss": 8884}
 
 
@@ -142,6 +143,18 @@ def read_waiting(client: aiomqtt.Client, max_reads: int = 256) -> None:
             return
         if paho.loop_read() != 0:
             return
+
+
+def reconnect_delay(attempt: int, backoff: tuple[float, ...] = RECONNECT_BACKOFF_S) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based)."""
+    return backoff[min(attempt, len(backoff) - 1)]
+
+
+async def until_disconnected(client: aiomqtt.Client) -> None:
+    """Return never while the connection lasts: with a `routing_queue`, `client.messages`
+    yields nothing but raises `MqttError` when the connection is lost, which this raises."""
+    async for _ in client.messages:
+        pass
 
 
 def routing_queue(route) -> type:

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import sys
 
-from edgespec.mqtt import BusyPoll, make_client, routing_queue
+from edgespec.mqtt import BusyPoll, make_client, publish_nowait, routing_queue, until_disconnected
 from schemas import DraftMsg, Opened, Sealed, SealedOpen, SessionOpen, Topics, VerdictMsg, WireError, decode, encode
 
 VERIFIER_ID = "null"
@@ -60,25 +60,20 @@ async def serve_null(broker_url: str, prefix: str, busy_poll_s: float = 0.02) ->
         await client.subscribe(topics.open_subscription(None), qos=1)
         await client.subscribe(topics.session_subscription(VERIFIER_ID), qos=1)
         poller = BusyPoll(busy_poll_s)
-        background = {asyncio.create_task(poller.run())}
-
-        async def watch() -> None:
-            async for _ in client.messages:  # raises when the connection drops
-                pass
-
-        watcher = asyncio.create_task(watch())
+        polling = asyncio.create_task(poller.run())
+        watcher = asyncio.create_task(until_disconnected(client))
+        watcher.add_done_callback(lambda _: inbox.put_nowait(None))  # the connection is gone: stop
         print("null verifier ready", flush=True)
-        while not watcher.done():
-            topic, payload = await inbox.get()
+        while (item := await inbox.get()) is not None:
+            topic, payload = item
             try:
                 out = answer(topic, payload if isinstance(payload, bytes) else b"")
             except (WireError, KeyError, AttributeError):
                 continue
             if out is not None:
-                task = asyncio.create_task(client.publish(*out, qos=1))
-                background.add(task)
-                task.add_done_callback(background.discard)
+                publish_nowait(client, *out)
             poller.kick()
+        polling.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

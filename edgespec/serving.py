@@ -23,6 +23,7 @@ import json
 import time
 from pathlib import Path
 
+from .bench import expected_tokens_per_round
 from .config import resolve_model_dir, set_threads
 
 GPU_T0_MS = 7.0
@@ -38,7 +39,7 @@ def cost_model_ceiling(a: float, gamma: int, devices: int, t0_ms: float, per_tok
     E = (1 - a^(gamma+1)) / (1 - a). Their ratio is E (T0/N + C) / (T0/N + (gamma+1) C): below
     (T0/N + C) / C whatever a and gamma are, and far below it for a < 1.
     """
-    expected = gamma + 1 if a >= 1 else (1 - a ** (gamma + 1)) / (1 - a)
+    expected = expected_tokens_per_round(a, gamma)
     share = t0_ms / devices
     return expected * (share + per_token_ms) / (share + (gamma + 1) * per_token_ms)
 
@@ -66,7 +67,6 @@ def _serve(target, cases, references, *, speculative: bool, gamma: int, acceptan
         edges.append(EdgeGeneration(drafter, case.prompt_ids, gamma if speculative else 0,
                                     StopRule(max_new, target.eos_token_ids)))
     forwards = tokens_in = 0
-    trials = accepted = 0  # per drafted position reached: the formula's a
     seconds = 0.0
     while True:
         live = [i for i, e in enumerate(edges) if not e.done]
@@ -80,10 +80,11 @@ def _serve(target, cases, references, *, speculative: bool, gamma: int, acceptan
         seconds += elapsed if cost == "cpu" else (t0_ms + per_token_ms * new) / 1000
         forwards += 1
         tokens_in += new
-        for i, v, b in zip(live, verdicts, blocks):
+        for i, v in zip(live, verdicts):
             edges[i].apply(v.n_accepted, v.next_token)
-            trials += min(v.n_accepted + 1, len(b.tokens))
-            accepted += v.n_accepted
+    # per drafted position reached: the formula's a
+    trials = sum(e.result.evaluated_positions for e in edges)
+    accepted = sum(sum(e.result.accepted_per_round) for e in edges)
     generated = sum(len(e.generated) for e in edges)
     exact = sum(e.generated == references[i] for i, e in enumerate(edges))
     return {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds, "forwards": forwards,
@@ -93,10 +94,8 @@ def _serve(target, cases, references, *, speculative: bool, gamma: int, acceptan
 
 
 def cmd_serving(args) -> int:
-    from edgespec.bench import vision_cases
-    from speculative.loop import generate_autoregressive
+    from edgespec.bench import references, vision_cases
     from speculative.models import load_lm
-    from speculative.sampling import SamplingParams
 
     set_threads(1)
     target = load_lm(resolve_model_dir(args.target_model, "target"))
@@ -104,8 +103,7 @@ def cmd_serving(args) -> int:
     rows = []
     for n in [int(x) for x in args.devices.split(",")]:
         cases = vision_cases(target, n, seed=950_000)
-        refs = [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), args.tokens).token_ids
-                for c in cases]
+        refs = references(target, cases, args.tokens)
         common = dict(gamma=args.gamma, acceptance=args.acceptance, max_new=args.tokens, cost=args.target_cost,
                       t0_ms=args.t0_ms, per_token_ms=args.per_token_ms, draft=draft)
         spec = _serve(target, cases, refs, speculative=True, **common)

@@ -68,6 +68,10 @@ class Topics:
     def verifier_status(self, verifier: str) -> str:
         return f"{self.prefix}/verifier/{check_id(verifier, 'verifier id')}/status"
 
+    def verifier_stats(self, verifier: str) -> str:
+        """A verifier's JSON counters, every few seconds (not retained)."""
+        return f"{self.prefix}/verifier/{check_id(verifier, 'verifier id')}/stats"
+
     # Subscriptions --------------------------------------------------------
 
     def open_subscription(self, share_group: str | None = "verifiers") -> str:
@@ -80,6 +84,9 @@ class Topics:
 
     def all_verifier_status(self) -> str:
         return f"{self.prefix}/verifier/+/status"
+
+    def all_verifier_stats(self) -> str:
+        return f"{self.prefix}/verifier/+/stats"
 
     def all_results(self) -> str:
         return f"{self.prefix}/dev/+/result"

@@ -113,7 +113,8 @@ def _check_user(username: str) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `<path>.lock` (made, with its folder, if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
     with open(lock_path, "a") as lock:
@@ -173,7 +174,7 @@ def read_password_file(path: str | Path) -> dict[str, str]:
 
 
 def _update(path: Path, username: str, new_line: str | None) -> bool:
-    with _locked(path):
+    with locked(path):
         lines = _read_lines(path)
         kept = [line for line in lines if _entry_user(line) != username]
         found = len(kept) != len(lines)
@@ -207,7 +208,7 @@ def remove_user(path: str | Path, username: str) -> bool:
 def ensure_password_file(path: str | Path) -> Path:
     """Create an empty password file if none exists (Mosquitto refuses to start without it)."""
     path = Path(path)
-    with _locked(path):
+    with locked(path):
         if not path.exists():
             atomic_write_text(path, "# edgespec broker users (edgespec flash / revoke)\n")
     return path
@@ -280,7 +281,7 @@ def render_acl(policy: AclPolicy, template: str | None = None) -> str:
 def write_acl_file(path: str | Path, policy: AclPolicy, template: str | None = None) -> Path:
     """Render and atomically write the ACL file. Send SIGHUP to the broker afterwards."""
     path = Path(path)
-    with _locked(path):
+    with locked(path):
         return atomic_write_text(path, render_acl(policy, template))
 
 

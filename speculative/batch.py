@@ -45,12 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .models import LoadedLM
+from .models import LoadedLM, kv_dims
 from .sampling import SamplingParams, SparseQ
 from .target import TargetSession
-from .verify import Verdict, verify_block
+from .verify import Verdict
 
 Block = tuple[list[int], SparseQ | None]  # drafted tokens [k] and their q (None when greedy)
 Context = tuple[list[int], "np.ndarray | None"]  # a new session's prompt (+ resumed) ids, vision features
@@ -130,12 +132,14 @@ def _forward(
     sessions: list[TargetSession],
     blocks: list[Block],
     starts: list[int],
+    lengths: list[int],
     opening: list[torch.Tensor] = (),  # type: ignore[assignment]
 ) -> torch.Tensor:
-    """One target forward over the batch; returns logits [B, T, V] (float32).
+    """One target forward over the batch; returns the verified rows' logits [B, T, V] (float32).
 
-    Rows follow `sessions` (last committed token + drafts after its past), then one row per
-    tensor in `opening`: the prefill embeddings [n, H] of a session being opened, no past.
+    Rows follow `sessions` (last committed token + drafts after its past of `lengths[i]`
+    positions), then one row per tensor in `opening`: the prefill embeddings [n, H] of a
+    session being opened, no past (its logits are not wanted).
     """
     model = lm.model
     device = layers[0].keys.device
@@ -151,7 +155,7 @@ def _forward(
     offsets = torch.arange(width)  # [T]
     # Per row: the last real offset and the cache length (an opening row has no past).
     last_col = torch.tensor(ks + [e.shape[0] - 1 for e in opening])[:, None]  # [B, 1]
-    length_col = torch.tensor([s.state.length for s in sessions] + [0] * len(opening))[:, None]  # [B, 1]
+    length_col = torch.tensor(list(lengths) + [0] * len(opening))[:, None]  # [B, 1]
     # True positions L_i + j; padded columns repeat the last real one (masked, any RoPE will do).
     positions = length_col + torch.minimum(offsets[None, :], last_col)  # [B, T]
     column = torch.arange(past)
@@ -164,11 +168,9 @@ def _forward(
     allowed = torch.cat([past_allowed[:, None, :].expand(-1, width, -1), causal], -1)  # [B, T, P+T]
     mask = _attention_mask(allowed[:, None].to(device), model.config._attn_implementation, model.dtype)
     if opening:  # embeddings for every row: the lookup the model would do, then the prefills
-        embed = model.get_input_embeddings()
-        embeds = embed(input_ids.to(device))
-        extra = embeds.new_zeros((len(opening), width, embeds.shape[-1]))  # padding: finite, masked
-        for i, e in enumerate(opening):
-            extra[i, : e.shape[0]] = e
+        embeds = model.get_input_embeddings()(input_ids.to(device))
+        extra = pad_sequence(list(opening), batch_first=True)  # zero padding: finite, masked
+        extra = F.pad(extra, (0, 0, 0, width - extra.shape[1]))
         inputs = {"inputs_embeds": torch.cat([embeds, extra], 0)}
     else:
         inputs = {"input_ids": input_ids.to(device)}
@@ -179,30 +181,21 @@ def _forward(
         use_cache=True,
         **{lm.cache_kwarg: Cache(layers=layers)},
     )
-    return out.logits.float()  # [B, T, V]
-
-
-def _generator(session: TargetSession) -> torch.Generator:
-    # TargetSession has no public accessor for its verifier RNG yet (see the note on target.py).
-    return session._gen
+    return out.logits[: len(rows)].float()  # [B, T, V]
 
 
 def _judge(sessions: list[TargetSession], blocks: list[Block], logits: torch.Tensor) -> list[Verdict]:
-    """verify_block on each row's k+1 logits, with that session's params and generator."""
+    """Each session judges its row's k+1 logits (its own params and generator)."""
     logits = logits.cpu()
-    verdicts = []
-    for row, (session, (tokens, q)) in enumerate(zip(sessions, blocks)):
-        draft = torch.tensor(tokens, dtype=torch.int64)
-        row_logits = logits[row, : len(tokens) + 1]  # [k+1, V]
-        verdicts.append(verify_block(row_logits, draft, q, session.params, _generator(session)))
-    return verdicts
+    return [session.judge(logits[row, : len(tokens) + 1], tokens, q)
+            for row, (session, (tokens, q)) in enumerate(zip(sessions, blocks))]
 
 
 # --- session caches -------------------------------------------------------------------------
 
 
 def _layers(session: TargetSession) -> list[DynamicLayer]:
-    return list(session.state.cache.layers)
+    return session.state.cache.layers
 
 
 def _layer_kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -221,10 +214,7 @@ def _set_layer(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) ->
 
 def _kv_shape(lm: LoadedLM) -> tuple[int, int, int, torch.dtype]:
     """(layers, kv heads, head dim, dtype) of the target's cache."""
-    cfg = lm.model.config.get_text_config(decoder=True)
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return int(cfg.num_hidden_layers), int(heads), int(head_dim), lm.model.dtype
+    return (*kv_dims(lm.model.config), lm.model.dtype)
 
 
 def _check(sessions: list[TargetSession], blocks: list[Block]) -> None:
@@ -430,33 +420,42 @@ def _scatter_copies(
         session.settle(tokens, verdict)  # crops nothing: the rejected drafts were never written
 
 
-def _gather_pool(
-    sessions: list[TargetSession], width: int, pool: KVPool
-) -> tuple[list[_BatchLayer], torch.Tensor]:
-    """The batch's rows of the pool (right-padded: row i's past is columns [0, L_i)), with
-    `width` new columns after the longest past: per-layer `_BatchLayer`s, and all of them as
-    one tensor [2, layers, B, H_kv, P+T, D] (for the write-back).
+@dataclass
+class _PoolRows:
+    """A round's rows of a KVPool: row i is slot `slots[i]`, its past columns [0, L_i)."""
 
-    `sessions` are in slot order; contiguous slots are views, so the new entries land in the
-    pool's columns [P, P+T), beyond every row's past.
+    tensor: torch.Tensor  # [2 (K, V), layers, B, H_kv, P+T, D]
+    in_pool: bool  # a view of the pool's own storage (contiguous slots), not a copy
+    slots: list[int]
+    lengths: list[int]  # L_i
+    past: int  # P = max L_i
+
+    def layers(self) -> list[_BatchLayer]:
+        return [_BatchLayer(k, v, self.past) for k, v in zip(self.tensor[0].unbind(0), self.tensor[1].unbind(0))]
+
+
+def _gather_pool(slots: list[int], lengths: list[int], width: int, pool: KVPool) -> _PoolRows:
+    """The rows of `slots` (in slot order), with `width` new columns after the longest past.
+
+    Contiguous slots are a view, so the new entries land in the pool's columns [P, P+T),
+    beyond every row's past; other slots are gathered with one `index_select`.
     """
-    slots = [pool.slot_of(s) for s in sessions]
-    past = max(s.state.length for s in sessions)
+    past = max(lengths)
     pool.reserve(past + width)
     store = pool.store.narrow(4, 0, past + width)
-    if slots == list(range(slots[0], slots[0] + len(slots))):
+    in_pool = slots == list(range(slots[0], slots[0] + len(slots)))
+    if in_pool:
         rows = store.narrow(2, slots[0], len(slots))
     else:
         rows = store.index_select(2, torch.tensor(slots, device=pool.device))
-    return [_BatchLayer(k, v, past) for k, v in zip(rows[0].unbind(0), rows[1].unbind(0))], rows
+    return _PoolRows(rows, in_pool, slots, lengths, past)
 
 
 def _scatter_pool(
     sessions: list[TargetSession],
     blocks: list[Block],
     verdicts: list[Verdict],
-    layers: list[_BatchLayer],
-    rows: torch.Tensor,
+    batch: _PoolRows,
     pool: KVPool,
     opening: list[tuple[TargetSession, int]] = (),  # type: ignore[assignment]
 ) -> None:
@@ -465,27 +464,24 @@ def _scatter_pool(
     The rows after the verified ones are `opening` (session, n): all n entries are kept, at
     its slot's [0, n).
     """
-    past = layers[0].past
-    lengths = [s.state.length for s in sessions] + [0] * len(opening)
-    slots = [pool.slot_of(s) for s in sessions] + [pool.slot_of(s) for s, _ in opening]
+    past, rows = batch.past, batch.tensor
     keeps = [v.n_accepted + 1 for v in verdicts] + [n for _, n in opening]
     # Per row, one copy of its kept columns for every layer's K and V (a row keeps one run of
     # columns; on the CPU this is cheaper than one advanced-indexing assignment for all rows).
     # When `rows` is a view of the pool, a row's source [P, P+keep) and target [L_i, L_i+keep)
     # are in the same slot and may overlap (then the source is copied first); rows never share
     # a slot, and there a row with L_i = P is in place already.
-    in_pool = rows.untyped_storage().data_ptr() == pool.store.untyped_storage().data_ptr()
-    for row, (slot, length, keep) in enumerate(zip(slots, lengths, keeps)):
-        if not (in_pool and length == past):
+    for row, (slot, length, keep) in enumerate(zip(batch.slots, batch.lengths, keeps)):
+        if not (batch.in_pool and length == past):
             source = rows[:, :, row, :, past : past + keep]
             if length + keep > past:
                 source = source.clone()
             pool.store[:, :, slot, :, length : length + keep] = source
-    for session, slot, length, (tokens, _), verdict in zip(sessions, slots, lengths, blocks, verdicts):
+    for session, slot, length, (tokens, _), verdict in zip(sessions, batch.slots, batch.lengths, blocks, verdicts):
         pool._point(session, slot, length + verdict.n_accepted + 1)
         session.state.forwards += 1
         session.settle(tokens, verdict)
-    for (session, n), slot in zip(opening, slots[len(sessions):]):
+    for (session, n), slot in zip(opening, batch.slots[len(sessions):]):
         pool._point(session, slot, n)
         session.state.forwards += 1
 
@@ -501,16 +497,19 @@ def block_logits_batch(sessions: list[TargetSession], blocks: list[Block]) -> li
         return []
     _check(sessions, blocks)
     layers, starts = _gather_copies(sessions, blocks)
-    logits = _forward(sessions[0].lm, layers, sessions, blocks, starts)
+    logits = _forward(sessions[0].lm, layers, sessions, blocks, starts, [s.state.length for s in sessions])
     return [logits[row, : len(tokens) + 1].cpu() for row, (tokens, _) in enumerate(blocks)]
 
 
-def _check_opening(sessions: list[TargetSession], opening: list[tuple[TargetSession, Context]]) -> None:
-    verified = {id(s) for s in sessions}
-    if len({id(s) for s, _ in opening} | verified) != len(verified) + len(opening):
+def check_new_sessions(lm: LoadedLM, opening: list[tuple[TargetSession, Context]],
+                       verified: list[TargetSession] = ()) -> None:  # type: ignore[assignment]
+    """Raise before anything moves unless every (session, context) can be opened in one
+    forward with `lm`, beside the `verified` sessions of the same batch."""
+    ids_seen = {id(s) for s in verified}
+    if len({id(s) for s, _ in opening} | ids_seen) != len(ids_seen) + len(opening):
         raise BatchError("a session appears twice in one batch")
     for session, (ids, _) in opening:
-        if session.lm is not sessions[0].lm:
+        if session.lm is not lm:
             raise BatchError("sessions of different target models cannot be opened together")
         if not ids:
             raise ValueError("a session needs at least one prompt token")
@@ -518,16 +517,15 @@ def _check_opening(sessions: list[TargetSession], opening: list[tuple[TargetSess
             raise BatchError("only new sessions can be opened in a batch")
 
 
-def _opening_rows(opening: list[tuple[TargetSession, Context]], pool: KVPool) -> list[tuple[TargetSession, torch.Tensor]]:
-    """Admit the new sessions to the pool; (session, prefill embeddings [n, H]) for those that
-    have something to prefill. The others (one token, no features) are open already."""
+def _opening_rows(opening: list[tuple[TargetSession, Context]],
+                  pool: KVPool) -> list[tuple[TargetSession, torch.Tensor, int]]:
+    """(session, prefill embeddings [n, H], pool slot) for the new sessions that have
+    something to prefill; the others (one token, no features) are open already."""
     rows = []
     for session, (ids, features) in opening:
-        session.committed = list(ids)
-        if features is None and len(ids) == 1:
-            continue  # TargetSession.open would run no forward either
-        rows.append((session, session.state.prefill_embeddings(ids[:-1], features)))
-        pool.admit(session)
+        embeds = session.open_input(ids, features)
+        if embeds is not None:
+            rows.append((session, embeds, pool.admit(session)))
     return rows
 
 
@@ -564,13 +562,13 @@ def verify_batch(
     if opening:
         if pool is None:
             raise BatchError("sessions are opened inside a verified batch only with a KVPool")
-        _check_opening(sessions, opening)
+        check_new_sessions(lm, opening, sessions)
     started = time.perf_counter()
     # 1. Gather the caches side by side.
     if pool is None:
         layers, starts = _gather_copies(sessions, blocks)
         order = list(range(len(sessions)))
-        prefills: list[tuple[TargetSession, torch.Tensor]] = []
+        prefills: list[tuple[TargetSession, torch.Tensor, int]] = []
     else:
         if pool.lm is not lm:
             raise BatchError("the pool holds caches of another target model")
@@ -578,12 +576,14 @@ def verify_batch(
         order = sorted(range(len(sessions)), key=slots.__getitem__)  # contiguous slots: no copy
         sessions, blocks = [sessions[i] for i in order], [blocks[i] for i in order]
         prefills = _opening_rows(opening, pool)
-        width = max([len(tokens) + 1 for tokens, _ in blocks] + [e.shape[0] for _, e in prefills])
-        layers, rows = _gather_pool(sessions + [s for s, _ in prefills], width, pool)
-        starts = [0] * len(sessions)
+        width = max([len(tokens) + 1 for tokens, _ in blocks] + [e.shape[0] for _, e, _ in prefills])
+        batch = _gather_pool([slots[i] for i in order] + [slot for _, _, slot in prefills],
+                             [s.state.length for s in sessions] + [0] * len(prefills), width, pool)
+        layers, starts = batch.layers(), [0] * len(sessions)
     gathered = time.perf_counter()
     # 2. One forward; 3. each block judged on its own rows.
-    logits = _forward(lm, layers, sessions, blocks, starts, [e for _, e in prefills])
+    lengths = [s.state.length for s in sessions] if pool is None else batch.lengths[: len(sessions)]
+    logits = _forward(lm, layers, sessions, blocks, starts, lengths, [e for _, e, _ in prefills])
     forwarded = time.perf_counter()
     verdicts = _judge(sessions, blocks, logits)
     verified = time.perf_counter()
@@ -591,7 +591,7 @@ def verify_batch(
     if pool is None:
         _scatter_copies(sessions, blocks, verdicts, layers, starts)
     else:
-        _scatter_pool(sessions, blocks, verdicts, layers, rows, pool, [(s, e.shape[0]) for s, e in prefills])
+        _scatter_pool(sessions, blocks, verdicts, batch, pool, [(s, e.shape[0]) for s, e, _ in prefills])
     if profile is not None:
         profile.calls += 1
         profile.sequences += len(sessions)

@@ -89,10 +89,20 @@ def resolve_device(device: str) -> str:
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    value = getattr(torch, str(dtype), None)
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(value, torch.dtype):
         raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
     return value
+
+
+def kv_dims(model_config: Any) -> tuple[int, int, int]:
+    """(layers, KV heads, head dim) of a Hugging Face decoder config (a multimodal config's
+    decoder part): what one cached position holds per K and per V."""
+    cfg = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return int(cfg.num_hidden_layers), kv_heads, head_dim
 
 
 def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
@@ -164,18 +174,26 @@ class CachedLM:
         """Cache positions held (vision prefix included)."""
         return int(self.cache.get_seq_length())
 
-    def _forward(self, **inputs: Any) -> torch.Tensor:
+    def _forward(self, *, logits: bool = True, **inputs: Any) -> torch.Tensor | None:
+        """One forward into the cache; its logits [n, V] (float32, on the CPU, where sampling
+        and verification run: [n, V] is small), or None when only the cache is wanted."""
         inputs[self.lm.cache_kwarg] = self.cache
+        if not logits and self.lm.logits_to_keep:
+            inputs["logits_to_keep"] = 1  # the output head over one position, not n
         out = self.lm.model(use_cache=True, **inputs)
         self.forwards += 1
-        return out.logits[0]  # [n, V]
+        return out.logits[0].float().cpu() if logits else None
 
     @torch.inference_mode()
-    def prefill(self, token_ids: list[int], features: np.ndarray | None = None) -> torch.Tensor | None:
-        """Feed the vision prefix (if any) and `token_ids`; returns logits [n, V] or None."""
+    def prefill(self, token_ids: list[int], features: np.ndarray | None = None, *,
+                logits: bool = True) -> torch.Tensor | None:
+        """Feed the vision prefix (if any) and `token_ids`; returns logits [n, V], or None when
+        there is nothing to feed or `logits` is False."""
         if features is None:
-            return self.extend(token_ids) if token_ids else None
-        return self._forward(inputs_embeds=self.prefill_embeddings(token_ids, features)[None])
+            if not token_ids:
+                return None
+            return self._forward(input_ids=torch.tensor([token_ids], device=self._device), logits=logits)
+        return self._forward(inputs_embeds=self.prefill_embeddings(token_ids, features)[None], logits=logits)
 
     @torch.inference_mode()
     def prefill_embeddings(self, token_ids: list[int], features: np.ndarray | None) -> torch.Tensor:
@@ -196,8 +214,7 @@ class CachedLM:
     @torch.inference_mode()
     def extend(self, token_ids: list[int]) -> torch.Tensor:
         """Feed `token_ids` after what is cached; returns their logits [n, V] (float32)."""
-        ids = torch.tensor([token_ids], device=self._device)
-        return self._forward(input_ids=ids).float().cpu()  # verification runs on the CPU: [n, V] is small
+        return self._forward(input_ids=torch.tensor([token_ids], device=self._device))
 
     def crop(self, length: int) -> None:
         """Keep the first `length` cache positions."""

@@ -12,8 +12,9 @@ are copied into each session's own cache; afterwards every session is where
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-from .batch import BatchError, Context, _layers, _set_layer
+from .batch import BatchError, Context, _layers, _set_layer, check_new_sessions
 from .target import TargetSession
 
 
@@ -22,38 +23,23 @@ def open_batch(sessions: list[TargetSession], contexts: list[Context]) -> None:
     """`session.open(ids, features)` for every pair, with one forward for all of them."""
     if len(sessions) != len(contexts):
         raise BatchError(f"{len(sessions)} sessions but {len(contexts)} contexts")
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise BatchError("a session appears twice in one batch")
     if not sessions:
         return
     lm = sessions[0].lm
-    for session, (ids, _) in zip(sessions, contexts):
-        if session.lm is not lm:
-            raise BatchError("sessions of different target models cannot be opened together")
-        if not ids:
-            raise ValueError("a session needs at least one prompt token")
-        if session.state.length:
-            raise BatchError("open_batch takes new sessions only")
+    check_new_sessions(lm, list(zip(sessions, contexts)))
     # A context needs a forward when it has a vision prefix or more than its last token.
-    needs = [i for i, (ids, features) in enumerate(contexts) if features is not None or len(ids) > 1]
-    if len(needs) < 2:  # nothing to batch: the plain path
-        for session, (ids, features) in zip(sessions, contexts):
+    if sum(features is not None or len(ids) > 1 for ids, features in contexts) < 2:
+        for session, (ids, features) in zip(sessions, contexts):  # nothing to batch: the plain path
             session.open(ids, features)
         return
-    for session, (ids, _) in zip(sessions, contexts):
-        session.committed = list(ids)
-    rows = [(sessions[i], sessions[i].state.prefill_embeddings(contexts[i][0][:-1], contexts[i][1])) for i in needs]
+    rows = [(s, e) for s, (ids, features) in zip(sessions, contexts) if (e := s.open_input(ids, features)) is not None]
     from transformers import DynamicCache
 
-    longest = max(e.shape[0] for _, e in rows)
-    batch = rows[0][1].new_zeros((len(rows), longest, rows[0][1].shape[1]))
-    for i, (_, embeds) in enumerate(rows):
-        batch[i, : embeds.shape[0]] = embeds
     cache = DynamicCache(config=lm.model.config)
     kwargs = {lm.cache_kwarg: cache}
     if lm.logits_to_keep:
         kwargs["logits_to_keep"] = 1  # an open needs the cache, not the logits
-    lm.model(inputs_embeds=batch, use_cache=True, **kwargs)
+    lm.model(inputs_embeds=pad_sequence([e for _, e in rows], batch_first=True), use_cache=True, **kwargs)
     for i, (session, embeds) in enumerate(rows):
         n = embeds.shape[0]
         for mine, shared in zip(_layers(session), cache.layers):

@@ -34,8 +34,18 @@ class TargetSession:
         """Prefill everything but the last committed token."""
         if not prompt_ids:
             raise ValueError("a session needs at least one prompt token")
-        self.state.prefill(prompt_ids[:-1], features)
+        self.state.prefill(prompt_ids[:-1], features, logits=False)
         self.committed = list(prompt_ids)
+
+    def open_input(self, prompt_ids: list[int], features: np.ndarray | None = None) -> torch.Tensor | None:
+        """For a batched open: commit `prompt_ids` and return the embeddings [n, H] that
+        `open` would feed, or None when it feeds nothing (one token, no features)."""
+        if not prompt_ids:
+            raise ValueError("a session needs at least one prompt token")
+        self.committed = list(prompt_ids)
+        if features is None and len(prompt_ids) == 1:
+            return None
+        return self.state.prefill_embeddings(prompt_ids[:-1], features)
 
     def block_logits(self, tokens: list[int]) -> torch.Tensor:
         """Target logits [k+1, V] for the drafts; leaves them in the cache (see `settle`)."""
@@ -51,7 +61,11 @@ class TargetSession:
 
     def verify(self, tokens: list[int], q: SparseQ | None) -> Verdict:
         """Verify one block in a single target forward."""
-        logits = self.block_logits(tokens)
-        verdict = verify_block(logits, torch.tensor(tokens, dtype=torch.int64), q, self.params, self._gen)
+        verdict = self.judge(self.block_logits(tokens), tokens, q)
         self.settle(tokens, verdict)
         return verdict
+
+    def judge(self, logits: torch.Tensor, tokens: list[int], q: SparseQ | None) -> Verdict:
+        """`verify_block` on the block's k+1 target logits, with this session's sampling
+        parameters and verifier generator; touches neither cache nor committed tokens."""
+        return verify_block(logits, torch.tensor(tokens, dtype=torch.int64), q, self.params, self._gen)

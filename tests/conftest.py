@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -106,6 +105,8 @@ def loaded_pair(tiny_pair):
 
 def start_verifier(broker_url: str, target_dir: Path, verifier_id: str = "verifier-1", *extra: str) -> subprocess.Popen:
     """`edgespec verifier` as a child process; returns once it has said it is ready."""
+    from edgespec.bench import drain
+
     cmd = [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", broker_url,
            "--target-model", str(target_dir), "--verifier-id", verifier_id, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
@@ -120,7 +121,7 @@ def start_verifier(broker_url: str, target_dir: Path, verifier_id: str = "verifi
         lines.append(line)
         if "ready on" in line:
             # Keep draining its output so a chatty verifier never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            drain(proc)
             return proc
     proc.kill()
     raise RuntimeError("verifier did not start:\n" + "".join(lines))

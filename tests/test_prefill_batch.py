@@ -26,21 +26,30 @@ def _contexts(lm, with_features: bool):
     return out
 
 
-def _assert_same(lm, contexts, params=SamplingParams()):
-    alone = [TargetSession(lm, params) for _ in contexts]
-    for s, (ids, feats) in zip(alone, contexts):
+def _open_sessions(lm, contexts, params):
+    sessions = [TargetSession(lm, params, seed=10 + i) for i in range(len(contexts))]
+    for s, (ids, feats) in zip(sessions, contexts):
         s.open(ids, feats)
-    batched = [TargetSession(lm, params) for _ in contexts]
+    return sessions
+
+
+def _same_cache(a, b):
+    assert a.committed == b.committed and a.state.length == b.state.length
+    assert a.state.prefix_len == b.state.prefix_len and a.state.forwards == b.state.forwards
+    for la, lb in zip(_layers(a), _layers(b)):
+        ka, kb = _layer_kv(la), _layer_kv(lb)
+        assert (ka is None) == (kb is None)
+        if ka is not None:
+            torch.testing.assert_close(ka[0], kb[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(ka[1], kb[1], atol=1e-5, rtol=1e-4)
+
+
+def _assert_same(lm, contexts, params=SamplingParams()):
+    alone = _open_sessions(lm, contexts, params)
+    batched = [TargetSession(lm, params, seed=10 + i) for i in range(len(contexts))]
     open_batch(batched, contexts)
     for a, b in zip(alone, batched):
-        assert a.committed == b.committed and a.state.length == b.state.length
-        assert a.state.prefix_len == b.state.prefix_len and b.state.forwards == a.state.forwards
-        for la, lb in zip(_layers(a), _layers(b)):
-            ka, kb = _layer_kv(la), _layer_kv(lb)
-            assert (ka is None) == (kb is None)
-            if ka is not None:
-                torch.testing.assert_close(ka[0], kb[0], atol=1e-5, rtol=1e-4)
-                torch.testing.assert_close(ka[1], kb[1], atol=1e-5, rtol=1e-4)
+        _same_cache(a, b)
         block = [5, 6, 7]
         va, vb = a.verify(block, None), b.verify(block, None)
         assert (va.n_accepted, va.next_token) == (vb.n_accepted, vb.next_token)
@@ -72,32 +81,13 @@ def test_batched_open_rejects_reused_sessions(loaded_pair):
 # --- opens riding a verified batch ---------------------------------------------------------
 
 
-def _open_sessions(lm, contexts, params):
-    sessions = [TargetSession(lm, params, seed=10 + i) for i in range(len(contexts))]
-    for s, (ids, feats) in zip(sessions, contexts):
-        s.open(ids, feats)
-    return sessions
-
-
-def _same_cache(a, b):
-    assert a.committed == b.committed and a.state.length == b.state.length
-    assert a.state.prefix_len == b.state.prefix_len and a.state.forwards == b.state.forwards
-    for la, lb in zip(_layers(a), _layers(b)):
-        ka, kb = _layer_kv(la), _layer_kv(lb)
-        assert (ka is None) == (kb is None)
-        if ka is not None:
-            torch.testing.assert_close(ka[0], kb[0], atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(ka[1], kb[1], atol=1e-5, rtol=1e-4)
-
-
-def _assert_riding_equals_alone(lm, running_contexts, new_contexts, params):
+def _assert_riding_equals_alone(lm, running_contexts, new_contexts):
     """Sessions opened as extra rows of a verified batch end where open() leaves them, the
     batch's verdicts are unchanged, and both kinds verify alike afterwards."""
     from speculative.batch import KVPool, verify_batch
 
+    params = SamplingParams()  # greedy blocks: q is None
     blocks = [([5, 6, 7], None), ([9], None), ([4, 4, 8, 3], None)][: len(running_contexts)]
-    if not params.greedy:
-        pytest.skip("greedy blocks only")
     alone = _open_sessions(lm, running_contexts, params)
     verdicts_alone = [s.verify(*b) for s, b in zip(alone, blocks)]
     new_alone = _open_sessions(lm, new_contexts, params)
@@ -125,13 +115,13 @@ def test_opens_riding_a_verified_batch_text(loaded_pair):
     running = [(enc("a red circle"), None), (enc("hello"), None), (enc("two"), None)]
     # A short prompt, a one-token prompt (no prefill at all), and one longer than the blocks.
     new = [(enc("hi there"), None), (enc("x")[:1], None), (enc("the camera sees two objects on the left"), None)]
-    _assert_riding_equals_alone(target, running, new, SamplingParams())
+    _assert_riding_equals_alone(target, running, new)
 
 
 def test_opens_riding_a_verified_batch_with_vision_prefix():
     lm = load_lm(resolve_model_dir("default", "target"))
     contexts = _contexts(lm, True)
-    _assert_riding_equals_alone(lm, contexts[:2], contexts[2:], SamplingParams())
+    _assert_riding_equals_alone(lm, contexts[:2], contexts[2:])
 
 
 def test_riding_opens_are_checked_before_anything_moves(loaded_pair):

@@ -56,6 +56,7 @@ SEEN_OPENS_LIMIT = 100_000  # sealed OPENs remembered against replay (32 bytes e
 # Failures of messages that did not authenticate: their ERROR names no session, so a forger
 # cannot make a device's session end by sending garbage under its session id.
 UNAUTHENTICATED = (ErrorCode.DECRYPT_FAILED, ErrorCode.REPLAY, ErrorCode.PLAINTEXT_REFUSED, ErrorCode.WRONG_DEVICE)
+BUSY_REASON = WireError(ErrorCode.BUSY, "").reason
 
 
 @dataclass
@@ -85,17 +86,20 @@ class VerifierConfig:
 
 @dataclass
 class PendingOpen:
-    """A validated session open waiting for its (possibly batched) prefill; `reply` is its OPENED."""
+    """A validated session open waiting for its (possibly batched) prefill; `result` becomes
+    its reply (the OPENED, or an error) once the prefill is done."""
 
     session: Session
     context: list[int]
     features: np.ndarray | None
-    reply: Reply
+    down: str
+    result: Reply | None = None
+    seq = None  # an error about an open names no draft
 
-
-def _prefill_length(o: PendingOpen) -> int:
-    """Positions the open's prefill feeds: the vision prefix and all but the last context token."""
-    return (0 if o.features is None else int(o.features.shape[0])) + len(o.context) - 1
+    @property
+    def prefill_length(self) -> int:
+        """Positions the prefill feeds: the vision prefix and all but the last context token."""
+        return (0 if self.features is None else int(self.features.shape[0])) + len(self.context) - 1
 
 
 @dataclass
@@ -106,6 +110,11 @@ class PendingBlock:
     msg: DraftMsg
     q: SparseQ | None
     down: str
+    result: Reply | None = None  # its VERDICT (or an error) once verified
+
+    @property
+    def seq(self) -> int:
+        return self.msg.seq
 
 
 class VerifierCore:
@@ -119,9 +128,8 @@ class VerifierCore:
         self.topics = topics
         # Every session's KV cache lives in one pool, so a batch gathers and scatters views.
         self.pool = KVPool(lm)
-        self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
-        self.sessions = SessionTable(config.max_sessions, config.session_idle_s,
-                                     max_bytes=config.max_kv_bytes, bytes_per_token=self.kv_bytes_per_token,
+        self.sessions = SessionTable(config.max_sessions, config.session_idle_s, max_bytes=config.max_kv_bytes,
+                                     bytes_per_token=kv_bytes_per_token(lm.model.config, lm.model.dtype),
                                      on_drop=lambda s: self.pool.release(s.target),
                                      max_per_device=config.max_sessions_per_device)
         self.limiter = DeviceRateLimiter(config.device_rate, config.device_burst)
@@ -140,37 +148,39 @@ class VerifierCore:
         """Process messages that arrived together; their drafted blocks are verified in one
         batched target forward (one block per session per forward, in arrival order)."""
         # Replies keep the order of the messages (a device sees its answers in the order it
-        # sent): each message gets a slot, filled at once or when its open or block is done.
-        slots: list[Any] = []
+        # sent): each message gets a slot, its replies at once or a pending open or block
+        # whose `result` is filled when the batch's model work is done.
+        slots: list[list[Reply] | PendingOpen | PendingBlock] = []
         opens: list[PendingOpen] = []
         pending: list[PendingBlock] = []
         waiting: set[bytes] = set()  # session ids of `opens` and `pending`
-        done: dict[int, Reply] = {}
 
         def flush() -> None:
-            done.update(zip(map(id, [*opens, *pending]), self._open_and_verify(opens, pending)))
+            self._open_and_verify(opens, pending)
             opens.clear()
             pending.clear()
             waiting.clear()
 
-        for topic, payload in messages:
+        def before_dispatch(session_id: bytes | None) -> None:
             # A second message for a session with an open or a block in this batch (a QoS-1
             # duplicate, a close) must see its outcome: do what is pending first.
-            if waiting and _peek_ids(payload)[0] in waiting:
+            if session_id in waiting:
                 flush()
-            out = self._handle_one(topic, payload)
+
+        for topic, payload in messages:
+            out = self._handle_one(topic, payload, before_dispatch)
             if isinstance(out, (PendingBlock, PendingOpen)):
                 (pending if isinstance(out, PendingBlock) else opens).append(out)
                 waiting.add(out.session.session_id)
             slots.append(out)
         flush()
-        return [reply for slot in slots for reply in (slot if isinstance(slot, list) else [done[id(slot)]])]
+        return [reply for slot in slots for reply in (slot if isinstance(slot, list) else [slot.result])]
 
-    def _prefill(self, opens: list[PendingOpen]) -> list[Reply]:
+    def _prefill(self, opens: list[PendingOpen]) -> None:
         """Prefill the sessions opened in this batch (one forward when batching) and release
         their OPENED replies."""
         if not opens:
-            return []
+            return
         try:
             if self.config.batching:
                 open_batch([o.session.target for o in opens], [(o.context, o.features) for o in opens])
@@ -179,34 +189,35 @@ class VerifierCore:
                     o.session.target.open(o.context, o.features)
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("prefill failed for %d sessions", len(opens))
-            return self._failed([(o.session, o.reply[0], None) for o in opens],
-                                f"verifier failed to open this session: {type(exc).__name__}")
+            self._failed(opens, f"verifier failed to open this session: {type(exc).__name__}")
+            return
         self.stats["prefill_batches"] += 1
-        return [o.reply for o in opens]
+        for o in opens:
+            o.result = (o.down, o.session.opened_reply)
 
-    def _open_and_verify(self, opens: list[PendingOpen], pending: list["PendingBlock"]) -> list[Reply]:
-        """The replies of `opens`, then of `pending`. With batching, an open whose prefill is
+    def _open_and_verify(self, opens: list[PendingOpen], pending: list[PendingBlock]) -> None:
+        """Fill the results of `opens` and `pending`. With batching, an open whose prefill is
         no longer than the blocks' rows (a vision prefix and a short prompt) rides in their
         forward as one more row instead of costing a forward of its own."""
-        if not (self.config.batching and opens and pending):
-            return self._prefill(opens) + self._verify(pending)
-        width = max(len(p.msg.tokens) for p in pending) + 1
-        riding = [o for o in opens if _prefill_length(o) <= width]
-        alone = [o for o in opens if _prefill_length(o) > width]
-        replies = dict(zip(map(id, alone), self._prefill(alone)))
-        replies.update(zip(map(id, [*riding, *pending]), self._verify(pending, riding)))
-        return [replies[id(item)] for item in [*opens, *pending]]
+        riding: list[PendingOpen] = []
+        alone = opens
+        if self.config.batching and opens and pending:
+            width = max(len(p.msg.tokens) for p in pending) + 1
+            riding, alone = [], []
+            for o in opens:
+                (riding if o.prefill_length <= width else alone).append(o)
+        self._prefill(alone)
+        self._verify(pending, riding)
 
-    def _verify(self, pending: list["PendingBlock"], opening: list[PendingOpen] = ()) -> list[Reply]:  # type: ignore[assignment]
-        """The replies of `opening` (opened in the same forward, with batching), then of `pending`."""
+    def _verify(self, pending: list[PendingBlock], opening: list[PendingOpen]) -> None:
+        """Verify `pending` and fill their results; `opening` (with batching) are opened in
+        the same forward."""
         if not pending:
-            return []
+            return
         self.batch_sizes[len(pending)] += 1
         try:
-            if len(pending) == 1 and not opening:  # nothing to batch: the plain path has less to set up
-                p = pending[0]
-                verdicts = [p.session.target.verify(p.msg.tokens, p.q)]
-            elif self.config.batching:
+            # A single block alone takes the plain path: it has less to set up.
+            if self.config.batching and (len(pending) > 1 or opening):
                 verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
                                         pool=self.pool,
                                         opening=[(o.session.target, (o.context, o.features)) for o in opening])
@@ -214,25 +225,29 @@ class VerifierCore:
                 verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("verification failed for %d blocks and %d opens", len(pending), len(opening))
-            return self._failed([(o.session, o.reply[0], None) for o in opening]
-                                + [(p.session, p.down, p.msg.seq) for p in pending],
-                                f"verifier failed on this block: {type(exc).__name__}")
+            self._failed([*opening, *pending], f"verifier failed on this block: {type(exc).__name__}")
+            return
         if opening:
             self.stats["opens_in_verify_batches"] += len(opening)
-        return [o.reply for o in opening] + [(p.down, self._settle(p.session, p.msg, v)) for p, v in zip(pending, verdicts)]
+        for o in opening:
+            o.result = (o.down, o.session.opened_reply)
+        for p, v in zip(pending, verdicts):
+            p.result = (p.down, self._settle(p.session, p.msg, v))
 
-    def _failed(self, items: list[tuple[Session, str, int | None]], message: str) -> list[Reply]:
-        """An INTERNAL error for each (session, downlink, seq) whose model work failed; the
+    def _failed(self, items: "list[PendingOpen | PendingBlock]", message: str) -> None:
+        """An INTERNAL error as the result of each open or block whose model work failed; the
         sessions are dropped (their caches may be inconsistent now)."""
         err = WireError(ErrorCode.INTERNAL, message)
-        out = []
-        for session, down, seq in items:
+        for item in items:
+            session = item.session
             self._count(err)
             self.sessions.remove(session.session_id)
-            out.append((down, self._wrap(session, ErrorMsg(session.session_id, seq, int(err.code), str(err)))))
-        return out
+            item.result = (item.down, self._wrap(session, ErrorMsg(session.session_id, item.seq, int(err.code), str(err))))
 
-    def _handle_one(self, topic: str, payload: bytes) -> "list[Reply] | PendingBlock | PendingOpen":
+    def _handle_one(self, topic: str, payload: bytes,
+                    before_dispatch=None) -> "list[Reply] | PendingBlock | PendingOpen":
+        """One message: its replies, or the open or block it adds to the batch.
+        `before_dispatch(session_id)` runs once the message is decoded, before it touches a session."""
         try:
             uplink = self.topics.parse_uplink(topic)
         except WireError as err:
@@ -241,14 +256,18 @@ class VerifierCore:
         session: Session | None = None
         allowed, tell = self.limiter.admit(uplink.device_id)
         if not allowed:
+            if not tell:  # a flood: count it and build nothing
+                self.rejected[BUSY_REASON] += 1
+                return []
             err = WireError(ErrorCode.BUSY, f"more than {self.config.device_rate:g} messages per second from "
                             f"{uplink.device_id}: dropped (told at most once a second)")
             self._count(err)
             # No session id: the drop must not end a session (the device's timeout re-sends).
-            return [(self.topics.down(uplink.device_id), encode(ErrorMsg(None, None, int(err.code), str(err))))] \
-                if tell else []
+            return [(self.topics.down(uplink.device_id), encode(ErrorMsg(None, None, int(err.code), str(err))))]
         try:
             msg = decode(payload, self.config.limits)
+            if before_dispatch is not None:
+                before_dispatch(getattr(msg, "session_id", None))
             if uplink.kind == "open":
                 if isinstance(msg, SealedOpen):
                     return self._sealed_open(uplink.device_id, topic, msg)
@@ -266,7 +285,8 @@ class VerifierCore:
                 existing = self.sessions.get(msg.session_id)
                 if existing is not None and existing.cipher is not None:
                     raise WireError(ErrorCode.PLAINTEXT_REFUSED, "this session is encrypted; plaintext refused")
-                return self._draft(uplink, msg) if isinstance(msg, DraftMsg) else self._close(uplink, msg)
+                return self._draft(uplink, msg, existing) if isinstance(msg, DraftMsg) \
+                    else self._close(uplink, msg, existing)
             raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {msg.type.name} messages")
         except WireError as err:
             self._count(err)
@@ -332,9 +352,9 @@ class VerifierCore:
                 return [(self.topics.down(uplink.device_id), session.last_reply)]
             raise WireError(ErrorCode.REPLAY, f"envelope seq {msg.seq} was already received")
         if isinstance(inner, DraftMsg):
-            return self._draft(uplink, inner)
+            return self._draft(uplink, inner, session)
         if isinstance(inner, Close):
-            return self._close(uplink, inner)
+            return self._close(uplink, inner, session)
         raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {inner.type.name} messages")
 
     def _open(self, device_id: str, msg: SessionOpen, cipher: Any = None) -> "list[Reply] | PendingOpen":
@@ -385,10 +405,10 @@ class VerifierCore:
         self.stats["encrypted_sessions" if cipher is not None else "plaintext_sessions"] += 1
         session.opened_reply = self._wrap(session, Opened(session.session_id, self.config.verifier_id,
                                                            session.committed_len))
-        return PendingOpen(session, context, features, (self.topics.down(device_id), session.opened_reply))
+        return PendingOpen(session, context, features, self.topics.down(device_id))
 
-    def _draft(self, uplink: Uplink, msg: DraftMsg) -> "list[Reply] | PendingBlock":
-        session = self.sessions.get(msg.session_id)
+    def _draft(self, uplink: Uplink, msg: DraftMsg, session: Session | None) -> "list[Reply] | PendingBlock":
+        """`session`: the table's entry for msg.session_id, looked up by the caller."""
         down = self.topics.down(uplink.device_id)
         if session is None:
             self.stats["resyncs"] += 1
@@ -427,8 +447,7 @@ class VerifierCore:
         self.stats["drafted_tokens"] += len(msg.tokens)
         return reply
 
-    def _close(self, uplink: Uplink, msg: Close) -> list[Reply]:
-        session = self.sessions.get(msg.session_id)
+    def _close(self, uplink: Uplink, msg: Close, session: Session | None) -> list[Reply]:
         if session is not None and session.device_id == uplink.device_id:
             self.sessions.remove(msg.session_id)
             self.stats["closed"] += 1
@@ -488,7 +507,7 @@ class VerifierCore:
             session_id, seq = None, None
         msg = ErrorMsg(session_id, seq, int(err.code), str(err)[:400])
         if session is not None and session.device_id == device_id and session.cipher is not None \
-                and err.code not in (ErrorCode.DECRYPT_FAILED, ErrorCode.REPLAY, ErrorCode.WRONG_DEVICE):
+                and err.code not in UNAUTHENTICATED:
             return self.topics.down(device_id), self._wrap(session, msg)
         return self.topics.down(device_id), encode(msg)
 

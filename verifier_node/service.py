@@ -15,7 +15,9 @@ import time
 
 import aiomqtt
 
-from edgespec.mqtt import BusyPoll, ClientAuth, make_client, publish_nowait, read_waiting, routing_queue
+from edgespec import mqtt
+from edgespec.mqtt import (BusyPoll, ClientAuth, make_client, publish_nowait, read_waiting, reconnect_delay,
+                          routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -120,44 +122,44 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
             await asyncio.sleep(STATS_INTERVAL_S)
             core.sessions.expire()
             stats = json.dumps(stats_snapshot(core)).encode()
-            publish(f"{topics.prefix}/verifier/{vid}/stats", stats)
+            publish(topics.verifier_stats(vid), stats)
 
     poller = BusyPoll(busy_poll_s)
-
-    async def receive(source) -> None:
-        async for _ in source.messages:  # messages go to `route`; this ends when the connection drops
-            pass
 
     async def verify_batches() -> None:
         # A batch is what is queued when the first message is taken plus what arrives within
         # `batch_window_s`, at most `max_batch` messages. With a single session there is no
         # one to wait for, so the window applies only while the verifier holds several.
+        # When the window is over, what already reached the sockets joins the batch too.
         loop = asyncio.get_running_loop()
         while True:
             batch = [await inbox.get()]
             window = batch_window_s if len(core.sessions) > 1 else 0.0
             deadline = loop.time() + window
+            read_sockets = True  # once per batch
             while len(batch) < max_batch:
-                if inbox.empty() and max_batch > 1:
-                    read_waiting(client)  # what already reached the socket joins this batch
-                    read_waiting(opens)
                 if not inbox.empty():
                     batch.append(inbox.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining > 0:
+                    try:
+                        batch.append(await asyncio.wait_for(inbox.get(), remaining))
+                        continue
+                    except asyncio.TimeoutError:
+                        pass
+                if not read_sockets:
                     break
-                try:
-                    batch.append(await asyncio.wait_for(inbox.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
+                read_sockets = False
+                read_waiting(client)
+                read_waiting(opens)
             for topic, reply in core.handle_batch(batch):
                 publish(topic, reply)
             poller.kick()
             await asyncio.sleep(0)  # let the replies go out and new messages come in
 
-    tasks = [asyncio.create_task(receive(client), name="receive"),
-             asyncio.create_task(receive(opens), name="receive-opens"),
+    tasks = [asyncio.create_task(until_disconnected(client), name="receive"),  # messages go to `route`
+             asyncio.create_task(until_disconnected(opens), name="receive-opens"),
              asyncio.create_task(verify_batches(), name="verify"),
              asyncio.create_task(housekeeping(), name="housekeeping"),
              asyncio.create_task(poller.run(), name="busy-poll")]
@@ -172,14 +174,14 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
         for task in tasks:
             task.cancel()
         try:  # final stats, then the clean goodbye
-            await client.publish(f"{topics.prefix}/verifier/{vid}/stats",
+            await client.publish(topics.verifier_stats(vid),
                                  json.dumps({**stats_snapshot(core), "final": True}).encode(), qos=1)
             await client.publish(status_topic, OFFLINE, qos=1, retain=True)
         except aiomqtt.MqttError:
             pass
 
 
-RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+RECONNECT_BACKOFF_S = mqtt.RECONNECT_BACKOFF_S
 
 
 async def serve_reconnecting(core: VerifierCore, broker_url: str, *, stop: asyncio.Event,
@@ -188,17 +190,15 @@ async def serve_reconnecting(core: VerifierCore, broker_url: str, *, stop: async
     caches) live in `core` and survive the reconnect; devices that lost a reply re-open.
     The first connection is tried `first_attempts` times (so a wrong URL fails fast)."""
     attempt = 0
-    ever_connected = False
-    ready = kwargs.pop("ready", None) or asyncio.Event()
+    ready = kwargs.pop("ready", None) or asyncio.Event()  # set once the first connection is up
     while not stop.is_set():
         try:
             await serve(core, broker_url, ready=ready, stop=stop, **kwargs)
         except aiomqtt.MqttError as exc:
-            ever_connected = ever_connected or ready.is_set()
-            if not ever_connected and first_attempts is not None and attempt + 1 >= first_attempts:
+            if not ready.is_set() and first_attempts is not None and attempt + 1 >= first_attempts:
                 raise
             log.warning("broker connection lost (%s); reconnecting", exc)
-            await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
+            await asyncio.sleep(reconnect_delay(attempt, RECONNECT_BACKOFF_S))
             attempt += 1
             continue
         attempt = 0

@@ -59,7 +59,7 @@ The package's modules:
 from __future__ import annotations
 
 from .contract import (
-    RESYNC, OPENED, VERDICT, NO_REPLY, DROPPED, SPOOFED, NON_REJECTIONS, R, KNOWN_BUG_KINDS, reason,
+    RESYNC, OPENED, VERDICT, NO_REPLY, DROPPED, SPOOFED, NON_REJECTIONS, KNOWN_BUG_KINDS, reason,
     Attack, Captured, FuzzContext, Identity, peek_session_id, predict,
 )
 from .attacks import (
@@ -78,15 +78,15 @@ from .campaign import (
     run_local,
 )
 from .system import (
-    REPO, DeviceRecord, reference_outputs, device_loop, read_rss_kb, RssWatch, StatsFeed,
+    REPO, DeviceRecord, device_loop, read_rss_kb, RssWatch, StatsFeed,
     SelfStarted,
 )
-from .run import STATS_INTERVAL_S, run_mqtt
+from .run import run_mqtt
 from .report import build_report, print_report
 from .cli import cmd_fuzz, register, main
 
 __all__ = [
-    "RESYNC", "OPENED", "VERDICT", "NO_REPLY", "DROPPED", "SPOOFED", "NON_REJECTIONS", "R",
+    "RESYNC", "OPENED", "VERDICT", "NO_REPLY", "DROPPED", "SPOOFED", "NON_REJECTIONS",
     "KNOWN_BUG_KINDS", "reason", "Attack", "Captured", "FuzzContext", "Identity", "peek_session_id",
     "predict", "pack", "fields_of", "valid_open", "templates", "UPLINK_TYPES", "WRONG_TYPES",
     "OUT_OF_RANGE", "Gen", "gen_random_bytes", "gen_truncated", "gen_bitflip_plain",
@@ -97,6 +97,6 @@ __all__ = [
     "STATEFUL_KINDS", "CAPS", "Budget", "Tally", "Attacker", "Transport", "MqttTransport",
     "LocalBus", "OwnSession", "SessionAttacker", "CHUNK", "send_by_topic", "stateless_attacker",
     "FuzzConfig", "fuzz_context", "identities", "attack", "run_local", "REPO", "DeviceRecord",
-    "reference_outputs", "device_loop", "read_rss_kb", "RssWatch", "StatsFeed", "SelfStarted",
-    "STATS_INTERVAL_S", "run_mqtt", "build_report", "print_report", "cmd_fuzz", "register", "main",
+    "device_loop", "read_rss_kb", "RssWatch", "StatsFeed", "SelfStarted",
+    "run_mqtt", "build_report", "print_report", "cmd_fuzz", "register", "main",
 ]

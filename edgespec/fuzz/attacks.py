@@ -9,6 +9,7 @@ import struct
 from typing import Any, Callable
 
 import msgpack
+import numpy as np
 
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Features, Opened, Resync, Sealed, SealedOpen, SessionOpen,
@@ -48,7 +49,7 @@ def templates(ctx: FuzzContext, rng: random.Random) -> dict[str, tuple[list[Any]
     sid = rng.randbytes(16)
     k = rng.randint(1, 4)
     ids = [[rng.randrange(ctx.vocab), rng.randrange(ctx.vocab)] for _ in range(k)]
-    q = SparseQWire(2, struct.pack(f"<{2 * k}I", *sum(ids, [])), struct.pack(f"<{2 * k}H", *([3, 1] * k)))
+    q = SparseQWire.from_arrays(np.array(ids), np.array([[3, 1]] * k))
     features = None
     if ctx.feature_shape is not None:
         features = Features("float16", ctx.feature_shape, bytes(2 * math.prod(ctx.feature_shape)))
@@ -266,8 +267,8 @@ def gen_sealed_open_tamper(ctx, me, rng):
         eph = rng.randbytes(32)
     elif how == "relabel_sid":
         sid = rng.randbytes(16)
-    code = ErrorCode.DECRYPT_FAILED if me.provisioned else ErrorCode.UNKNOWN_DEVICE
-    return Attack("sealed_open_tamper", topic, encode(SealedOpen(sid, kid, eph, ct)), _exp(reason(code)), note=how)
+    return Attack("sealed_open_tamper", topic, encode(SealedOpen(sid, kid, eph, ct)),
+                  _exp(reason(me.sealed_open_refusal)), note=how)
 
 
 def gen_sealed_open_semantic(ctx, me, rng):
@@ -338,9 +339,8 @@ def gen_replay_captured(ctx, me, rng):
     if cap.is_open:
         # Its session held: fails to authenticate as this device's (or this device is unknown);
         # its session over: a verifier that remembers sealed OPENs calls it a replay first.
-        code = ErrorCode.DECRYPT_FAILED if me.provisioned else ErrorCode.UNKNOWN_DEVICE
         return Attack("replay_captured", ctx.topics.open(me.device_id), cap.payload,
-                      _exp(reason(code), reason(ErrorCode.REPLAY)), note="open")
+                      _exp(reason(me.sealed_open_refusal), reason(ErrorCode.REPLAY)), note="open")
     # Held by its device: wrong device; finished: resync; squatted by this attacker: decrypt failed.
     return Attack("replay_captured", ctx.topics.session_up(me.device_id, ctx.verifier_id), cap.payload,
                   _exp(reason(ErrorCode.WRONG_DEVICE), RESYNC, reason(ErrorCode.DECRYPT_FAILED)), note="sealed")

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas import ErrorCode, Topics
+from schemas import Topics
 
 from .attacks import CAPS, STATEFUL_KINDS, STATELESS, _topic
-from .contract import Attack, FuzzContext, Identity, _exp, reason
+from .contract import Attack, FuzzContext, Identity, fence
 from .sessions import SessionAttacker
-from .tally import Attacker, Budget, Tally
+from .tally import Attacker, Budget, Tally, counter_delta
 from .transport import LocalBus
 
 
@@ -59,8 +59,7 @@ async def stateless_attacker(att: Attacker, ctx: FuzzContext, rng: random.Random
             chunk = []
     await send_by_topic(att, chunk)
     # A last payload that must be answered: once its ERROR is back, all before it were handled.
-    await att.send(Attack("fence", _topic(ctx, att.ident, "up"), b"\xc1", _exp(reason(ErrorCode.MALFORMED)),
-                          scaffold=True))
+    await att.send(fence(_topic(ctx, att.ident, "up")))
 
 
 @dataclass
@@ -165,9 +164,4 @@ async def run_local(core: Any, ctx: FuzzContext, cfg: FuzzConfig, stateless: lis
     for att in attackers + session_attackers:
         bus.listeners[att.down] = att.on_message
     await attack(ctx, cfg, attackers, session_attackers, tally, kinds, time.monotonic() + cfg.time_limit_s)
-    counted = Counter(core.rejected)
-    counted.subtract(before)
-    counted = Counter({k: v for k, v in counted.items() if v})
-    expected = Counter(tally.observed)
-    expected.update(tally.counted_silently)
-    return {"tally": tally, "counted": counted, "expected": expected}
+    return {"tally": tally, "counted": counter_delta(before, core.rejected), "expected": tally.expected()}

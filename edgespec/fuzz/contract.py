@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from schemas import Close, DraftMsg, ErrorCode, Sealed, SealedOpen, SessionOpen, Topics, WireError, decode
+from schemas import Close, DraftMsg, ErrorCode, ErrorMsg, Sealed, SealedOpen, SessionOpen, Topics, WireError, decode
 from schemas.messages import DEFAULT_LIMITS
 
 
@@ -21,14 +21,22 @@ NO_REPLY = "no_reply"  # handled, answered to nobody (a CLOSE; a bad topic, coun
 DROPPED = "dropped"  # never reached the verifier (the broker's ACL, or no subscription matches)
 SPOOFED = "spoofed"  # published on a victim's topic: the answer goes to the victim
 NON_REJECTIONS = {RESYNC, OPENED, VERDICT, NO_REPLY, DROPPED, SPOOFED}
-R = {code: code.name.lower() for code in ErrorCode}  # ErrorCode -> counter key
 
 # Kinds whose contract outcome the verifier does not give today (see the report's findings).
 KNOWN_BUG_KINDS: tuple[str, ...] = ()  # all found so far are fixed (tests/test_fuzz.py pins them)
 
 
 def reason(code: ErrorCode) -> str:
-    return R[code]
+    """ErrorCode -> counter key."""
+    return code.name.lower()
+
+
+def error_outcome(msg: ErrorMsg) -> str:
+    """The outcome of an ERROR reply: its code's counter key, or `code_<n>` for an unknown code."""
+    try:
+        return reason(ErrorCode(msg.code))
+    except ValueError:
+        return f"code_{msg.code}"
 
 
 # ====================================================================== attacks
@@ -52,6 +60,12 @@ class Attack:
 
 def _exp(*outcomes: str) -> frozenset[str]:
     return frozenset(outcomes)
+
+
+def fence(topic: str, kind: str = "fence") -> Attack:
+    """A malformed payload that must be answered: once its ERROR is back, all before it on
+    `topic` were handled."""
+    return Attack(kind, topic, b"\xc1", _exp(reason(ErrorCode.MALFORMED)), scaffold=True)
 
 
 @dataclass
@@ -83,8 +97,8 @@ class FuzzContext:
     limits: Any = DEFAULT_LIMITS
 
     def subscriptions(self) -> tuple[str, ...]:
-        p = self.topics.prefix
-        return (f"{p}/dev/+/up/open", f"{p}/dev/+/up/v/{self.verifier_id}")
+        # Not Topics.session_subscription: that validates the verifier id, which this never did.
+        return self.topics.open_subscription(share_group=None), f"{self.topics.prefix}/dev/+/up/v/{self.verifier_id}"
 
     def verifier_receives(self, topic: str) -> bool:
         from paho.mqtt.client import topic_matches_sub
@@ -119,6 +133,11 @@ class Identity:
     def provisioned(self) -> bool:
         return self.keys is not None
 
+    @property
+    def sealed_open_refusal(self) -> ErrorCode:
+        """Why the verifier refuses a sealed OPEN from this device that does not authenticate."""
+        return ErrorCode.DECRYPT_FAILED if self.provisioned else ErrorCode.UNKNOWN_DEVICE
+
 
 # ---------------------------------------------------------------------- prediction
 
@@ -149,7 +168,7 @@ def predict(ctx: FuzzContext, me: Identity, kind: str, topic: str, payload: byte
         return Attack(kind, topic, payload, _exp(reason(ErrorCode.INTERNAL)), note=f"decoder raised {exc!r}")
     if uplink.kind == "open":
         if isinstance(msg, SealedOpen):
-            code = ErrorCode.DECRYPT_FAILED if me.provisioned else ErrorCode.UNKNOWN_DEVICE
+            code = me.sealed_open_refusal
         elif isinstance(msg, SessionOpen):
             code = ErrorCode.PLAINTEXT_REFUSED
         else:

@@ -7,25 +7,22 @@ from collections import Counter
 from .campaign import FuzzConfig
 from .contract import NON_REJECTIONS
 from .system import DeviceRecord
-from .tally import Tally
+from .tally import Tally, counter_delta
 
 
 def _stats_delta(before: dict | None, after: dict | None, key: str) -> Counter:
     if after is None:
         return Counter()
-    delta = Counter(after.get(key, {}))
-    delta.subtract(Counter((before or {}).get(key, {})))
-    return Counter({k: v for k, v in delta.items() if v})
+    return counter_delta((before or {}).get(key, {}), after.get(key, {}))
 
 
 def build_report(cfg: FuzzConfig, kinds: set[str], tally: Tally, baseline: dict | None, final: dict | None,
                  records: list[DeviceRecord], rss: dict, *, alive: bool, attack_s: float, spoof_seen: Counter,
-                 verifier_log: list[str], tracebacks: int, queue_drops: int | None, acl: bool, own: bool, target: str,
+                 verifier_log: list[str], tracebacks: int, queue_drops: int | None, acl: bool, target: str,
                  draft: str) -> dict:
     counted = _stats_delta(baseline, final, "rejected")
     stats = _stats_delta(baseline, final, "stats")
-    expected = Counter(tally.observed)
-    expected.update(tally.counted_silently)
+    expected = tally.expected()
     expected.update(spoof_seen)
     reasons = sorted(set(expected) | set(counted))
     rows = [{"reason": r, "attack_replies": tally.observed.get(r, 0), "silent": tally.counted_silently.get(r, 0),

@@ -16,13 +16,11 @@ from schemas import ErrorCode, ErrorMsg, Sealed, SealedOpen, Topics, decode
 
 from .attacks import _topic
 from .campaign import FuzzConfig, attack, fuzz_context, identities
-from .contract import Attack, Captured, _exp, reason
+from .contract import Captured, error_outcome, fence, reason
 from .report import build_report
-from .system import DeviceRecord, RssWatch, SelfStarted, StatsFeed, device_loop, reference_outputs
+from .system import DeviceRecord, RssWatch, SelfStarted, StatsFeed, device_loop
 from .tally import Attacker, Tally
 from .transport import MqttTransport
-
-STATS_INTERVAL_S = 5.0  # verifier_node.service publishes stats this often
 
 
 async def run_mqtt(cfg: FuzzConfig) -> dict:
@@ -31,8 +29,9 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
     from security.channel import DeviceKeys
     from security.dev_identity import default_home, ensure_dev_identity
     from speculative.models import load_lm
+    from verifier_node.service import STATS_INTERVAL_S
 
-    from ..bench import TEXT_PROMPTS
+    from ..bench import TEXT_PROMPTS, hf_generate, text_cases
 
     set_threads(cfg.threads)
     kinds = cfg.selected()
@@ -40,8 +39,9 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
     deadline = started + cfg.time_limit_s
     target_dir, draft_dir = resolve_model_dir(cfg.target_model, "target"), resolve_model_dir(cfg.draft_model, "draft")
     target, draft = load_lm(target_dir), load_lm(draft_dir)
-    prompts = [draft.encode(p) for p in TEXT_PROMPTS]
-    refs = reference_outputs(target, prompts, cfg.max_new_tokens)
+    cases = text_cases(draft, len(TEXT_PROMPTS))
+    prompts = [c.prompt_ids for c in cases]
+    refs = [hf_generate(target, c, cfg.max_new_tokens)[0] for c in cases]  # the target alone, greedy
 
     work = Path(tempfile.mkdtemp(prefix="edgespec-fuzz-"))
     own = cfg.broker is None
@@ -84,8 +84,6 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
         from contextlib import AsyncExitStack
 
         async with AsyncExitStack() as stack:
-            stats_user, rec_user = ("fuzz-operator", "fuzz-recorder") if acl else (None, None)
-
             def record_uplink(topic: str, payload: bytes) -> None:
                 try:
                     msg = decode(payload)
@@ -102,17 +100,14 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
                 except Exception:
                     return
                 if isinstance(msg, ErrorMsg):
-                    try:
-                        spoof_seen[reason(ErrorCode(msg.code))] += 1
-                    except ValueError:
-                        spoof_seen[f"code_{msg.code}"] += 1
+                    spoof_seen[error_outcome(msg)] += 1
 
             suffix = secrets.token_hex(3)
             await stack.enter_async_context(MqttTransport(
-                url, f"fuzz-stats-{suffix}", auth(stats_user) if stats_user else ClientAuth(),
+                url, f"fuzz-stats-{suffix}", auth("fuzz-operator"),
                 [f"{topics.prefix}/verifier/{cfg.verifier_id}/stats"], stats.on_message))
             await stack.enter_async_context(MqttTransport(
-                url, f"fuzz-recorder-{suffix}", auth(rec_user) if rec_user else ClientAuth(),
+                url, f"fuzz-recorder-{suffix}", auth("fuzz-recorder"),
                 [f"{topics.prefix}/dev/+/up/#"], record_uplink))
             if cfg.spoof:
                 await stack.enter_async_context(MqttTransport(
@@ -121,8 +116,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
             attackers, session_attackers = [], []
             for ident in stateless_ids + session_ids:
                 box: dict[str, Attacker] = {}
-                transport = MqttTransport(url, f"fuzz-{ident.device_id}-{suffix}",
-                                          auth(ident.device_id) if acl else ClientAuth(),
+                transport = MqttTransport(url, f"fuzz-{ident.device_id}-{suffix}", auth(ident.device_id),
                                           [topics.down(ident.device_id)],
                                           lambda _t, p, box=box: box["a"].on_message(p))
                 att = Attacker(ident, ctx, transport, tally, cfg.window if ident in stateless_ids else 1)
@@ -131,7 +125,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
                 (attackers if ident in stateless_ids else session_attackers).append(att)
 
             device_tasks = [asyncio.create_task(device_loop(
-                i, url, d, device_keys[d], auth(d) if acl else ClientAuth(), draft, prompts, refs, cfg, attack_over,
+                i, url, d, device_keys[d], auth(d), draft, prompts, refs, cfg, attack_over,
                 warm[i], records[i]), name=f"device-{d}") for i, d in enumerate(device_ids)]
             try:
                 await asyncio.wait_for(asyncio.gather(*(w.wait() for w in warm)), 120)
@@ -148,8 +142,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
                 task.cancel()
             probe_ok = False
             if attackers:  # still answering: a last malformed payload gets its ERROR back
-                out, _ = await attackers[0].request(Attack("probe", _topic(ctx, attackers[0].ident, "up"), b"\xc1",
-                                                           _exp(reason(ErrorCode.MALFORMED)), scaffold=True))
+                out, _ = await attackers[0].request(fence(_topic(ctx, attackers[0].ident, "up"), kind="probe"))
                 probe_ok = out == reason(ErrorCode.MALFORMED)
             final = await stats.next_after(time.monotonic(), STATS_INTERVAL_S * 2 + 2)
             rss.mark("after")
@@ -158,7 +151,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
                                   attack_s=attack_s, spoof_seen=spoof_seen,
                                   verifier_log=(list(system.log)[-20:] if system else []),
                                   tracebacks=system.tracebacks if system else 0,
-                                  queue_drops=system.queue_drops if system else None, acl=acl, own=own,
+                                  queue_drops=system.queue_drops if system else None, acl=acl,
                                   target=str(target_dir), draft=str(draft_dir))
     finally:
         rss.stop()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, Sealed, SparseQWire, VerdictMsg, WireError, decode,
@@ -17,8 +18,13 @@ from schemas import (
 from schemas.messages import PROTOCOL_VERSION
 
 from .attacks import _seal_open, _tokens, fields_of, pack, valid_open
-from .contract import NO_REPLY, OPENED, RESYNC, VERDICT, Attack, Captured, FuzzContext, _exp, reason
+from .contract import NO_REPLY, OPENED, RESYNC, VERDICT, Attack, Captured, FuzzContext, _exp, fence, reason
 from .tally import Attacker, Budget
+
+
+# A SessionAttacker's actions and the attack kind that enables each.
+_ACTION_KINDS = {"tamper": "session_tamper", "replay": "session_replay", "inner": "session_inner",
+                 "plaintext": "session_plaintext"}
 
 
 @dataclass
@@ -42,8 +48,7 @@ def _q_for(tokens: list[int], ctx: FuzzContext, rng: random.Random, contains: bo
     False, two other ids, so the token has probability 0)."""
     v = ctx.vocab
     rows = [[t if contains else (t + 1) % v, (t + 2 + rng.randrange(v - 2)) % v] for t in tokens]
-    k = len(tokens)
-    return SparseQWire(2, struct.pack(f"<{2 * k}I", *sum(rows, [])), struct.pack(f"<{2 * k}H", *([3, 1] * k)))
+    return SparseQWire.from_arrays(np.array(rows), np.array([[3, 1]] * len(tokens)))
 
 
 class SessionAttacker:
@@ -61,7 +66,7 @@ class SessionAttacker:
             if s is None:
                 break
             await self.drive(s, deadline)
-        await self.att.send(Attack("fence", self.up, b"\xc1", _exp(reason(ErrorCode.MALFORMED)), scaffold=True))
+        await self.att.send(fence(self.up))
 
     async def open_session(self) -> OwnSession | None:
         sampled = self.rng.random() < 0.4
@@ -113,8 +118,7 @@ class SessionAttacker:
             close = self._seal(s, encode(Close(s.sid, "done")))
             await self.att.send(Attack("session_close", self.up, close, _exp(NO_REPLY), reply=False, scaffold=True))
             # The CLOSE has no answer: a fence on the same topic tells when it was handled.
-            await self.att.request(Attack("fence", self.up, b"\xc1", _exp(reason(ErrorCode.MALFORMED)),
-                                          scaffold=True))
+            await self.att.request(fence(self.up))
         if "replay_open_after_close" in self.kinds and self.budget.take():
             # The recorded sealed OPEN of a finished session, replayed on its own topic: a replay
             # must change nothing (issue 4), so it may not open the session again.
@@ -123,8 +127,7 @@ class SessionAttacker:
                                           cipher=s.cipher, new_session=True))
 
     def _enabled(self, action) -> bool:
-        return {"tamper": "session_tamper", "replay": "session_replay", "inner": "session_inner",
-                "plaintext": "session_plaintext"}[action.__name__] in self.kinds
+        return _ACTION_KINDS[action.__name__] in self.kinds
 
     async def tamper(self, s: OwnSession) -> None:
         """A sealed draft that must fail authentication; it changes no state."""
@@ -134,14 +137,11 @@ class SessionAttacker:
                                "wrong_direction", "relabel_sid"])
         inner = encode(self._draft(s))
         seq = s.cipher.next_seq
-        if how == "wrong_key":
+        if how in ("wrong_key", "wrong_direction"):
+            key, direction = ((os.urandom(32), Direction.UPLINK) if how == "wrong_key"
+                              else (s.cipher.keys.downlink, Direction.DOWNLINK))
             s.cipher.next_seq += 1
-            ct = seal(os.urandom(32), direction=Direction.UPLINK, seq=seq,
-                      aad=build_aad(PROTOCOL_VERSION, self.up, self.me.device_id, s.sid, seq), plaintext=inner)
-            msg = Sealed(s.sid, seq, ct)
-        elif how == "wrong_direction":
-            s.cipher.next_seq += 1
-            ct = seal(s.cipher.keys.downlink, direction=Direction.DOWNLINK, seq=seq,
+            ct = seal(key, direction=direction, seq=seq,
                       aad=build_aad(PROTOCOL_VERSION, self.up, self.me.device_id, s.sid, seq), plaintext=inner)
             msg = Sealed(s.sid, seq, ct)
         elif how == "wrong_topic":
@@ -202,10 +202,9 @@ class SessionAttacker:
         if how == "vocab":
             inner = encode(self._draft(s, tokens=[*tokens, ctx.vocab + rng.randrange(100)], q=None))
         elif how == "q_vocab":
-            q = _q_for(tokens, ctx, rng)
-            ids = list(struct.unpack(f"<{2 * len(tokens)}I", q.ids))
-            ids[1] = ctx.vocab + rng.randrange(100)
-            inner = encode(self._draft(s, tokens=tokens, q=SparseQWire(2, struct.pack(f"<{len(ids)}I", *ids), q.weights)))
+            ids, weights = _q_for(tokens, ctx, rng).arrays(len(tokens))
+            ids[0, 1] = ctx.vocab + rng.randrange(100)
+            inner = encode(self._draft(s, tokens=tokens, q=SparseQWire.from_arrays(ids, weights)))
         elif how == "q_zero_prob":
             inner = encode(self._draft(s, tokens=tokens, q=_q_for(tokens, ctx, rng, contains=False)))
         elif how == "q_bad_len":

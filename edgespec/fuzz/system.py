@@ -1,5 +1,5 @@
-"""The system under test and what watches it: the well-behaved devices and their reference
-outputs, the verifier's memory and stats, and the broker and verifier this command starts."""
+"""The system under test and what watches it: the well-behaved devices, the verifier's memory
+and stats, and the broker and verifier this command starts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import getpass
 import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -19,9 +18,8 @@ from typing import Any
 
 from schemas import Topics
 
+from ..config import REPO
 from .campaign import FuzzConfig
-
-REPO = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
@@ -36,18 +34,10 @@ class DeviceRecord:
     resyncs: int = 0
     errors: list[str] = field(default_factory=list)
 
-
-def reference_outputs(target: Any, prompts: list[list[int]], n: int) -> list[list[int]]:
-    """The target alone, greedy, through Hugging Face `generate`."""
-    import torch
-
-    refs = []
-    with torch.inference_mode():
-        for ids in prompts:
-            out = target.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                        do_sample=False, max_new_tokens=n)
-            refs.append(out[0, len(ids):].tolist())
-    return refs
+    def note(self, error: str) -> None:
+        """Keep the first ten errors."""
+        if len(self.errors) < 10:
+            self.errors.append(error)
 
 
 async def device_loop(index: int, url: str, dev_id: str, keys: Any, auth: Any, draft: Any, prompts: list[list[int]],
@@ -56,22 +46,20 @@ async def device_loop(index: int, url: str, dev_id: str, keys: Any, auth: Any, d
     from camera_node.link import EdgeLink
     from camera_node.session import EdgeRequest, run_edge_session
 
-    i = index
     while True:
         try:
             async with EdgeLink(url, dev_id, keys=keys, auth=auth, timeout_s=cfg.device_timeout_s) as link:
                 while True:
                     after = attack_over.is_set()
-                    k = i % len(prompts)
-                    i += 1
+                    k = index % len(prompts)
+                    index += 1
                     try:
                         out = await run_edge_session(link, draft, EdgeRequest(prompts[k], None, gamma=cfg.gamma,
                                                                               max_new_tokens=cfg.max_new_tokens))
                     except Exception as exc:  # a lost session is the finding; keep generating
                         rec.failed += 1
                         rec.failed_after_attack += after
-                        if len(rec.errors) < 10:
-                            rec.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                        rec.note(f"{type(exc).__name__}: {exc}"[:300])
                         if after:
                             return
                         continue
@@ -82,16 +70,14 @@ async def device_loop(index: int, url: str, dev_id: str, keys: Any, auth: Any, d
                         rec.exact += 1
                     else:
                         rec.mismatched += 1
-                        if len(rec.errors) < 10:
-                            rec.errors.append(f"prompt {k}: got {out.result.token_ids} want {refs[k]}")
+                        rec.note(f"prompt {k}: got {out.result.token_ids} want {refs[k]}")
                     warm.set()
                     if after:
                         rec.after_attack_ok += 1
                         return
         except Exception as exc:  # the link itself broke: count it and reconnect
             rec.failed += 1
-            if len(rec.errors) < 10:
-                rec.errors.append(f"link: {type(exc).__name__}: {exc}"[:300])
+            rec.note(f"link: {type(exc).__name__}: {exc}"[:300])
             if attack_over.is_set():
                 rec.failed_after_attack += 1
                 return
@@ -121,7 +107,7 @@ class RssWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            kb = read_rss_kb(self.pid) if self.pid else None
+            kb = read_rss_kb(self.pid)  # the thread runs only with a pid (start)
             if kb is not None:
                 self.samples.append((time.monotonic(), kb))
             self._stop.wait(self.interval_s)
@@ -194,7 +180,7 @@ class SelfStarted:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.broker.port}"
+        return self.broker.url
 
     def auth(self, user: str):
         from edgespec.mqtt import ClientAuth
@@ -239,13 +225,14 @@ class SelfStarted:
             raise RuntimeError("the verifier did not start:\n" + "\n".join(self.log))
 
     def _acl_config(self) -> Path:
-        from security.mosquitto_files import AclPolicy, ensure_password_file, render_acl, set_password
+        from security.mosquitto_files import (AclPolicy, ensure_password_file, generate_password, render_acl,
+                                              set_password)
 
         p, vid = Topics().prefix, self.cfg.verifier_id
         pw_file, acl_file = self.work / "passwd", self.work / "acl"
         ensure_password_file(pw_file)
         for name in [vid, "fuzz-recorder", "fuzz-operator", *self.names]:
-            self.passwords[name] = secrets.token_urlsafe(18)
+            self.passwords[name] = generate_password(18)
             set_password(pw_file, name, self.passwords[name])
         acl = render_acl(AclPolicy(prefix=p, verifiers=(vid,)))
         status = f"topic write {p}/verifier/{vid}/status\n"

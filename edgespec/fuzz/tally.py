@@ -6,15 +6,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import Close, ErrorCode, ErrorMsg, Opened, Resync, Sealed, VerdictMsg, WireError, decode, encode
+from schemas import Close, ErrorMsg, Opened, Resync, Sealed, VerdictMsg, WireError, decode, encode
 
 from .contract import (
     DROPPED, NO_REPLY, NON_REJECTIONS, OPENED, RESYNC, SPOOFED, VERDICT, Attack, FuzzContext, Identity, _exp,
-    peek_session_id, reason,
+    error_outcome, peek_session_id,
 )
+
+
+def counter_delta(before: Mapping, after: Mapping) -> Counter:
+    """`after - before` key by key, keeping only the keys that changed (negative ones too)."""
+    delta = Counter(after)
+    delta.subtract(Counter(before))
+    return Counter({k: v for k, v in delta.items() if v})
 from .transport import Transport
 
 
@@ -46,6 +54,13 @@ class Tally:
     undecodable: int = 0
     missing: int = 0
     spoofed: int = 0
+
+    def expected(self) -> Counter:
+        """The rejections the verifier should have counted: every rejection reply, and the bad
+        topics it counts without one."""
+        expected = Counter(self.observed)
+        expected.update(self.counted_silently)
+        return expected
 
     def record(self, attack: Attack, outcome: str, detail: str = "") -> None:
         self.outcomes.setdefault(attack.kind, Counter())[outcome] += 1
@@ -128,9 +143,8 @@ class Attacker:
         except WireError as err:
             return "undecodable", None, str(err)
         if isinstance(msg, Sealed):
-            cipher = attack.cipher or self.ciphers.get(msg.session_id)
-            if cipher is None or cipher.session_id != msg.session_id:
-                cipher = self.ciphers.get(msg.session_id)
+            cipher = attack.cipher if attack.cipher and attack.cipher.session_id == msg.session_id \
+                else self.ciphers.get(msg.session_id)
             if cipher is None:
                 return "undecodable", None, "sealed reply for a session this sender holds no key for"
             try:
@@ -139,10 +153,7 @@ class Attacker:
             except WireError as err:
                 return "undecodable", None, f"sealed reply: {err}"
         if isinstance(msg, ErrorMsg):
-            try:
-                return reason(ErrorCode(msg.code)), msg, msg.message
-            except ValueError:
-                return f"code_{msg.code}", msg, msg.message
+            return error_outcome(msg), msg, msg.message
         if isinstance(msg, Resync):
             return RESYNC, msg, msg.reason
         if isinstance(msg, Opened):

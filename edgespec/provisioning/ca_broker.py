@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives import hashes
 from security import ca as ca_mod
 from security.keys import write_secret_file
 from security.mosquitto_files import (DEFAULT_PREFIX, AclPolicy, BrokerFiles,
-                                      ensure_password_file, generate_password,
+                                      ensure_password_file, generate_password, locked,
                                       read_password_file, remove_user, set_password,
                                       write_acl_file, write_prod_config)
 
 from .common import (BROKER_SETTINGS, CONFIG_FILE, CREDENTIALS_DIR, DEFAULT_DASHBOARDS,
                      DEFAULT_PORTS, DEFAULT_VERIFIERS, ISSUED_INDEX, ProvisioningError,
-                     _command, _file_lock, _load_ca, _read_pid, _reload, _say, _write_json)
+                     _command, _load_ca, _read_pid, _reload, _say, _write_json)
 from .state import BrokerSettings, _load_index, _save_index, _write_crl
 
 # ---------------------------------------------------------------- ca
@@ -70,7 +70,7 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
         _save_index(d, [])
         made = (f"new CA in {d}" + (": certificates signed by the old CA no longer verify; "
                                     "re-flash --cert devices" if exists else ""))
-    with _file_lock(d / ISSUED_INDEX):
+    with locked(d / ISSUED_INDEX):
         if not (d / "ca.crl").exists() or not exists or args.force:
             _write_crl(authority, _load_index(d), d / "ca.crl")
     if _server_cert_ok(authority, d, set(dns) | set(ips) if explicit else None):
@@ -92,7 +92,7 @@ def cmd_ca_crl(args: argparse.Namespace) -> int:
     paths = [d / "ca.crl"]
     if args.broker_dir:
         paths.append(BrokerFiles.in_dir(args.broker_dir).crlfile)
-    with _file_lock(d / ISSUED_INDEX):
+    with locked(d / ISSUED_INDEX):
         count = _write_crl(authority, _load_index(d), *paths)
     _say(f"reissued the CRL ({count} revoked, valid {ca_mod.CRL_DAYS} days) in "
          f"{', '.join(map(str, dict.fromkeys(paths)))}", _reload(pid))
@@ -158,16 +158,14 @@ def cmd_broker_files_init(args: argparse.Namespace) -> int:
         (creds / f"{name}.password").unlink(missing_ok=True)
 
     write_acl_file(files.acl_file, policy)
-    with _file_lock(ca_dir / ISSUED_INDEX):
+    with locked(ca_dir / ISSUED_INDEX):
         if not files.crlfile.exists():
             _write_crl(authority, _load_index(ca_dir), files.crlfile)
     files.persistence_dir.mkdir(exist_ok=True)
+    ports = {name: getattr(args, name) or (getattr(old, name) if old else default)
+             for name, default in DEFAULT_PORTS.items()}
     settings = BrokerSettings(
-        policy=policy, ca_dir=ca_dir,
-        mqtts_port=args.mqtts_port or (old.mqtts_port if old else DEFAULT_PORTS["mqtts_port"]),
-        client_cert_port=args.client_cert_port or (old.client_cert_port if old
-                                                   else DEFAULT_PORTS["client_cert_port"]),
-        wss_port=args.wss_port or (old.wss_port if old else DEFAULT_PORTS["wss_port"]),
+        policy=policy, ca_dir=ca_dir, **ports,
         bind=args.bind if args.bind is not None else (old.bind if old else None),
         user=args.user or (old.user if old else getpass.getuser()))
     write_prod_config(d / CONFIG_FILE, files, mqtts_port=settings.mqtts_port,

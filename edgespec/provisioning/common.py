@@ -5,14 +5,12 @@ helpers, Mosquitto reload (SIGHUP) and the command plumbing that turns expected 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +38,6 @@ class ProvisioningError(ValueError):
 
 
 # ---------------------------------------------------------------- small file helpers
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:

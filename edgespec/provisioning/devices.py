@@ -16,8 +16,34 @@ from security.registry import FleetRegistry
 
 from .common import (ISSUED_INDEX, ProvisioningError, _command, _home, _load_ca, _read_pid,
                      _reload, _say)
-from .state import (IssuedRecord, _active_certs, _broker_settings, _refuse_service_name,
-                    _revoke_certs)
+from .state import (BrokerSettings, IssuedRecord, _active_certs, _broker_settings,
+                    _refuse_service_name, _revoke_certs)
+
+# ---------------------------------------------------------------- shared setup
+
+
+def _broker_folder(args: argparse.Namespace,
+                   device_id: str) -> tuple[Path | None, BrokerSettings | None]:
+    """--broker-dir and its settings; refuses a device id that is one of its service names."""
+    broker_dir = Path(args.broker_dir).resolve() if args.broker_dir else None
+    settings = _broker_settings(broker_dir) if broker_dir else None
+    _refuse_service_name(device_id, settings)
+    return broker_dir, settings
+
+
+def _ca_and_files(args: argparse.Namespace, broker_dir: Path | None,
+                  settings: BrokerSettings | None) -> tuple[Path | None, BrokerFiles | None]:
+    """The CA folder (--ca-dir, else the broker folder's) and the broker's files."""
+    ca_dir = (Path(args.ca_dir).resolve() if args.ca_dir
+              else settings.ca_dir if settings else None)
+    files = BrokerFiles.in_dir(broker_dir) if broker_dir else None
+    return ca_dir, files
+
+
+def _crl_paths(files: BrokerFiles | None, ca_dir: Path | None) -> tuple[Path, ...]:
+    """Where a new CRL goes: the broker's copy, then the CA folder's."""
+    return ((files.crlfile,) if files else ()) + ((ca_dir / "ca.crl",) if ca_dir else ())
+
 
 # ---------------------------------------------------------------- flash
 
@@ -26,17 +52,13 @@ from .state import (IssuedRecord, _active_certs, _broker_settings, _refuse_servi
 def cmd_flash(args: argparse.Namespace) -> int:
     device_id = validate_device_id(args.device_id)
     out = Path(args.out)
-    broker_dir = Path(args.broker_dir).resolve() if args.broker_dir else None
-    settings = _broker_settings(broker_dir) if broker_dir else None
-    _refuse_service_name(device_id, settings)
+    broker_dir, settings = _broker_folder(args, device_id)
     prefix = args.prefix or (settings.policy.prefix if settings else DEFAULT_PREFIX)
     validate_topic_prefix(prefix)
     if settings is not None and prefix != settings.policy.prefix:
         raise ProvisioningError(f"--prefix {prefix!r} differs from the broker's ACL prefix "
                                 f"{settings.policy.prefix!r}: the device could not use its topics")
-    ca_dir = (Path(args.ca_dir).resolve() if args.ca_dir
-              else settings.ca_dir if settings else None)
-    files = BrokerFiles.in_dir(broker_dir) if broker_dir else None
+    ca_dir, files = _ca_and_files(args, broker_dir, settings)
     registry = FleetRegistry(_home(args))
     ring = registry.verifier_keys()
     pid = _read_pid(args.pid, args.pid_file)
@@ -82,7 +104,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
         cert_key_pem=issued.key_pem if issued else None).save(out)
     registry.add(device_id, keypair.public)
 
-    crl_paths = ((files.crlfile,) if files else ()) + ((ca_dir / "ca.crl",) if ca_dir else ())
+    crl_paths = _crl_paths(files, ca_dir)
     revoked: list[int] = []
     if issued is not None:
         assert ca_dir is not None
@@ -126,12 +148,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
 @_command("revoke")
 def cmd_revoke(args: argparse.Namespace) -> int:
     device_id = validate_device_id(args.device_id)
-    broker_dir = Path(args.broker_dir).resolve() if args.broker_dir else None
-    settings = _broker_settings(broker_dir) if broker_dir else None
-    _refuse_service_name(device_id, settings)
-    ca_dir = (Path(args.ca_dir).resolve() if args.ca_dir
-              else settings.ca_dir if settings else None)
-    files = BrokerFiles.in_dir(broker_dir) if broker_dir else None
+    broker_dir, settings = _broker_folder(args, device_id)
+    ca_dir, files = _ca_and_files(args, broker_dir, settings)
     registry = FleetRegistry(_home(args))
     pid = _read_pid(args.pid, args.pid_file)
 
@@ -139,8 +157,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if files is not None and remove_user(files.password_file, device_id):
         done.append("password entry removed")
     if ca_dir is not None and _active_certs(ca_dir, device_id):
-        crl_paths = (files.crlfile, ca_dir / "ca.crl") if files else (ca_dir / "ca.crl",)
-        serials = _revoke_certs(ca_dir, device_id, crl_paths=crl_paths)
+        serials = _revoke_certs(ca_dir, device_id, crl_paths=_crl_paths(files, ca_dir))
         done.append(f"certificate serial(s) {', '.join(f'{s:x}' for s in serials)} on the CRL")
     if registry.remove(device_id):
         done.append(f"public key removed from {registry.home}")

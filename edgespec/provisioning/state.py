@@ -11,10 +11,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from security import ca as ca_mod
-from security.mosquitto_files import AclPolicy, atomic_write_text
+from security.mosquitto_files import AclPolicy, atomic_write_text, locked
 
-from .common import (BROKER_SETTINGS, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError, _file_lock,
-                     _load_ca, _read_json, _write_json)
+from .common import (BROKER_SETTINGS, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError, _load_ca,
+                     _read_json, _write_json)
 
 # ---------------------------------------------------------------- issued certificates and CRL
 
@@ -73,7 +73,7 @@ def _revoke_certs(ca_dir: Path, device_id: str, *, keep_serial: int | None = Non
     """Mark `device_id`'s active certificates revoked (except `keep_serial`), record `add`, and
     rewrite the CRL when anything was revoked. Returns the serials revoked now."""
     index = ca_dir / ISSUED_INDEX
-    with _file_lock(index):
+    with locked(index):
         records = _load_index(ca_dir)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         revoked: list[int] = []
