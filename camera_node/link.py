@@ -215,7 +215,9 @@ class EdgeLink:
             except aiomqtt.MqttError:
                 if attempt:
                     raise
-                self._connected.clear()  # the reader notices too and reconnects
+                # A lost connection is the reader's to notice (it clears `_connected` and
+                # reconnects, and the retry waits for that); a PUBACK that timed out on a live
+                # one is simply retried.
                 await asyncio.sleep(RECONNECT_BACKOFF_S[0])
         raise AssertionError("unreachable")
 

@@ -64,6 +64,32 @@ def test_read_waiting_takes_everything_already_in_the_socket(mosquitto):
     assert payloads == [str(i).encode() for i in range(40)]
 
 
+@pytest.mark.broker
+def test_a_failed_publish_on_a_live_connection_is_retried_and_leaves_the_link_up(mosquitto):
+    """An MqttError from one publish (a PUBACK that timed out) while the connection stays up:
+    the publish is retried, and the link still counts as connected for the next one."""
+
+    async def main():
+        async with EdgeLink(mosquitto.url, "retry-cam", topics=Topics("retry/v1"), keys=dev_keys("retry-cam"),
+                            timeout_s=5, reconnect_s=2) as link:
+            real = link._client.publish
+            calls = []
+
+            async def flaky(*args, **kwargs):
+                calls.append(args[0])
+                if len(calls) == 1:
+                    raise aiomqtt.MqttError("Operation timed out")
+                return await real(*args, **kwargs)
+
+            link._client.publish = flaky
+            await link.publish("retry/v1/x", b"a")
+            assert link._connected.is_set()
+            await link.publish("retry/v1/x", b"b")  # no wait for a reconnect that never comes
+            return list(calls)  # (leaving publishes the OFFLINE status too)
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == ["retry/v1/x"] * 3
+
+
 class _Drafter:
     def __init__(self):
         self.forwards = 0
