@@ -8,12 +8,14 @@ replies are dropped by sequence number in `SessionChannel.exchange`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 
 import aiomqtt
 
-from edgespec.mqtt import RECONNECT_BACKOFF_S, ClientAuth, make_client, reconnect_delay, routing_queue, until_disconnected
+from edgespec.mqtt import (RECONNECT_BACKOFF_S, ClientAuth, make_client, publish_now, reconnect_delay, routing_queue,
+                           until_disconnected)
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
     WireError,
@@ -109,6 +111,7 @@ class EdgeLink:
         self._channels: dict[bytes, "SessionChannel"] = {}
         self._reader: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()  # publishes not waited for (see `send`)
+        self._unacked: collections.deque = collections.deque()  # paho infos of messages `send` wrote
         self.rejected_downlink = 0
 
     async def _connect(self) -> None:
@@ -128,6 +131,12 @@ class EdgeLink:
             _, unsent = await asyncio.wait(set(self._sending), timeout=self.timeout_s)
             for task in unsent:  # the broker stayed away: give up on them
                 task.cancel()
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while self._connected.is_set() and self._unacked and asyncio.get_running_loop().time() < deadline:
+            if self._unacked[0].is_published():
+                self._unacked.popleft()
+            else:
+                await asyncio.sleep(0.001)  # its PUBACK is on the way
         if self._reader is not None:
             self._reader.cancel()
         if self._connected.is_set():
@@ -224,7 +233,17 @@ class EdgeLink:
     def send(self, topic: str, payload: bytes) -> int:
         """Publish (QoS 1) without waiting for the broker's PUBACK: for messages whose answer
         is awaited anyway (a reply proves delivery, and a lost one is handled by its timeout
-        and re-open), and for the CLOSE. The link waits for these before it disconnects."""
+        and re-open), and for the CLOSE. The link waits for these before it disconnects.
+
+        On a live connection the message is on the socket when this returns, so the draft
+        forwards that follow do not hold it back; otherwise a task waits for the reconnect."""
+        if self._connected.is_set():
+            info = publish_now(self._client, topic, payload)
+            if info is not None:
+                while self._unacked and self._unacked[0].is_published():
+                    self._unacked.popleft()
+                self._unacked.append(info)
+                return publish_size(topic, payload)
         task = asyncio.ensure_future(self.publish(topic, payload))
         self._sending.add(task)
         task.add_done_callback(self._sent)
@@ -370,16 +389,27 @@ class SessionChannel:
         """Send a draft block and wait for its verdict (or a RESYNC)."""
         assert self.verifier_id is not None, "wait_opened() first"
         await self._send_msg(self.link.topics.session_up(self.link.device_id, self.verifier_id), draft)
+        return await self._verdict(draft.seq)
+
+    async def open_with_block(self, msg: SessionOpen) -> VerdictMsg | Resync:
+        """Send an OPEN that carries the first block (`msg.first_block`) and wait for its
+        OPENED and then the block's verdict (seq 0)."""
+        assert msg.first_block is not None
+        await self.send_open(msg)
+        await self.wait_opened()
+        return await self._verdict(0)
+
+    async def _verdict(self, seq: int) -> VerdictMsg | Resync:
         while True:
-            msg = await self._next(f"draft seq {draft.seq}")
+            msg = await self._next(f"draft seq {seq}")
             if isinstance(msg, VerdictMsg):
-                if msg.seq == draft.seq:
+                if msg.seq == seq:
                     return msg
                 continue  # a duplicate or stale verdict
             if isinstance(msg, Resync):
                 return msg
             if isinstance(msg, ErrorMsg):
-                if msg.seq is None or msg.seq == draft.seq:
+                if msg.seq is None or msg.seq == seq:
                     raise VerifierRejected(msg)
                 continue
 

@@ -5,7 +5,6 @@ speculative.loop.EdgeGeneration; this module only moves its blocks and verdicts 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import time
@@ -40,6 +39,8 @@ class EdgeRequest:
     q_top: int = DEFAULT_Q_TOP
     stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
     draft_ahead: bool = True  # draft the next block while this one is verified (see docs/benchmarks.md)
+    block_in_open: bool = True  # the OPEN carries the first block: one round trip and one forward fewer
+    busy_poll_s: float = 0.02  # poll the socket this long for a verdict before sleeping (see exchange_drafting_ahead)
 
 
 @dataclass
@@ -79,31 +80,34 @@ def q_to_wire(block: DraftBlock) -> SparseQWire | None:
     return SparseQWire.from_arrays(block.q.ids.numpy(), block.q.weights.numpy())
 
 
-_AHEAD_THREAD: concurrent.futures.ThreadPoolExecutor | None = None
+async def exchange_drafting_ahead(channel, message: DraftMsg | SessionOpen, edge: EdgeGeneration | None,
+                                  busy_poll_s: float = 0.0):
+    """Send a block (a DRAFT, or an OPEN carrying the first one) and wait for its verdict;
+    meanwhile draft the next block a forward at a time (`edge`; None: only wait).
 
-
-def on_draft_thread(fn) -> asyncio.Future:
-    """Run `fn()` (draft model work) on the process's one drafting thread."""
-    global _AHEAD_THREAD
-    if _AHEAD_THREAD is None:
-        _AHEAD_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="draft-ahead")
-    return asyncio.get_running_loop().run_in_executor(_AHEAD_THREAD, fn)
-
-
-async def exchange_drafting_ahead(channel, draft: DraftMsg, edge: EdgeGeneration | None):
-    """Send a block and, until its verdict arrives, draft the next one a forward at a time.
-
-    The forwards run on a worker thread (torch releases the GIL inside its kernels), so the
-    event loop keeps moving messages meanwhile: the draft leaves at once and the verdict is
-    taken as soon as it lands; then the step in progress (one draft forward, ~1 ms) finishes
-    before the verdict is applied. `edge` None: plain request/response.
+    Everything runs on the event loop's thread, which yields between forwards: the message is
+    on the socket before the first forward, and a verdict that lands during one is taken when
+    it ends (~1 ms). With nothing left to draft the loop keeps polling its socket for
+    `busy_poll_s` before it sleeps in the kernel: on the development VM a process that slept
+    runs its next forward about twice as slow (`edgespec bench` measures it), so a device that
+    can spare the CPU answers its verdicts sooner. 0 sleeps at once (battery-powered devices,
+    and simulated fleets sharing a machine with their verifier).
     """
-    reply = asyncio.ensure_future(channel.exchange(draft))
-    while edge is not None and not reply.done():
-        step = on_draft_thread(edge.draft_ahead_step)
-        await asyncio.wait((reply, step), return_when=asyncio.FIRST_COMPLETED)
-        if not await step:  # the drafter is used by one thread at a time
+    reply = asyncio.ensure_future(channel.open_with_block(message) if isinstance(message, SessionOpen)
+                                  else channel.exchange(message))
+    await asyncio.sleep(0)  # the task sends the message now, before any forward
+    stepping = edge is not None
+    poll_until = time.perf_counter() + busy_poll_s
+    while not reply.done():
+        if stepping:
+            stepping = edge.draft_ahead_step()
+            poll_until = time.perf_counter() + busy_poll_s
+        elif time.perf_counter() >= poll_until:
+            await asyncio.wait((reply,))
             break
+        else:
+            os.sched_yield()
+        await asyncio.sleep(0)
     return await reply
 
 
@@ -141,9 +145,6 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     )
     resyncs = 0
     try:
-        # 1. Open; the draft's prefill and first block (on the worker thread, so the event loop
-        # sends the OPEN meanwhile) overlap the verifier's prefill.
-        await channel.send_open(open_msg)
         drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
 
@@ -151,18 +152,29 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             drafter.start(list(req.prompt_ids), features)
             return None if edge.done else edge.next_block()
 
-        block = await on_draft_thread(prepare)
-        resyncs += await wait_opened_retrying(channel, open_msg)
+        carried = req.block_in_open
+        if carried:
+            # 1. Draft the first block and send it in the OPEN: the verifier prefills and
+            # verifies it in one forward, and its verdict follows the OPENED.
+            block = prepare()
+            carried = block is not None
+        if not carried:
+            # 1'. Open (the OPEN is on the socket when send_open returns); the draft's prefill
+            # and first block overlap the verifier's.
+            await channel.send_open(open_msg)
+            block = prepare()
+            resyncs += await wait_opened_retrying(channel, open_msg)
         seq = 0
         round_seconds: list[float] = []
         while not edge.done:
-            # 2. Draft a block (the first was drafted while the session opened) and send it
-            # with its exact q.
+            # 2. Draft a block (the first was drafted before or while the session opened) and
+            # send it with its exact q.
             if block is None:
-                # With drafting ahead, every draft forward runs on the worker thread, so two
-                # sessions of one process never run the draft model at the same time.
-                block = await on_draft_thread(edge.next_block) if req.draft_ahead else edge.next_block()
+                block = edge.next_block()
             draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
+            first: SessionOpen | None = None
+            if carried and seq == 0:
+                first = replace(open_msg, first_block=list(block.tokens), first_q=draft.q)
             sent_at = time.perf_counter()
             reopen = False
             for attempt in range(MAX_REOPENS_PER_ROUND + 1):
@@ -172,10 +184,13 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
                         # context on the pool, then resend the same block.
                         await channel.reopen(replace(open_msg, generated_ids=list(edge.generated)))
                     ahead = req.draft_ahead and edge.ahead_worthwhile
-                    reply = await exchange_drafting_ahead(channel, draft, edge if ahead else None)
+                    message = first if first is not None and not reopen else draft
+                    reply = await exchange_drafting_ahead(channel, message, edge if ahead else None, req.busy_poll_s)
                 except VerifierTimeout as exc:  # the verifier died, went silent, or the link dropped
                     if attempt == MAX_REOPENS_PER_ROUND:
                         raise
+                    if channel.verifier_id is None and not isinstance(exc, VerifierLost):
+                        raise  # no verifier ever answered the open: say so now
                     log.warning("%s; re-opening the session on the pool", exc)
                     reply = Resync(session_id, str(exc))
                 if not isinstance(reply, Resync):
@@ -192,7 +207,9 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     finally:
         await channel.close()
     result = edge.result
-    result.target_forwards = result.rounds + (1 if len(req.prompt_ids) > 1 or wire is not None else 0)
+    # Verified alone, an OPEN needs a prefill forward unless it carried the first block (or
+    # has nothing to prefill: one token, no features).
+    result.target_forwards = result.rounds + (0 if carried or (len(req.prompt_ids) == 1 and wire is None) else 1)
     result.seconds = time.perf_counter() - started
     return EdgeOutcome(
         session_id=session_id,

@@ -75,7 +75,8 @@ async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs
                 c = (i + j * args.devices) % len(cases)
                 drafter = RecordedDrafter(references[c], lm.vocab_size, args.acceptance, seed=i * 1000 + j)
                 req = EdgeRequest(cases[c].prompt_ids, cases[c].features, gamma=args.gamma,
-                                  max_new_tokens=args.tokens, draft_ahead=False)
+                                  max_new_tokens=args.tokens, draft_ahead=False, busy_poll_s=0.0,
+                                  block_in_open=not args.no_block_in_open)
                 done.append((c, await run_edge_session(link, lm, req, drafter=drafter)))
             return done
 
@@ -190,6 +191,8 @@ def register(sub) -> None:
     p.add_argument("--busy-poll-ms", type=float, default=0.0,
                    help="the verifiers' busy polling (off here: under load it only adds spinning to their CPU time)")
     p.add_argument("--distinct", type=int, default=16, help="distinct scenes among the devices")
+    p.add_argument("--no-block-in-open", action="store_true",
+                   help="devices send the first block after OPENED instead of in the OPEN")
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")
     p.add_argument("--json", metavar="FILE")

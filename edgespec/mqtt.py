@@ -113,15 +113,38 @@ def make_client(
     )
 
 
-def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1) -> bool:
-    """Queue a PUBLISH on the client's paho connection and return at once: no asyncio task
-    and no PUBACK future per message, which is most of what `await client.publish` costs a
-    verifier answering hundreds of blocks a second. paho still retransmits it (QoS 1) and
-    writes it on the next loop turn. False when the connection is down.
+def publish_now(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1):
+    """Publish on the client's paho connection and write the packet to the socket at once.
+
+    No asyncio task and no PUBACK future per message, which is most of what `await
+    client.publish` costs a verifier answering hundreds of blocks a second; and no wait for
+    the event loop's next turn, which would hold a message back for as long as the node's
+    next computation takes (a verifier's next batch, a device's next draft forward). paho
+    still retransmits it (QoS 1); a write the socket cannot take yet stays queued for the loop.
+    Returns paho's MQTTMessageInfo (`is_published()` once the broker acknowledged it), or None
+    when the connection is down.
 
     aiomqtt has no public call for this, so it uses the paho client aiomqtt keeps (`_client`,
     present throughout aiomqtt 2.x, which pyproject pins)."""
-    return client._client.publish(topic, payload, qos).rc == 0  # noqa: SLF001
+    paho = client._client  # noqa: SLF001
+    info = paho.publish(topic, payload, qos)
+    if info.rc != 0:
+        return None
+    sock = paho.socket()
+    paho.loop_write()
+    if sock is not None and not paho.want_write():
+        # aiomqtt adds its write callback through call_soon_threadsafe, so it would arrive
+        # after the write above emptied paho's queue, and then run on every loop turn (paho
+        # thinks no callback is set and never removes it). Callbacks run in order: drop it
+        # right after it is added, unless something was queued meanwhile.
+        loop = asyncio.get_running_loop()
+
+        def drop_write_callback() -> None:
+            if not paho.want_write() and sock.fileno() >= 0:
+                loop.remove_writer(sock.fileno())
+
+        loop.call_soon(drop_write_callback)
+    return info
 
 
 def read_waiting(client: aiomqtt.Client, max_reads: int = 256) -> None:
@@ -131,7 +154,7 @@ def read_waiting(client: aiomqtt.Client, max_reads: int = 256) -> None:
     aiomqtt reads a socket only when the event loop gets round to its read callback, and paho
     reads a bounded number of packets there; a verifier that just spent 15 ms in a batched
     forward has many blocks waiting in the kernel, and this puts them all in the next batch
-    instead of a window's worth. Uses the paho client aiomqtt keeps, as `publish_nowait` does.
+    instead of a window's worth. Uses the paho client aiomqtt keeps, as `publish_now` does.
     """
     paho = client._client  # noqa: SLF001
     for _ in range(max_reads):

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import sys
 
-from edgespec.mqtt import BusyPoll, make_client, publish_nowait, routing_queue, until_disconnected
+from edgespec.mqtt import BusyPoll, make_client, publish_now, routing_queue, until_disconnected
 from schemas import DraftMsg, Opened, Sealed, SealedOpen, SessionOpen, Topics, VerdictMsg, WireError, decode, encode
 
 VERIFIER_ID = "null"
@@ -71,7 +71,7 @@ async def serve_null(broker_url: str, prefix: str, busy_poll_s: float = 0.02) ->
             except (WireError, KeyError, AttributeError):
                 continue
             if out is not None:
-                publish_nowait(client, *out)
+                publish_now(client, *out)
             poller.kick()
         polling.cancel()
 

@@ -117,7 +117,17 @@ class SessionOpen:
     stop_token_ids: list[int] = field(default_factory=list)
     tokenizer_fp: bytes = b"\0" * FINGERPRINT_BYTES
     generated_ids: list[int] = field(default_factory=list)  # non-empty when resuming (RESYNC)
+    # The session's first drafted block (seq 0), verified in the prefill's forward and answered
+    # with OPENED then its VERDICT; None: the OPEN carries no block (drafts follow OPENED).
+    first_block: list[int] | None = None
+    first_q: SparseQWire | None = None
     type = MsgType.OPEN
+
+    def first_draft(self) -> "DraftMsg | None":
+        """The first block as the DRAFT it stands for (seq 0, from the whole context)."""
+        if self.first_block is None:
+            return None
+        return DraftMsg(self.session_id, 0, len(self.prompt_ids) + len(self.generated_ids), self.first_block, self.first_q)
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
         m.session_id, list(m.prompt_ids), _features_out(m.features), float(m.temperature), m.top_k,
         float(m.top_p), m.seed, m.gamma, m.q_top, m.max_new_tokens, list(m.stop_token_ids),
         m.tokenizer_fp, list(m.generated_ids),
+        None if m.first_block is None else list(m.first_block), _q_out(m.first_q),
     ],
     Opened: lambda m: [m.session_id, m.verifier_id, m.committed_len],
     DraftMsg: lambda m: [m.session_id, m.seq, m.committed_len, list(m.tokens), _q_out(m.q)],
@@ -343,28 +354,32 @@ def _features_in(f: _Fields, index: int) -> Features | None:
     return Features(dtype, tuple(shape), data)
 
 
-def _q_in(f: _Fields, index: int, k: int) -> SparseQWire | None:
-    raw = f.get(index, "q", None)
+def _q_in(f: _Fields, index: int, k: int, name: str = "q") -> SparseQWire | None:
+    raw = f.get(index, name, None)
     if raw is None:
         return None
     if not (isinstance(raw, list) and len(raw) == 3):
-        raise f._bad("q", "must be [top, ids, weights] or nil")
+        raise f._bad(name, "must be [top, ids, weights] or nil")
     top, ids, weights = raw
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= f.limits.max_q_top:
-        raise f._bad("q", f"top must be in [1, {f.limits.max_q_top}]", ErrorCode.OUT_OF_RANGE)
+        raise f._bad(name, f"top must be in [1, {f.limits.max_q_top}]", ErrorCode.OUT_OF_RANGE)
     if not (isinstance(ids, bytes) and isinstance(weights, bytes)):
-        raise f._bad("q", "ids and weights must be bytes")
+        raise f._bad(name, "ids and weights must be bytes")
     if len(ids) != 4 * k * top or len(weights) != 2 * k * top:
-        raise f._bad("q", f"needs {4 * k * top} id bytes and {2 * k * top} weight bytes for k={k}, top={top}")
+        raise f._bad(name, f"needs {4 * k * top} id bytes and {2 * k * top} weight bytes for k={k}, top={top}")
     q = SparseQWire(top, ids, weights)
     _, w = q.arrays(k)
     if k and (w.sum(axis=1) == 0).any():
-        raise f._bad("q", "has a row whose weights are all zero", ErrorCode.OUT_OF_RANGE)
+        raise f._bad(name, "has a row whose weights are all zero", ErrorCode.OUT_OF_RANGE)
     return q
 
 
 def _decode_open(f: _Fields) -> SessionOpen:
     lim = f.limits
+    first = None if f.get(15, "first_block", None) is None else f.tokens(15, "first_block", lim.max_gamma)
+    first_q = _q_in(f, 16, len(first), "first_q") if first is not None else None
+    if first is None and f.get(16, "first_q", None) is not None:
+        raise f._bad("first_q", "needs a first_block")
     return SessionOpen(
         session_id=f.bytes(2, "session_id", SESSION_ID_BYTES),
         prompt_ids=f.tokens(3, "prompt_ids", lim.max_prompt_tokens),
@@ -379,6 +394,8 @@ def _decode_open(f: _Fields) -> SessionOpen:
         stop_token_ids=f.tokens(12, "stop_token_ids", lim.max_stop_tokens),
         tokenizer_fp=f.bytes(13, "tokenizer_fp", FINGERPRINT_BYTES),
         generated_ids=f.tokens(14, "generated_ids", lim.max_new_tokens, default=[]),
+        first_block=first,
+        first_q=first_q,
     )
 
 

@@ -150,11 +150,13 @@ def run_local(
     drafter = Drafter(draft, sampling, seed=seed, q_top=q_top)
     drafter.start(prompt_ids, features)
     verifier = TargetSession(target, sampling, seed=seed)
-    verifier.open(prompt_ids, features)
     edge = EdgeGeneration(drafter, prompt_ids, gamma, StopRule(max_new_tokens, stops))
     while not edge.done:
         block = edge.next_block()
-        verdict = verifier.verify(block.tokens, block.q)
+        if edge.result.rounds:
+            verdict = verifier.verify(block.tokens, block.q)
+        else:  # the first block is verified in the prefill's forward, as an OPEN carrying it is
+            verdict = verifier.open_and_verify(prompt_ids, features, block.tokens, block.q)
         edge.apply(verdict.n_accepted, verdict.next_token)
     edge.result.target_forwards = verifier.forwards
     edge.result.seconds = time.perf_counter() - started

@@ -174,26 +174,32 @@ class CachedLM:
         """Cache positions held (vision prefix included)."""
         return int(self.cache.get_seq_length())
 
-    def _forward(self, *, logits: bool = True, **inputs: Any) -> torch.Tensor | None:
+    def _forward(self, *, logits: bool = True, last: int = 0, **inputs: Any) -> torch.Tensor | None:
         """One forward into the cache; its logits [n, V] (float32, on the CPU, where sampling
-        and verification run: [n, V] is small), or None when only the cache is wanted."""
+        and verification run: [n, V] is small), only the `last` positions' when `last` > 0,
+        or None when only the cache is wanted."""
         inputs[self.lm.cache_kwarg] = self.cache
-        if not logits and self.lm.logits_to_keep:
-            inputs["logits_to_keep"] = 1  # the output head over one position, not n
+        keep = last if logits else 1  # the output head over the positions wanted, not n
+        if keep and self.lm.logits_to_keep:
+            inputs["logits_to_keep"] = keep
         out = self.lm.model(use_cache=True, **inputs)
         self.forwards += 1
-        return out.logits[0].float().cpu() if logits else None
+        if not logits:
+            return None
+        rows = out.logits[0]
+        return (rows[-last:] if last else rows).float().cpu()
 
     @torch.inference_mode()
     def prefill(self, token_ids: list[int], features: np.ndarray | None = None, *,
-                logits: bool = True) -> torch.Tensor | None:
-        """Feed the vision prefix (if any) and `token_ids`; returns logits [n, V], or None when
-        there is nothing to feed or `logits` is False."""
+                logits: bool = True, last: int = 0) -> torch.Tensor | None:
+        """Feed the vision prefix (if any) and `token_ids`; returns logits [n, V] (the `last`
+        positions' when `last` > 0), or None when there is nothing to feed or `logits` is False."""
         if features is None:
             if not token_ids:
                 return None
-            return self._forward(input_ids=torch.tensor([token_ids], device=self._device), logits=logits)
-        return self._forward(inputs_embeds=self.prefill_embeddings(token_ids, features)[None], logits=logits)
+            return self._forward(input_ids=torch.tensor([token_ids], device=self._device), logits=logits, last=last)
+        return self._forward(inputs_embeds=self.prefill_embeddings(token_ids, features)[None], logits=logits,
+                             last=last)
 
     @torch.inference_mode()
     def prefill_embeddings(self, token_ids: list[int], features: np.ndarray | None) -> torch.Tensor:

@@ -47,6 +47,18 @@ class TargetSession:
             return None
         return self.state.prefill_embeddings(prompt_ids[:-1], features)
 
+    def open_and_verify(self, prompt_ids: list[int], features: np.ndarray | None, tokens: list[int],
+                        q: SparseQ | None) -> Verdict:
+        """`open(prompt_ids, features)` then `verify(tokens, q)` in one forward: the prefill's
+        positions and the block's k+1 run together, and the logits of the last k+1 judge it."""
+        if not prompt_ids:
+            raise ValueError("a session needs at least one prompt token")
+        logits = self.state.prefill([*prompt_ids, *tokens], features, last=len(tokens) + 1)
+        self.committed = list(prompt_ids)
+        verdict = self.judge(logits, tokens, q)
+        self.settle(tokens, verdict)
+        return verdict
+
     def block_logits(self, tokens: list[int]) -> torch.Tensor:
         """Target logits [k+1, V] for the drafts; leaves them in the cache (see `settle`)."""
         return self.state.extend([self.committed[-1], *tokens])

@@ -42,13 +42,15 @@ def opens(draw):
         shape = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
         arr = np.array(draw(st.lists(st.floats(-100, 100), min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))))
         feats = Features.from_array(arr.reshape(shape))
+    first = draw(st.none() | tokens)
+    first_q = draw(st.none() | sparse_q(len(first))) if first else None
     return SessionOpen(
         session_id=draw(sid), prompt_ids=draw(st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=64)),
         features=feats, temperature=draw(st.floats(0, 5)), top_k=draw(st.integers(0, 100)),
         top_p=draw(st.floats(0.01, 1.0)), seed=draw(st.integers(0, 2**64 - 1)), gamma=draw(st.integers(0, 32)),
         q_top=draw(st.integers(1, 64)), max_new_tokens=draw(st.integers(1, 4096)),
         stop_token_ids=draw(st.lists(st.integers(0, 1000), max_size=8)), tokenizer_fp=draw(sid),
-        generated_ids=draw(tokens),
+        generated_ids=draw(tokens), first_block=first, first_q=first_q,
     )
 
 
@@ -137,7 +139,9 @@ def test_malformed_is_a_typed_error(payload, code):
 
 def open_raw(**changes):
     raw = msgpack.unpackb(encode(SessionOpen(b"s" * 16, [1, 2], Features.from_array(np.zeros((2, 3))))))
-    fields = {"features": 4, "temperature": 5, "top_p": 7, "gamma": 9, "max_new_tokens": 11}
+    fields = {"features": 4, "temperature": 5, "top_p": 7, "gamma": 9, "max_new_tokens": 11, "first_block": 15,
+              "first_q": 16}
+    raw += [None, None]  # no first block
     for name, value in changes.items():
         raw[fields[name]] = value
     return msgpack.packb(raw, use_bin_type=True)
@@ -157,12 +161,25 @@ def open_raw(**changes):
         (open_raw(top_p=0.0), ErrorCode.OUT_OF_RANGE),
         (open_raw(gamma=1000), ErrorCode.OUT_OF_RANGE),
         (open_raw(max_new_tokens=0), ErrorCode.OUT_OF_RANGE),
+        (open_raw(first_block=list(range(33))), ErrorCode.OVERSIZE),
+        (open_raw(first_block=[1, "x"]), ErrorCode.MALFORMED),
+        (open_raw(first_block=b"\x01\x02"), ErrorCode.MALFORMED),
+        (open_raw(first_block=[1, 2], first_q=[4, b"\0" * 8, b"\0" * 4]), ErrorCode.MALFORMED),  # not k=2's size
+        (open_raw(first_q=[1, b"\0" * 4, b"\1\0"]), ErrorCode.MALFORMED),  # a q with no block
     ],
 )
 def test_bad_open_fields(payload, code):
     with pytest.raises(WireError) as info:
         decode(payload)
     assert info.value.code == code
+
+
+def test_an_open_carries_its_first_block_as_draft_seq_0():
+    q = SparseQWire.from_arrays(np.array([[7, 9], [8, 0]]), np.array([[3, 1], [5, 0]]))
+    msg = decode(encode(SessionOpen(b"s" * 16, [1, 2], generated_ids=[4], first_block=[7, 8], first_q=q)))
+    assert msg.first_draft() == DraftMsg(b"s" * 16, 0, 3, [7, 8], q)  # committed: prompt + generated
+    assert decode(open_raw()).first_draft() is None  # nil: no block; [] would be a block of zero drafts
+    assert decode(encode(SessionOpen(b"s" * 16, [1], first_block=[]))).first_draft() == DraftMsg(b"s" * 16, 0, 1, [])
 
 
 @settings(max_examples=500, deadline=None)

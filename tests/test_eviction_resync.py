@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from camera_node.link import EdgeLink
+from camera_node.link import EdgeLink, publish_size
 from camera_node.session import EdgeRequest, run_edge_session
 from conftest import dev_keys, start_verifier, stop_process, reference
 from schemas import Topics
@@ -18,21 +18,27 @@ PREFIX = "evict/v1"
 
 
 class PausingLink(EdgeLink):
-    """Holds its `pause_at`-th publish until `resume` is set (so the test orders events)."""
+    """Holds its `pause_at`-th message until `resume` is set (so the test orders events)."""
 
     def __init__(self, *args, pause_at: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.pause_at, self.sent = pause_at, 0
         self.paused, self.resume = asyncio.Event(), asyncio.Event()
 
-    async def publish(self, topic, payload, **kwargs):
+    def send(self, topic, payload):
         self.sent += 1
-        if self.sent == self.pause_at:
-            self.paused.set()
+        if self.sent != self.pause_at:
+            return super().send(topic, payload)
+        self.paused.set()
+
+        async def held():
             await self.resume.wait()
-        return await super().publish(topic, payload, **kwargs)
+            return await self.publish(topic, payload)
 
-
+        task = asyncio.ensure_future(held())
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+        return publish_size(topic, payload)
 
 
 def test_eviction_then_resync_keeps_output(mosquitto, tiny_pair, loaded_pair):
@@ -42,7 +48,7 @@ def test_eviction_then_resync_keeps_output(mosquitto, tiny_pair, loaded_pair):
     try:
         async def scenario():
             topics = Topics(PREFIX)
-            # x: status + open + 2 drafts go out, then x waits while y takes its slot
+            # x: the open and 3 drafts go out, then x's 5th message waits while y takes its slot
             async with PausingLink(mosquitto.url, "evict-x", topics=topics, keys=dev_keys("evict-x"),
                                    pause_at=5) as x, \
                     EdgeLink(mosquitto.url, "evict-y", topics=topics, keys=dev_keys("evict-y")) as y:

@@ -1,6 +1,7 @@
-"""The device's fast path: replies routed in the socket callback, publishes not waiting for
-PUBACK, drafting ahead on a worker thread, and an OPEN re-sent when the verifier it may have
-gone to announces that it is offline."""
+"""The device's fast path: replies routed in the socket callback, publishes written at once
+without waiting for PUBACK, drafting ahead between the event loop's turns, an OPEN that carries
+the first block, and an OPEN re-sent when the verifier it may have gone to announces that it is
+offline."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
 from conftest import dev_keys, start_verifier, stop_process, reference
-from edgespec.mqtt import make_client, read_waiting, routing_queue
+from edgespec.mqtt import make_client, publish_now, read_waiting, routing_queue
 from schemas import Topics
 from schemas.topics import OFFLINE
 from speculative.loop import EdgeGeneration, StopRule
@@ -62,6 +63,49 @@ def test_read_waiting_takes_everything_already_in_the_socket(mosquitto):
     before, payloads = asyncio.run(main())
     assert before < 40  # the event loop did not get to them all by itself
     assert payloads == [str(i).encode() for i in range(40)]
+
+
+@pytest.mark.broker
+def test_publish_now_is_on_the_wire_before_the_loop_turns_and_leaves_no_write_callback(mosquitto):
+    """A node that computes right after publishing (the loop does not turn meanwhile) has its
+    message delivered anyway; and once the loop turns, no write callback is left behind to run
+    on every turn."""
+    import queue as queues
+    import time
+
+    import paho.mqtt.client as paho
+
+    from edgespec.mqtt import BrokerAddress
+
+    got: queues.Queue = queues.Queue()
+    addr = BrokerAddress.parse(mosquitto.url)
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pn-sub", protocol=paho.MQTTv5)
+    sub.on_message = lambda _c, _u, m: got.put(m.payload)
+    sub.connect(addr.host, addr.port)
+    sub.subscribe("pn/t", qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.3)  # the subscription is in place
+
+        async def main():
+            async with make_client(mosquitto.url, client_id="pn-pub") as pub:
+                await asyncio.sleep(0.05)
+                sock = pub._client.socket()
+                info = publish_now(pub, "pn/t", b"now")
+                arrived = got.get(timeout=2)  # blocks this loop: only the immediate write can deliver it
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                loop = asyncio.get_running_loop()
+                writers = loop._selector.get_map().get(sock.fileno())  # noqa: SLF001
+                still_writing = writers is not None and writers.events & 2  # selectors.EVENT_WRITE
+                await asyncio.sleep(0.2)
+                return arrived, info.is_published(), still_writing
+
+        arrived, acked, still_writing = asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert arrived == b"now" and acked and not still_writing
 
 
 @pytest.mark.broker
@@ -116,10 +160,11 @@ def test_drafting_ahead_is_bet_on_only_after_a_fully_accepted_round():
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("ahead", [True, False])
-def test_greedy_through_broker_equals_target_with_and_without_drafting_ahead(mosquitto, tiny_pair, loaded_pair, ahead):
+@pytest.mark.parametrize("ahead,block_in_open", [(True, True), (False, True), (True, False)])
+def test_greedy_through_broker_equals_target_with_and_without_drafting_ahead(mosquitto, tiny_pair, loaded_pair,
+                                                                            ahead, block_in_open):
     target, draft = loaded_pair
-    prefix = f"fast-{int(ahead)}/v1"
+    prefix = f"fast-{int(ahead)}{int(block_in_open)}/v1"
     proc = start_verifier(mosquitto.url, tiny_pair[0], f"fast-{int(ahead)}", "--prefix", prefix)
     try:
         async def scenario():
@@ -127,13 +172,18 @@ def test_greedy_through_broker_equals_target_with_and_without_drafting_ahead(mos
                 outs = []
                 for text in ("a red circle moves", "the camera sees", "hello world"):
                     ids = target.encode(text)
-                    outs.append((ids, await run_edge_session(
-                        link, draft, EdgeRequest(ids, None, gamma=3, max_new_tokens=40, draft_ahead=ahead))))
+                    outs.append((ids, await run_edge_session(link, draft, EdgeRequest(
+                        ids, None, gamma=3, max_new_tokens=40, draft_ahead=ahead, block_in_open=block_in_open))))
                 return outs
 
         for ids, outcome in asyncio.run(asyncio.wait_for(scenario(), 120)):
-            assert outcome.result.token_ids == reference(target, ids, 40)
-            assert outcome.traffic.up_messages == outcome.result.rounds + 2  # open, drafts, close
+            r = outcome.result
+            assert r.token_ids == reference(target, ids, 40)
+            # Up: the OPEN (carrying the first block, or not), the other blocks' DRAFTs, the CLOSE.
+            # Down: the OPENED and a VERDICT per block.
+            assert outcome.traffic.up_messages == r.rounds + (1 if block_in_open else 2)
+            assert outcome.traffic.down_messages == r.rounds + 1
+            assert r.target_forwards == r.rounds + (0 if block_in_open else 1)
     finally:
         stop_process(proc)
 

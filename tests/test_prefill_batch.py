@@ -145,3 +145,41 @@ def test_riding_opens_are_checked_before_anything_moves(loaded_pair):
     assert running[0].state.length == length and fresh.state.length == 0 and not fresh.committed
     with pytest.raises(BatchError):
         verify_batch([], [], pool=pool, opening=[(fresh, (target.encode("hello"), None))])
+
+
+def _assert_open_and_verify_equals_open_then_verify(lm, contexts, params):
+    from speculative.sampling import SparseQ
+
+    def q_for(block):
+        if params.greedy or not block:
+            return None
+        return SparseQ(torch.tensor([[t, t + 1] for t in block]), torch.tensor([[3, 1]] * len(block)))
+
+    for i, (ids, feats) in enumerate(contexts):
+        for block in ([], [5], [5, 6, 7]):
+            q = q_for(block)
+            two = TargetSession(lm, params, seed=i)
+            two.open(ids, feats)
+            v2 = two.verify(block, q)
+            one = TargetSession(lm, params, seed=i)
+            v1 = one.open_and_verify(ids, feats, block, q)
+            assert (v1.n_accepted, v1.next_token, list(v1.accept_mask)) == (v2.n_accepted, v2.next_token,
+                                                                            list(v2.accept_mask))
+            assert one.forwards == 1 and two.forwards == (2 if feats is not None or len(ids) > 1 else 1)
+            one.state.forwards = two.state.forwards
+            _same_cache(one, two)
+            # And the next block sees the same cache.
+            assert one.verify([8, 9], q_for([8, 9])) == two.verify([8, 9], q_for([8, 9]))
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=0.9)])
+def test_open_and_verify_equals_open_then_verify_text(loaded_pair, params):
+    target, _ = loaded_pair
+    contexts = [(target.encode(t), None) for t in ("a red circle", "the camera sees two objects")]
+    contexts.append((target.encode("x")[:1], None))  # one token: nothing to prefill alone
+    _assert_open_and_verify_equals_open_then_verify(target, contexts, params)
+
+
+def test_open_and_verify_equals_open_then_verify_with_vision_prefix():
+    lm = load_lm(resolve_model_dir("default", "target"))
+    _assert_open_and_verify_equals_open_then_verify(lm, _contexts(lm, True), SamplingParams())

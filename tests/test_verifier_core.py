@@ -331,3 +331,108 @@ def test_opens_arriving_with_blocks_ride_in_their_forward(core, loaded_pair):
     assert core.stats["opens_in_verify_batches"] >= 2  # prompts of one or two tokens ride along
     for e, prompt in zip(edges, prompts):
         assert e.generated == reference(target, prompt, 16)
+
+
+def q_wire(block):
+    return None if block.q is None else SparseQWire.from_arrays(block.q.ids.numpy(), block.q.weights.numpy())
+
+
+def carrying_open(draft_lm, prompt, gamma, max_new, sampling=SamplingParams(), **kw):
+    """A device's OPEN with its first block, and the device state after drafting it."""
+    drafter = Drafter(draft_lm, sampling)
+    drafter.start(prompt)
+    edge = EdgeGeneration(drafter, prompt, gamma, StopRule(max_new, draft_lm.eos_token_ids))
+    block = edge.next_block()
+    msg = open_msg(draft_lm, prompt, gamma=gamma, max_new_tokens=max_new, temperature=sampling.temperature,
+                   stop_token_ids=list(draft_lm.eos_token_ids), first_block=block.tokens, first_q=q_wire(block), **kw)
+    return msg, edge
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.8)])
+def test_an_open_carrying_its_first_block_is_answered_with_opened_and_its_verdict(core, loaded_pair, sampling):
+    target, draft = loaded_pair
+    prompt = target.encode("a red circle moves")
+    msg, edge = carrying_open(draft, prompt, 3, 24, sampling)
+    replies = core.handle(T.open("cam-1"), encode(msg))
+    opened, verdict = [decode(p) for _, p in replies]
+    assert isinstance(opened, Opened) and isinstance(verdict, VerdictMsg) and verdict.seq == 0
+    assert core.sessions.get(msg.session_id).target.forwards == 1  # prefill and block in one forward
+    # A repeated OPEN (a QoS-1 redelivery, or the device re-sending it) gets both again, unverified.
+    assert core.handle(T.open("cam-1"), encode(msg)) == replies
+    assert core.stats["verified_blocks"] == 1 and core.stats["duplicate_opens"] == 1
+    edge.apply(verdict.n_accepted, verdict.next_token)
+    seq = 1
+    while not edge.done:
+        block = edge.next_block()
+        draft_msg = DraftMsg(msg.session_id, seq, edge.committed_len, block.tokens, q_wire(block))
+        v = reply_of(core.handle(T.session_up("cam-1", VID), encode(draft_msg)))
+        assert isinstance(v, VerdictMsg) and v.seq == seq
+        edge.apply(v.n_accepted, v.next_token)
+        seq += 1
+    if sampling.greedy:
+        assert edge.generated == reference(target, prompt, 24)
+    assert core.sessions.get(msg.session_id).target.forwards == edge.result.rounds
+
+
+@pytest.mark.parametrize("change, code", [
+    (dict(first_block=[10**6]), ErrorCode.OUT_OF_RANGE),  # outside the vocabulary
+    (dict(first_block=[1, 2, 3, 4], gamma=2), ErrorCode.OUT_OF_RANGE),  # more drafts than the session's gamma
+    (dict(first_block=[1, 2], temperature=0.8), ErrorCode.MALFORMED),  # sampled, without q
+])
+def test_a_bad_first_block_refuses_the_open(core, loaded_pair, change, code):
+    target, draft = loaded_pair
+    msg = open_msg(draft, target.encode("the scene"), **change)
+    err = reply_of(core.handle(T.open("cam-1"), encode(msg)))
+    assert isinstance(err, ErrorMsg) and err.code == code and err.session_id == msg.session_id
+    assert core.sessions.get(msg.session_id) is None and core.stats["opened"] == 0
+
+
+def test_opens_carrying_blocks_batch_with_other_sessions_drafts(core, loaded_pair):
+    """Sessions start one round apart, each OPEN carrying its first block, in the same batch as
+    the running sessions' drafts: every caption still equals the target's."""
+    target, draft = loaded_pair
+    prompts = [target.encode(t) for t in ("a red circle", "hello", "the camera sees one", "two")]
+    devices = [f"cam-{i}" for i in range(4)]
+    edges: list = [None] * 4
+    sids, seqs = [None] * 4, [0] * 4
+    while edges[-1] is None or not all(e.done for e in edges):
+        batch, order = [], []
+        for i, e in enumerate(edges):
+            if e is not None and not e.done:
+                block = e.next_block()
+                batch.append((T.session_up(devices[i], VID),
+                              encode(DraftMsg(sids[i], seqs[i], e.committed_len, block.tokens, None))))
+                order.append(i)
+        new = edges.index(None) if None in edges else None
+        if new is not None:
+            msg, edges[new] = carrying_open(draft, prompts[new], 3, 16)
+            sids[new] = msg.session_id
+            batch.append((T.open(devices[new]), encode(msg)))
+        replies = [decode(p) for _, p in core.handle_batch(batch)]
+        if new is not None:
+            opened, verdict = replies[-2:]
+            assert isinstance(opened, Opened)
+            replies = replies[:-2] + [verdict]
+            order.append(new)
+        for i, reply in zip(order, replies):
+            assert isinstance(reply, VerdictMsg) and reply.seq == seqs[i]
+            edges[i].apply(reply.n_accepted, reply.next_token)
+            seqs[i] += 1
+    assert max(core.batch_sizes) >= 3
+    for e, prompt in zip(edges, prompts):
+        assert e.generated == reference(target, prompt, 16)
+
+
+def test_an_open_whose_block_fails_in_the_model_gets_one_internal_error(core, loaded_pair, monkeypatch):
+    from speculative.target import TargetSession
+
+    target, draft = loaded_pair
+
+    def boom(*_a, **_k):
+        raise RuntimeError("model failure")
+
+    monkeypatch.setattr(TargetSession, "open_and_verify", boom)
+    msg, _ = carrying_open(draft, target.encode("a red circle"), 3, 8)
+    err = reply_of(core.handle(T.open("cam-1"), encode(msg)))  # one reply: the ERROR, no verdict
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.INTERNAL and err.session_id == msg.session_id
+    assert core.sessions.get(msg.session_id) is None

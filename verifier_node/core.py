@@ -87,14 +87,21 @@ class VerifierConfig:
 @dataclass
 class PendingOpen:
     """A validated session open waiting for its (possibly batched) prefill; `result` becomes
-    its reply (the OPENED, or an error) once the prefill is done."""
+    its reply (the OPENED, or an error) once the prefill is done. `block`: the first block the
+    OPEN carried, verified with the prefill (its VERDICT follows the OPENED)."""
 
     session: Session
     context: list[int]
     features: np.ndarray | None
     down: str
     result: Reply | None = None
+    block: "PendingBlock | None" = None
+    failed: bool = False  # its model work failed: `result` is an ERROR, and `block` is not verified
     seq = None  # an error about an open names no draft
+
+    @property
+    def replies(self) -> list[Reply]:
+        return [self.result] if self.block is None or self.block.result is None else [self.result, self.block.result]
 
     @property
     def prefill_length(self) -> int:
@@ -111,10 +118,15 @@ class PendingBlock:
     q: SparseQ | None
     down: str
     result: Reply | None = None  # its VERDICT (or an error) once verified
+    failed: bool = False
 
     @property
     def seq(self) -> int:
         return self.msg.seq
+
+    @property
+    def replies(self) -> list[Reply]:
+        return [self.result]
 
 
 class VerifierCore:
@@ -174,7 +186,7 @@ class VerifierCore:
                 waiting.add(out.session.session_id)
             slots.append(out)
         flush()
-        return [reply for slot in slots for reply in (slot if isinstance(slot, list) else [slot.result])]
+        return [reply for slot in slots for reply in (slot if isinstance(slot, list) else slot.replies)]
 
     def _prefill(self, opens: list[PendingOpen]) -> None:
         """Prefill the sessions opened in this batch (one forward when batching) and release
@@ -196,18 +208,44 @@ class VerifierCore:
             o.result = (o.down, o.session.opened_reply)
 
     def _open_and_verify(self, opens: list[PendingOpen], pending: list[PendingBlock]) -> None:
-        """Fill the results of `opens` and `pending`. With batching, an open whose prefill is
-        no longer than the blocks' rows (a vision prefix and a short prompt) rides in their
-        forward as one more row instead of costing a forward of its own."""
+        """Fill the results of `opens` and `pending`.
+
+        An open that carries its first block, with nothing to batch it with (or batching off),
+        is prefilled and verified in one forward. With batching, such opens are prefilled
+        together with the batch's other opens and their blocks join the blocks' forward; and an
+        open without a block whose prefill is no longer than the blocks' rows (a vision prefix
+        and a short prompt) rides in that forward as one more row instead of costing one."""
+        carrying = [o for o in opens if o.block is not None]
+        if carrying and (not self.config.batching or len(opens) + len(pending) == 1):
+            for o in carrying:
+                self._open_with_block(o)
+            opens = [o for o in opens if o.block is None]
+            carrying = []
+        pending = [*pending, *(o.block for o in carrying)]
         riding: list[PendingOpen] = []
         alone = opens
         if self.config.batching and opens and pending:
             width = max(len(p.msg.tokens) for p in pending) + 1
             riding, alone = [], []
             for o in opens:
-                (riding if o.prefill_length <= width else alone).append(o)
+                (riding if o.block is None and o.prefill_length <= width else alone).append(o)
         self._prefill(alone)
-        self._verify(pending, riding)
+        self._verify([p for p in pending if not p.failed], riding)
+
+    def _open_with_block(self, o: PendingOpen) -> None:
+        """Prefill `o` and verify the block it carried in one forward."""
+        block = o.block
+        assert block is not None
+        self.batch_sizes[1] += 1
+        try:
+            verdict = o.session.target.open_and_verify(o.context, o.features, block.msg.tokens, block.q)
+        except Exception as exc:  # a bug must not take the other sessions down with it
+            log.exception("open with a first block failed")
+            self._failed([o], f"verifier failed to open this session: {type(exc).__name__}")
+            return
+        self.stats["opens_with_block"] += 1
+        o.result = (o.down, o.session.opened_reply)
+        block.result = (o.down, self._settle(o.session, block.msg, verdict))
 
     def _verify(self, pending: list[PendingBlock], opening: list[PendingOpen]) -> None:
         """Verify `pending` and fill their results; `opening` (with batching) are opened in
@@ -239,6 +277,9 @@ class VerifierCore:
         sessions are dropped (their caches may be inconsistent now)."""
         err = WireError(ErrorCode.INTERNAL, message)
         for item in items:
+            item.failed = True
+            if isinstance(item, PendingOpen) and item.block is not None:
+                item.block.failed = True  # its block is not verified: the ERROR answers both
             session = item.session
             self._count(err)
             self.sessions.remove(session.session_id)
@@ -310,7 +351,7 @@ class VerifierCore:
         if existing is not None and existing.device_id == device_id and existing.opened_reply is not None \
                 and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
             self.stats["duplicate_opens"] += 1
-            return [(self.topics.down(device_id), existing.opened_reply)]
+            return self._opened_again(existing)
         if existing is None and msg.ciphertext[:32] in self._seen_opens:
             raise WireError(ErrorCode.REPLAY, "this sealed OPEN was already used; a device opens with fresh keys")
         try:
@@ -364,7 +405,7 @@ class VerifierCore:
                 raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
             if cipher is None and existing.cipher is None:
                 self.stats["duplicate_opens"] += 1
-                return [(self.topics.down(device_id), existing.opened_reply or b"")]
+                return self._opened_again(existing)
             self.sessions.remove(msg.session_id)  # a re-open with new keys replaces the session
         if msg.tokenizer_fp != self.lm.fingerprint:
             raise WireError(
@@ -400,12 +441,25 @@ class VerifierCore:
             gamma=msg.gamma,
             cipher=cipher,
         )
+        down = self.topics.down(device_id)
+        first = msg.first_draft()
+        block = None if first is None else PendingBlock(session, first, self._check_draft(session, first), down)
+        session.opened_with_block = block is not None
         self.sessions.add(session)
         self.stats["opened"] += 1
         self.stats["encrypted_sessions" if cipher is not None else "plaintext_sessions"] += 1
         session.opened_reply = self._wrap(session, Opened(session.session_id, self.config.verifier_id,
                                                            session.committed_len))
-        return PendingOpen(session, context, features, self.topics.down(device_id))
+        return PendingOpen(session, context, features, down, block=block)
+
+    def _opened_again(self, session: Session) -> list[Reply]:
+        """The replies to a repeated OPEN: its OPENED, and the first block's VERDICT while it is
+        the session's latest (a device re-sends its OPEN only before any later DRAFT)."""
+        down = self.topics.down(session.device_id)
+        replies = [(down, session.opened_reply or b"")]
+        if session.opened_with_block and session.last_seq == 0 and session.last_reply is not None:
+            replies.append((down, session.last_reply))
+        return replies
 
     def _draft(self, uplink: Uplink, msg: DraftMsg, session: Session | None) -> "list[Reply] | PendingBlock":
         """`session`: the table's entry for msg.session_id, looked up by the caller."""

@@ -16,7 +16,7 @@ import time
 import aiomqtt
 
 from edgespec import mqtt
-from edgespec.mqtt import (BusyPoll, ClientAuth, make_client, publish_nowait, read_waiting, reconnect_delay,
+from edgespec.mqtt import (BusyPoll, ClientAuth, make_client, publish_now, read_waiting, reconnect_delay,
                           routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
@@ -107,7 +107,7 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
 
     def publish(topic: str, payload: bytes) -> None:
         # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
-        if not publish_nowait(client, topic, payload):
+        if publish_now(client, topic, payload) is None:
             log.warning("reply to %s not sent: the connection is down (the device will re-open)", topic)
 
     await client.subscribe(topics.session_subscription(vid), qos=1)

@@ -25,6 +25,7 @@ class Session:
     last_seq: int | None = None
     last_reply: bytes | None = None  # the verdict for last_seq, re-sent for a duplicate
     opened_reply: bytes | None = None  # the OPENED answer, re-sent for a duplicate open
+    opened_with_block: bool = False  # the OPEN carried the first block (seq 0)
     cipher: Any = None  # security.channel.SessionCipher for an encrypted session
     done: bool = False
     last_used: float = field(default_factory=time.monotonic)
