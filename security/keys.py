@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import secrets
@@ -89,16 +90,17 @@ class KeyPair:
 
     private: X25519PrivateKey = field(repr=False)
 
-    @property
+    # Derived once per key pair (a verifier looks its keys up on every session open).
+    @functools.cached_property
     def public(self) -> X25519PublicKey:
         return self.private.public_key()
 
-    @property
+    @functools.cached_property
     def public_bytes(self) -> bytes:
         """The raw 32-byte public key (what goes on the wire and into configs)."""
         return _public_bytes(self.public)
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         return key_id(self.public)
 

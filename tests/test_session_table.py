@@ -55,3 +55,28 @@ def test_a_device_at_its_quota_gives_up_its_own_oldest_session():
     assert table.get(other.session_id) is other  # never pushed out by another device
     assert [s.session_id for s in dropped] == [s.session_id for s in mine[:3]]
     assert table.quota_evictions == 3 and len(table) == 3
+
+
+def test_a_device_at_its_quota_gives_up_its_least_recently_used_session():
+    dropped = []
+    table = SessionTable(100, 60, on_drop=dropped.append, max_per_device=2)
+    first, second, third = (make("cam", i) for i in range(3))
+    table.add(first)
+    table.add(second)
+    table.get(first.session_id)  # first is used again: second is now the device's LRU
+    table.add(third)
+    assert dropped == [second] and table.get(first.session_id) is first
+    table.remove(first.session_id)
+    table.add(make("cam", 9))  # the quota counts only what the device still holds
+    assert dropped == [second, first] and len(table) == 2
+
+
+def test_the_byte_bound_counts_only_when_the_sessions_could_exceed_it():
+    # 3 sessions of at most 30 positions x 10 bytes fit in 1000 bytes: nothing is counted or
+    # evicted; a 4th could exceed it, so the table counts (they hold 30 each: 1200) and evicts.
+    table = SessionTable(100, 60, max_bytes=1000, bytes_per_token=10, max_tokens_per_session=30)
+    for i in range(3):
+        table.add(fake_session(bytes([i]), 30))
+    assert len(table) == 3 and table.evictions == 0
+    table.add(fake_session(b"x", 30))
+    assert len(table) == 3 and table.evictions == 1

@@ -389,36 +389,44 @@ def test_a_bad_first_block_refuses_the_open(core, loaded_pair, change, code):
 
 def test_opens_carrying_blocks_batch_with_other_sessions_drafts(core, loaded_pair):
     """Sessions start one round apart, each OPEN carrying its first block, in the same batch as
-    the running sessions' drafts: every caption still equals the target's."""
+    the running sessions' drafts. A short prompt's prefill rides in the blocks' forward and its
+    block is verified in the next batch's (which the service runs at once); a long prompt's is
+    prefilled first and its block verified in this batch. Every caption equals the target's."""
     target, draft = loaded_pair
-    prompts = [target.encode(t) for t in ("a red circle", "hello", "the camera sees one", "two")]
+    texts = ("a red circle", "hello", "the camera sees two objects on the left side", "two")
+    prompts = [target.encode(t) for t in texts]
     devices = [f"cam-{i}" for i in range(4)]
     edges: list = [None] * 4
-    sids, seqs = [None] * 4, [0] * 4
-    while edges[-1] is None or not all(e.done for e in edges):
-        batch, order = [], []
+    sids: list = [None] * 4
+    seqs, waiting = [0] * 4, [False] * 4
+    deferred_seen = same_batch_seen = False
+    while edges[-1] is None or not all(e.done for e in edges) or core.has_deferred:
+        batch = []
         for i, e in enumerate(edges):
-            if e is not None and not e.done:
+            if e is not None and not e.done and not waiting[i]:
                 block = e.next_block()
                 batch.append((T.session_up(devices[i], VID),
                               encode(DraftMsg(sids[i], seqs[i], e.committed_len, block.tokens, None))))
-                order.append(i)
+                waiting[i] = True
         new = edges.index(None) if None in edges else None
         if new is not None:
             msg, edges[new] = carrying_open(draft, prompts[new], 3, 16)
-            sids[new] = msg.session_id
+            sids[new], waiting[new] = msg.session_id, True
             batch.append((T.open(devices[new]), encode(msg)))
         replies = [decode(p) for _, p in core.handle_batch(batch)]
-        if new is not None:
-            opened, verdict = replies[-2:]
-            assert isinstance(opened, Opened)
-            replies = replies[:-2] + [verdict]
-            order.append(new)
-        for i, reply in zip(order, replies):
-            assert isinstance(reply, VerdictMsg) and reply.seq == seqs[i]
+        for reply in replies:
+            i = sids.index(reply.session_id)
+            if isinstance(reply, Opened):
+                continue
+            assert isinstance(reply, VerdictMsg) and reply.seq == seqs[i], reply
+            if reply.seq == 0:
+                same_batch = any(isinstance(r, Opened) and r.session_id == reply.session_id for r in replies)
+                same_batch_seen |= same_batch
+                deferred_seen |= not same_batch
             edges[i].apply(reply.n_accepted, reply.next_token)
             seqs[i] += 1
-    assert max(core.batch_sizes) >= 3
+            waiting[i] = False
+    assert deferred_seen and same_batch_seen and core.stats["opens_in_verify_batches"] >= 1
     for e, prompt in zip(edges, prompts):
         assert e.generated == reference(target, prompt, 16)
 
@@ -436,3 +444,16 @@ def test_an_open_whose_block_fails_in_the_model_gets_one_internal_error(core, lo
     err = reply_of(core.handle(T.open("cam-1"), encode(msg)))  # one reply: the ERROR, no verdict
     assert isinstance(err, ErrorMsg) and err.code == ErrorCode.INTERNAL and err.session_id == msg.session_id
     assert core.sessions.get(msg.session_id) is None
+
+
+def test_a_deferred_block_whose_session_was_evicted_gets_resync(core, loaded_pair):
+    target, draft = loaded_pair
+    running = opened_session(core, draft, device="cam-2")
+    msg, _ = carrying_open(draft, target.encode("hello"), 3, 8)
+    block = DraftMsg(running.session_id, 0, len(running.prompt_ids), [5], None)
+    replies = [decode(p) for _, p in core.handle_batch([(T.session_up("cam-2", VID), encode(block)),
+                                                         (T.open("cam-1"), encode(msg))])]
+    assert [type(r) for r in replies] == [VerdictMsg, Opened] and core.has_deferred  # its prefill rode along
+    core.sessions.remove(msg.session_id)  # evicted before the next batch
+    (topic, payload), = core.handle_batch([])
+    assert topic == T.down("cam-1") and isinstance(decode(payload), Resync) and not core.has_deferred

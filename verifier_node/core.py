@@ -143,12 +143,14 @@ class VerifierCore:
         self.sessions = SessionTable(config.max_sessions, config.session_idle_s, max_bytes=config.max_kv_bytes,
                                      bytes_per_token=kv_bytes_per_token(lm.model.config, lm.model.dtype),
                                      on_drop=lambda s: self.pool.release(s.target),
-                                     max_per_device=config.max_sessions_per_device)
+                                     max_per_device=config.max_sessions_per_device,
+                                     max_tokens_per_session=lm.max_positions)
         self.limiter = DeviceRateLimiter(config.device_rate, config.device_burst)
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
         self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
+        self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
 
     # ------------------------------------------------------------------ entry point
 
@@ -166,6 +168,18 @@ class VerifierCore:
         opens: list[PendingOpen] = []
         pending: list[PendingBlock] = []
         waiting: set[bytes] = set()  # session ids of `opens` and `pending`
+        # Blocks that came in OPENs of the previous batch, whose prefill rode in its forward,
+        # are verified first (see `_open_and_verify`).
+        carried, self._deferred = self._deferred, []
+        for block in carried:
+            if self.sessions.get(block.session.session_id) is block.session:
+                pending.append(block)
+                waiting.add(block.session.session_id)
+                slots.append(block)
+            elif not block.session.closed:  # evicted meanwhile: the device re-opens
+                self.stats["resyncs"] += 1
+                slots.append([(block.down, self._wrap(block.session, Resync(block.session.session_id,
+                                                                            "session not held by this verifier")))])
 
         def flush() -> None:
             self._open_and_verify(opens, pending)
@@ -211,26 +225,33 @@ class VerifierCore:
         """Fill the results of `opens` and `pending`.
 
         An open that carries its first block, with nothing to batch it with (or batching off),
-        is prefilled and verified in one forward. With batching, such opens are prefilled
-        together with the batch's other opens and their blocks join the blocks' forward; and an
-        open without a block whose prefill is no longer than the blocks' rows (a vision prefix
-        and a short prompt) rides in that forward as one more row instead of costing one."""
+        is prefilled and verified in one forward. With batching, an open whose prefill is no
+        longer than the blocks' rows (a vision prefix and a short prompt) rides in the blocks'
+        forward as one more row instead of costing a forward of its own; the block it carried
+        is then verified in the next batch's forward (`handle_batch` takes it first, and the
+        service runs that batch at once). Other opens are prefilled together in one forward
+        before the blocks', and their blocks join the blocks' forward."""
         carrying = [o for o in opens if o.block is not None]
         if carrying and (not self.config.batching or len(opens) + len(pending) == 1):
             for o in carrying:
                 self._open_with_block(o)
             opens = [o for o in opens if o.block is None]
-            carrying = []
-        pending = [*pending, *(o.block for o in carrying)]
         riding: list[PendingOpen] = []
         alone = opens
         if self.config.batching and opens and pending:
             width = max(len(p.msg.tokens) for p in pending) + 1
             riding, alone = [], []
             for o in opens:
-                (riding if o.block is None and o.prefill_length <= width else alone).append(o)
+                (riding if o.prefill_length <= width else alone).append(o)
         self._prefill(alone)
+        pending = [*pending, *(o.block for o in alone if o.block is not None and not o.block.failed)]
         self._verify([p for p in pending if not p.failed], riding)
+        self._deferred.extend(o.block for o in riding if o.block is not None and not o.failed)
+
+    @property
+    def has_deferred(self) -> bool:
+        """Blocks wait for the next `handle_batch` (which may be given no messages)."""
+        return bool(self._deferred)
 
     def _open_with_block(self, o: PendingOpen) -> None:
         """Prefill `o` and verify the block it carried in one forward."""
@@ -503,6 +524,7 @@ class VerifierCore:
 
     def _close(self, uplink: Uplink, msg: Close, session: Session | None) -> list[Reply]:
         if session is not None and session.device_id == uplink.device_id:
+            session.closed = True
             self.sessions.remove(msg.session_id)
             self.stats["closed"] += 1
         return []

@@ -133,8 +133,10 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
         # When the window is over, what already reached the sockets joins the batch too.
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await inbox.get()]
-            window = batch_window_s if len(core.sessions) > 1 else 0.0
+            # Blocks deferred by the last batch (see VerifierCore._open_and_verify) go at once,
+            # with whatever is queued by now.
+            batch = [] if core.has_deferred else [await inbox.get()]
+            window = batch_window_s if len(core.sessions) > 1 and batch else 0.0
             deadline = loop.time() + window
             read_sockets = True  # once per batch
             while len(batch) < max_batch:

@@ -28,6 +28,7 @@ class Session:
     opened_with_block: bool = False  # the OPEN carried the first block (seq 0)
     cipher: Any = None  # security.channel.SessionCipher for an encrypted session
     done: bool = False
+    closed: bool = False  # its device closed it
     last_used: float = field(default_factory=time.monotonic)
 
     @property
@@ -49,14 +50,19 @@ class SessionTable:
     """
 
     def __init__(self, max_sessions: int, idle_timeout_s: float, *, max_bytes: int | None = None,
-                 bytes_per_token: int = 0, on_drop=None, max_per_device: int | None = None):
+                 bytes_per_token: int = 0, on_drop=None, max_per_device: int | None = None,
+                 max_tokens_per_session: int | None = None):
+        """`max_tokens_per_session` (the model's positions): while that many for every session
+        held fits in `max_bytes`, a new session needs no count of what the others hold."""
         self.max_sessions = max_sessions
         self.max_per_device = max_per_device
         self.idle_timeout_s = idle_timeout_s
         self.max_bytes = max_bytes
         self.bytes_per_token = bytes_per_token
         self.on_drop = on_drop or (lambda session: None)
+        self.max_tokens_per_session = max_tokens_per_session
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._by_device: dict[str, OrderedDict[bytes, None]] = {}  # each device's sessions, oldest first
         self.evictions = 0
         self.expired = 0
         self.quota_evictions = 0  # a device's own sessions dropped for its newer ones
@@ -66,9 +72,15 @@ class SessionTable:
         return self.bytes_per_token * sum(s.target.state.length for s in self._sessions.values())
 
     def _over(self) -> bool:
-        if len(self._sessions) > self.max_sessions:
+        n = len(self._sessions)
+        if n > self.max_sessions:
             return True
-        return self.max_bytes is not None and len(self._sessions) > 1 and self.kv_bytes() > self.max_bytes
+        if self.max_bytes is None or n <= 1:
+            return False
+        if self.max_tokens_per_session is not None \
+                and n * self.max_tokens_per_session * self.bytes_per_token <= self.max_bytes:
+            return False  # cannot be over, however long the sessions are
+        return self.kv_bytes() > self.max_bytes
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -78,6 +90,7 @@ class SessionTable:
         if session is not None:
             session.last_used = time.monotonic()
             self._sessions.move_to_end(session_id)
+            self._by_device[session.device_id].move_to_end(session_id)
         return session
 
     def add(self, session: Session) -> None:
@@ -85,28 +98,37 @@ class SessionTable:
         first (so one device opening session after session cannot push other devices' out);
         beyond the table's bounds the least recently used of all go."""
         if self.max_per_device is not None:
-            own = [s for s in self._sessions.values() if s.device_id == session.device_id
-                   and s.session_id != session.session_id]
+            own = [sid for sid in self._by_device.get(session.device_id, ()) if sid != session.session_id]
             for old in own[: max(0, len(own) - self.max_per_device + 1)]:
-                self.remove(old.session_id)
+                self.remove(old)
                 self.quota_evictions += 1
+        if self._sessions.get(session.session_id, session) is not session:
+            self.remove(session.session_id)  # another session under the same id goes
         self._sessions[session.session_id] = session
-        self._sessions.move_to_end(session.session_id)
+        self._by_device.setdefault(session.device_id, OrderedDict())[session.session_id] = None
         while self._over():
             _, evicted = self._sessions.popitem(last=False)
-            self.on_drop(evicted)
+            self._forget(evicted)
             self.evictions += 1
+
+    def _forget(self, session: Session) -> None:
+        own = self._by_device.get(session.device_id)
+        if own is not None:
+            own.pop(session.session_id, None)
+            if not own:
+                del self._by_device[session.device_id]
+        self.on_drop(session)
 
     def remove(self, session_id: bytes) -> None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            self.on_drop(session)
+            self._forget(session)
 
     def expire(self, now: float | None = None) -> int:
         """Drop sessions idle longer than the timeout; returns how many."""
         now = time.monotonic() if now is None else now
         stale = [sid for sid, s in self._sessions.items() if now - s.last_used > self.idle_timeout_s]
         for sid in stale:
-            self.on_drop(self._sessions.pop(sid))
+            self._forget(self._sessions.pop(sid))
         self.expired += len(stale)
         return len(stale)
