@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .models import CachedLM, LoadedLM
+from .lean import draft_state
+from .models import LoadedLM
 from .sampling import (
     DEFAULT_Q_TOP,
     SamplingParams,
@@ -64,7 +65,7 @@ class Drafter:
         self.lm = lm
         self.params = params.validate()
         self.q_top = q_top
-        self.state = CachedLM(lm)
+        self.state = draft_state(lm)  # the lean forward where it applies (speculative/lean.py)
         self._gen = make_generator(seed, DRAFT_STREAM)
         self._pending: list[int] = []  # committed tokens not yet fed to the model
         self._drafted: list[int] = []  # the block out for verification
