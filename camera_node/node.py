@@ -49,6 +49,7 @@ class CameraConfig:
     keys: object | None = None  # security.channel.DeviceKeys; None: plaintext sessions
     privacy: PrivacyConfig = PrivacyConfig()
     draft_ahead: bool = True  # pipelining: draft the next block while one is verified
+    busy_poll_s: float = 0.02  # poll for a verdict this long before sleeping (0 on battery)
 
 
 @dataclass
@@ -86,7 +87,7 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
     features = extractor.extract(event.first, event.last)  # [S, D], computed on the device
     features = cfg.privacy.features(features)
     req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, cfg.sampling, cfg.gamma,
-                      cfg.max_new_tokens, seed, draft_ahead=cfg.draft_ahead)
+                      cfg.max_new_tokens, seed, draft_ahead=cfg.draft_ahead, busy_poll_s=cfg.busy_poll_s)
     outcome = await run_edge_session(link, lm, req)
     text = lm.decode(outcome.result.token_ids)
     key_bytes, clip_bytes = event_jpeg_bytes(event)

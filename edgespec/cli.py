@@ -42,6 +42,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--q-top", type=int, default=16, help="entries of q sent per drafted token")
     p.add_argument("--draft-ahead", action=argparse.BooleanOptionalAction, default=True,
                    help="draft the next block while the current one is verified (pipelining; default on)")
+    p.add_argument("--poll-ms", type=float, default=20.0,
+                   help="after sending a block, poll the socket this long before sleeping (0: sleep at once, "
+                        "for battery-powered devices)")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -109,7 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids=prompt_ids,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(),
         gamma=args.gamma, max_new_tokens=args.max_new_tokens, seed=args.seed, q_top=args.q_top,
-        draft_ahead=args.draft_ahead,
+        draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
     )
 
     async def main():
@@ -162,7 +165,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
         keys=ident.keys, privacy=privacy_from_args(args),
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
         max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events, realtime=args.realtime,
-        timeout_s=args.timeout, draft_ahead=args.draft_ahead,
+        timeout_s=args.timeout, draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
     )
     asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True)))
     return 0
