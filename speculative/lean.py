@@ -29,9 +29,18 @@ def supports(lm: LoadedLM) -> bool:
     cfg = lm.model.config
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "other"
-    return (getattr(cfg, "model_type", None) == "llama" and getattr(cfg, "hidden_act", None) == "silu"
+    if not (getattr(cfg, "model_type", None) == "llama" and getattr(cfg, "hidden_act", None) == "silu"
             and rope_type == "default" and getattr(cfg, "pretraining_tp", 1) == 1
-            and next(lm.model.parameters()).device.type == "cpu")
+            and next(lm.model.parameters()).device.type == "cpu"):
+        return False
+    # Plain linear layers only (a quantized or otherwise wrapped model keeps Hugging Face's forward).
+    try:
+        linears = [lm.model.lm_head] + [m for layer in lm.model.model.layers for m in (
+            layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+            layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+    except AttributeError:
+        return False
+    return all(type(m) is torch.nn.Linear for m in linears)
 
 
 def draft_state(lm: LoadedLM) -> "CachedLM | LeanCachedLM":

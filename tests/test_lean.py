@@ -77,6 +77,13 @@ def test_models_it_does_not_cover_get_the_hugging_face_forward(loaded_pair):
     finally:
         cfg.hidden_act = before
     assert isinstance(draft_state(draft), LeanCachedLM)
+    layer = draft.model.model.layers[0]
+    plain = layer.mlp.up_proj
+    try:
+        layer.mlp.up_proj = torch.nn.Sequential(plain)  # e.g. a quantized or wrapped layer
+        assert not supports(draft)
+    finally:
+        layer.mlp.up_proj = plain
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
