@@ -238,12 +238,13 @@ class EdgeLink:
         On a live connection the message is on the socket when this returns, so the draft
         forwards that follow do not hold it back; otherwise a task waits for the reconnect."""
         if self._connected.is_set():
+            # Written now; or, if paho saw the connection drop before the reader did, kept by
+            # paho and sent on the reconnect (publishing it again would send it twice).
             info = publish_now(self._client, topic, payload)
-            if info is not None:
-                while self._unacked and self._unacked[0].is_published():
-                    self._unacked.popleft()
-                self._unacked.append(info)
-                return publish_size(topic, payload)
+            while self._unacked and self._unacked[0].is_published():
+                self._unacked.popleft()
+            self._unacked.append(info)
+            return publish_size(topic, payload)
         task = asyncio.ensure_future(self.publish(topic, payload))
         self._sending.add(task)
         task.add_done_callback(self._sent)

@@ -152,8 +152,8 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             drafter.start(list(req.prompt_ids), features)
             return None if edge.done else edge.next_block()
 
-        carried = req.block_in_open
-        if carried:
+        carried = False
+        if req.block_in_open:
             # 1. Draft the first block and send it in the OPEN: the verifier prefills and
             # verifies it in one forward, and its verdict follows the OPENED.
             block = prepare()
@@ -162,7 +162,8 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             # 1'. Open (the OPEN is on the socket when send_open returns); the draft's prefill
             # and first block overlap the verifier's.
             await channel.send_open(open_msg)
-            block = prepare()
+            if not req.block_in_open:
+                block = prepare()
             resyncs += await wait_opened_retrying(channel, open_msg)
         seq = 0
         round_seconds: list[float] = []
@@ -208,8 +209,9 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
         await channel.close()
     result = edge.result
     # Verified alone, an OPEN needs a prefill forward unless it carried the first block (or
-    # has nothing to prefill: one token, no features).
-    result.target_forwards = result.rounds + (0 if carried or (len(req.prompt_ids) == 1 and wire is None) else 1)
+    # has nothing to prefill: one token, no features); so does every re-open.
+    prefills = (0 if carried or (len(req.prompt_ids) == 1 and wire is None) else 1) + resyncs
+    result.target_forwards = result.rounds + prefills
     result.seconds = time.perf_counter() - started
     return EdgeOutcome(
         session_id=session_id,

@@ -171,7 +171,8 @@ def cmd_loadtest(args) -> int:
     for r in results:
         later = "" if r["later_round_ms_p50"] is None else \
             f"; later rounds p50 {r['later_round_ms_p50']:.1f}, p99 {r['later_round_ms_p99']:.1f}"
-        print(f"round ms, batching {'on' if r['batching'] else 'off'}: first round (it carries the open) "
+        carries = "" if args.no_block_in_open else " (it carries the open)"
+        print(f"round ms, batching {'on' if r['batching'] else 'off'}: first round{carries} "
               f"p50 {r['first_round_ms_p50']:.1f}, p99 {r['first_round_ms_p99']:.1f}{later}")
     out = {"results": results}
     if len(results) == 2:

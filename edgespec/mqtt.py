@@ -121,15 +121,16 @@ def publish_now(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1
     the event loop's next turn, which would hold a message back for as long as the node's
     next computation takes (a verifier's next batch, a device's next draft forward). paho
     still retransmits it (QoS 1); a write the socket cannot take yet stays queued for the loop.
-    Returns paho's MQTTMessageInfo (`is_published()` once the broker acknowledged it), or None
-    when the connection is down.
+    Returns paho's MQTTMessageInfo (`is_published()` once the broker acknowledged it). Its `rc`
+    is MQTT_ERR_NO_CONN when paho has lost the connection: paho then keeps a QoS-1 message and
+    sends it once the client reconnects, so it must not be published again.
 
     aiomqtt has no public call for this, so it uses the paho client aiomqtt keeps (`_client`,
     present throughout aiomqtt 2.x, which pyproject pins)."""
     paho = client._client  # noqa: SLF001
     info = paho.publish(topic, payload, qos)
     if info.rc != 0:
-        return None
+        return info
     sock = paho.socket()
     paho.loop_write()
     if sock is not None and not paho.want_write():

@@ -457,3 +457,36 @@ def test_a_deferred_block_whose_session_was_evicted_gets_resync(core, loaded_pai
     core.sessions.remove(msg.session_id)  # evicted before the next batch
     (topic, payload), = core.handle_batch([])
     assert topic == T.down("cam-1") and isinstance(decode(payload), Resync) and not core.has_deferred
+
+
+def test_a_held_block_is_not_verified_again_once_its_session_moved_on(core, loaded_pair):
+    """A block held for the next batch whose session was verified meanwhile (a duplicate draft
+    flushed the batch, then the device's own seq 0 came in it) is dropped, not judged twice."""
+    target, draft = loaded_pair
+    running = opened_session(core, draft, device="cam-2")
+    msg, _ = carrying_open(draft, target.encode("hello"), 3, 8)
+    a0 = encode(DraftMsg(running.session_id, 0, len(running.prompt_ids), [5], None))
+    b0 = encode(DraftMsg(msg.session_id, 0, len(msg.prompt_ids), msg.first_block, None))
+    core.handle_batch([(T.session_up("cam-2", VID), a0), (T.open("cam-1"), encode(msg)),
+                       (T.session_up("cam-2", VID), a0), (T.session_up("cam-1", VID), b0)])
+    session = core.sessions.get(msg.session_id)
+    committed, verified = session.committed_len, core.stats["verified_blocks"]
+    assert core.handle_batch([]) == []
+    assert session.committed_len == committed and core.stats["verified_blocks"] == verified
+
+
+def test_a_held_block_of_a_replaced_session_sends_no_resync(loaded_pair):
+    """The held block's session was evicted and its id opened again (a QoS-1 redelivery of the
+    OPEN): the new session is live, so the old block is dropped without a RESYNC."""
+    target, draft = loaded_pair
+    core = VerifierCore(target, VerifierConfig(verifier_id=VID, max_sessions_per_device=1))
+    running = opened_session(core, draft, device="cam-2")
+    msg, _ = carrying_open(draft, target.encode("hello"), 3, 8)
+    other, _ = carrying_open(draft, target.encode("two"), 3, 8)
+    a0 = encode(DraftMsg(running.session_id, 0, len(running.prompt_ids), [5], None))
+    core.handle_batch([(T.session_up("cam-2", VID), a0), (T.open("cam-1"), encode(msg)),
+                       (T.session_up("cam-2", VID), a0),
+                       (T.open("cam-1"), encode(other)),  # the device's quota evicts msg's session
+                       (T.open("cam-1"), encode(msg))])  # and the redelivered OPEN opens it again
+    replies = [decode(p) for _, p in core.handle_batch([])]
+    assert not any(isinstance(r, Resync) for r in replies)

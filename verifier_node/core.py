@@ -172,14 +172,16 @@ class VerifierCore:
         # are verified first (see `_open_and_verify`).
         carried, self._deferred = self._deferred, []
         for block in carried:
-            if self.sessions.get(block.session.session_id) is block.session:
+            held = self.sessions.get(block.session.session_id)
+            if held is block.session and block.session.last_seq is None:
                 pending.append(block)
                 waiting.add(block.session.session_id)
                 slots.append(block)
-            elif not block.session.closed:  # evicted meanwhile: the device re-opens
+            elif held is None and not block.session.ended:  # evicted meanwhile: the device re-opens
                 self.stats["resyncs"] += 1
                 slots.append([(block.down, self._wrap(block.session, Resync(block.session.session_id,
                                                                             "session not held by this verifier")))])
+            # else: the session moved on, was answered already, or another took its id: nothing to do
 
         def flush() -> None:
             self._open_and_verify(opens, pending)
@@ -299,6 +301,7 @@ class VerifierCore:
         err = WireError(ErrorCode.INTERNAL, message)
         for item in items:
             item.failed = True
+            item.session.ended = True
             if isinstance(item, PendingOpen) and item.block is not None:
                 item.block.failed = True  # its block is not verified: the ERROR answers both
             session = item.session
@@ -499,6 +502,7 @@ class VerifierCore:
             raise WireError(ErrorCode.BAD_SEQUENCE, "the session has already finished")
         if msg.committed_len != session.committed_len:
             self.stats["resyncs"] += 1
+            session.ended = True
             self.sessions.remove(msg.session_id)
             reason = f"device has {msg.committed_len} committed tokens, verifier {session.committed_len}"
             return [(down, self._wrap(session, Resync(msg.session_id, reason)))]
@@ -524,7 +528,7 @@ class VerifierCore:
 
     def _close(self, uplink: Uplink, msg: Close, session: Session | None) -> list[Reply]:
         if session is not None and session.device_id == uplink.device_id:
-            session.closed = True
+            session.ended = True
             self.sessions.remove(msg.session_id)
             self.stats["closed"] += 1
         return []

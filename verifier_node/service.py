@@ -107,8 +107,8 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
 
     def publish(topic: str, payload: bytes) -> None:
         # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
-        if publish_now(client, topic, payload) is None:
-            log.warning("reply to %s not sent: the connection is down (the device will re-open)", topic)
+        if publish_now(client, topic, payload).rc != 0:
+            log.warning("reply to %s queued: the connection is down (it goes out if the session resumes)", topic)
 
     await client.subscribe(topics.session_subscription(vid), qos=1)
     await opens.subscribe(topics.open_subscription(share_group), qos=1)

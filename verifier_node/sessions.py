@@ -28,7 +28,7 @@ class Session:
     opened_with_block: bool = False  # the OPEN carried the first block (seq 0)
     cipher: Any = None  # security.channel.SessionCipher for an encrypted session
     done: bool = False
-    closed: bool = False  # its device closed it
+    ended: bool = False  # closed by its device, or answered with RESYNC or an error, by this verifier
     last_used: float = field(default_factory=time.monotonic)
 
     @property
