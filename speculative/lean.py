@@ -15,6 +15,7 @@ other activations) get `CachedLM`: see `draft_state`.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,17 @@ def supports(lm: LoadedLM) -> bool:
     return all(type(m) is torch.nn.Linear for m in linears)
 
 
+# Per model: its weights' tensors, or None where the lean forward does not apply. A drafter
+# is made per session, and reading a model's modules costs more than a short session's forwards.
+_WEIGHTS: "weakref.WeakKeyDictionary[Any, _Weights | None]" = weakref.WeakKeyDictionary()
+
+
 def draft_state(lm: LoadedLM) -> "CachedLM | LeanCachedLM":
     """The cached forward a drafter uses: the lean one where it applies."""
-    return LeanCachedLM(lm) if supports(lm) else CachedLM(lm)
+    if lm.model not in _WEIGHTS:
+        _WEIGHTS[lm.model] = _Weights(lm.model) if supports(lm) else None
+    weights = _WEIGHTS[lm.model]
+    return CachedLM(lm) if weights is None else LeanCachedLM(lm, weights)
 
 
 class _Weights:
@@ -89,9 +98,9 @@ class LeanCachedLM:
     """`CachedLM` for a plain Llama draft: `prefill`, `extend`, `crop`, `length`, `prefix_len`,
     `forwards`, with the forward written out instead of the Hugging Face module's."""
 
-    def __init__(self, lm: LoadedLM):
+    def __init__(self, lm: LoadedLM, weights: "_Weights | None" = None):
         self.lm = lm
-        self.w = _Weights(lm.model)
+        self.w = weights if weights is not None else _Weights(lm.model)
         self.prefix_len = 0
         self.forwards = 0
         self._keys: list[torch.Tensor | None] = [None] * len(self.w.layers)  # [kv_heads, T, D] per layer

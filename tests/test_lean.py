@@ -67,16 +67,25 @@ def test_drafts_are_the_same_on_either_forward(loaded_pair, monkeypatch):
     assert blocks() == lean_blocks
 
 
-def test_models_it_does_not_cover_get_the_hugging_face_forward(loaded_pair):
+def _tiny_lm(tmp_path, **config):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from speculative.models import LoadedLM
+
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=64, **config)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    return LoadedLM(model=model, tokenizer=None, projector=None, path=tmp_path, fingerprint=b"\0" * 16,
+                    vocab_size=40, max_positions=64, eos_token_ids=(2,), cache_kwarg="cache")
+
+
+def test_models_it_does_not_cover_get_the_hugging_face_forward(loaded_pair, tmp_path):
     _, draft = loaded_pair
-    cfg = draft.model.config
-    before = cfg.hidden_act
-    try:
-        cfg.hidden_act = "gelu"
-        assert not supports(draft) and isinstance(draft_state(draft), CachedLM)
-    finally:
-        cfg.hidden_act = before
     assert isinstance(draft_state(draft), LeanCachedLM)
+    assert isinstance(draft_state(_tiny_lm(tmp_path, hidden_act="gelu")), CachedLM)
+    scaled = _tiny_lm(tmp_path, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    assert not supports(scaled) and isinstance(draft_state(scaled), CachedLM)
     layer = draft.model.model.layers[0]
     plain = layer.mlp.up_proj
     try:
@@ -88,16 +97,7 @@ def test_models_it_does_not_cover_get_the_hugging_face_forward(loaded_pair):
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_grouped_query_attention(tmp_path, kv_heads):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from speculative.models import LoadedLM
-
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
-    lm = LoadedLM(model=model, tokenizer=None, projector=None, path=tmp_path, fingerprint=b"\0" * 16,
-                  vocab_size=40, max_positions=64, eos_token_ids=(2,), cache_kwarg="cache")
+    lm = _tiny_lm(tmp_path, num_key_value_heads=kv_heads)
     hf, lean = CachedLM(lm), LeanCachedLM(lm)
     torch.testing.assert_close(lean.prefill([1, 5, 9, 3]), hf.prefill([1, 5, 9, 3]), atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(lean.extend([7, 8]), hf.extend([7, 8]), atol=2e-5, rtol=1e-4)
