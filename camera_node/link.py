@@ -127,11 +127,11 @@ class EdgeLink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        deadline = asyncio.get_running_loop().time() + self.timeout_s  # for everything still unsent
         if self._sending:
             _, unsent = await asyncio.wait(set(self._sending), timeout=self.timeout_s)
             for task in unsent:  # the broker stayed away: give up on them
                 task.cancel()
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while self._connected.is_set() and self._unacked and asyncio.get_running_loop().time() < deadline:
             if self._unacked[0].is_published():
                 self._unacked.popleft()

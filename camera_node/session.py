@@ -95,20 +95,24 @@ async def exchange_drafting_ahead(channel, message: DraftMsg | SessionOpen, edge
     """
     reply = asyncio.ensure_future(channel.open_with_block(message) if isinstance(message, SessionOpen)
                                   else channel.exchange(message))
-    await asyncio.sleep(0)  # the task sends the message now, before any forward
-    stepping = edge is not None
-    poll_until = time.perf_counter() + busy_poll_s
-    while not reply.done():
-        if stepping:
-            stepping = edge.draft_ahead_step()
-            poll_until = time.perf_counter() + busy_poll_s
-        elif time.perf_counter() >= poll_until:
-            await asyncio.wait((reply,))
-            break
-        else:
-            os.sched_yield()
-        await asyncio.sleep(0)
-    return await reply
+    try:
+        await asyncio.sleep(0)  # the task sends the message now, before any forward
+        stepping = edge is not None
+        poll_until = time.perf_counter() + busy_poll_s
+        while not reply.done():
+            if stepping:
+                stepping = edge.draft_ahead_step()
+                poll_until = time.perf_counter() + busy_poll_s
+            elif time.perf_counter() >= poll_until:
+                await asyncio.wait((reply,))
+                break
+            else:
+                os.sched_yield()
+            await asyncio.sleep(0)
+        return await reply
+    finally:
+        if not reply.done():  # a draft forward raised, or this session was cancelled
+            reply.cancel()
 
 
 async def wait_opened_retrying(channel, open_msg: SessionOpen) -> int:

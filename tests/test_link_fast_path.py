@@ -215,3 +215,24 @@ def test_open_is_sent_again_when_a_verifier_goes_offline_during_it(mosquitto, ti
     outcome = asyncio.run(scenario())
     assert outcome.resyncs == 1 and outcome.verifier_id == "reopen-live"
     assert outcome.result.token_ids == reference(target, ids, 24)
+
+
+def test_a_failing_draft_forward_cancels_the_wait_for_its_verdict():
+    from camera_node.session import exchange_drafting_ahead
+    from schemas import DraftMsg
+
+    class Channel:
+        async def exchange(self, draft):
+            await asyncio.sleep(3600)  # no verdict comes
+
+    class Edge:
+        def draft_ahead_step(self):
+            raise RuntimeError("draft forward failed")
+
+    async def main():
+        with pytest.raises(RuntimeError, match="draft forward failed"):
+            await exchange_drafting_ahead(Channel(), DraftMsg(b"s" * 16, 0, 1, [1], None), Edge())
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(main()) == []  # the wait for the verdict did not outlive the failure
