@@ -156,15 +156,12 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             drafter.start(list(req.prompt_ids), features)
             return None if edge.done else edge.next_block()
 
-        carried = False
-        if req.block_in_open:
-            # 1. Draft the first block and send it in the OPEN: the verifier prefills and
-            # verifies it in one forward, and its verdict follows the OPENED.
-            block = prepare()
-            carried = block is not None
+        # 1. Draft the first block and send it in the OPEN (the verifier prefills and verifies
+        # it in one forward, and its verdict follows the OPENED); or open first (the OPEN is on
+        # the socket when send_open returns) and draft while the verifier prefills.
+        block = prepare() if req.block_in_open else None
+        carried = block is not None
         if not carried:
-            # 1'. Open (the OPEN is on the socket when send_open returns); the draft's prefill
-            # and first block overlap the verifier's.
             await channel.send_open(open_msg)
             if not req.block_in_open:
                 block = prepare()

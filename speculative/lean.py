@@ -81,6 +81,17 @@ class _Weights:
              (m.down_proj.weight, m.down_proj.bias))
             for layer in base.layers for a, m in [(layer.self_attn, layer.mlp)]
         ]
+        self._cos = self._sin = torch.empty(0, self.head_dim)
+
+    def rotary(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [end - start, head_dim] of positions start..end-1, from a table that
+        grows (doubling) as positions are reached, so a forward computes none of it."""
+        if end > self._cos.shape[0]:
+            positions = torch.arange(max(end, 2 * self._cos.shape[0]), dtype=torch.float32)
+            freqs = positions[:, None] * self.inv_freq[None]
+            angles = torch.cat((freqs, freqs), dim=-1)
+            self._cos, self._sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        return self._cos[start:end], self._sin[start:end]
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -143,10 +154,7 @@ class LeanCachedLM:
         """Feed embeddings x [n, H] after the cache; logits [n, V] (float32)."""
         w = self.w
         n, past = x.shape[0], self._length
-        positions = torch.arange(past, past + n, dtype=torch.float32)
-        freqs = positions[:, None] * w.inv_freq[None]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        cos, sin = w.rotary(past, past + n, x.dtype)
         mask = None
         if n > 1:  # query i sees keys up to past + i
             mask = torch.ones(n, past + n, dtype=torch.bool).tril(past)

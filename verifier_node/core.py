@@ -95,8 +95,7 @@ class PendingOpen:
     features: np.ndarray | None
     down: str
     result: Reply | None = None
-    block: "PendingBlock | None" = None
-    failed: bool = False  # its model work failed: `result` is an ERROR, and `block` is not verified
+    block: "PendingBlock | None" = None  # not verified if the open fails (its session has `ended`)
     seq = None  # an error about an open names no draft
 
     @property
@@ -118,7 +117,6 @@ class PendingBlock:
     q: SparseQ | None
     down: str
     result: Reply | None = None  # its VERDICT (or an error) once verified
-    failed: bool = False
 
     @property
     def seq(self) -> int:
@@ -168,20 +166,11 @@ class VerifierCore:
         opens: list[PendingOpen] = []
         pending: list[PendingBlock] = []
         waiting: set[bytes] = set()  # session ids of `opens` and `pending`
-        # Blocks that came in OPENs of the previous batch, whose prefill rode in its forward,
-        # are verified first (see `_open_and_verify`).
-        carried, self._deferred = self._deferred, []
-        for block in carried:
-            held = self.sessions.get(block.session.session_id)
-            if held is block.session and block.session.last_seq is None:
-                pending.append(block)
-                waiting.add(block.session.session_id)
-                slots.append(block)
-            elif held is None and not block.session.ended:  # evicted meanwhile: the device re-opens
-                self.stats["resyncs"] += 1
-                slots.append([(block.down, self._wrap(block.session, Resync(block.session.session_id,
-                                                                            "session not held by this verifier")))])
-            # else: the session moved on, was answered already, or another took its id: nothing to do
+        for item in self._take_deferred():  # blocks held by the previous batch come first
+            if isinstance(item, PendingBlock):
+                pending.append(item)
+                waiting.add(item.session.session_id)
+            slots.append(item)
 
         def flush() -> None:
             self._open_and_verify(opens, pending)
@@ -203,6 +192,23 @@ class VerifierCore:
             slots.append(out)
         flush()
         return [reply for slot in slots for reply in (slot if isinstance(slot, list) else slot.replies)]
+
+    def _take_deferred(self) -> "list[PendingBlock | list[Reply]]":
+        """The blocks that came in OPENs of the previous batch whose prefill rode in its forward
+        (see `_open_and_verify`), still to verify; a RESYNC for one whose session was evicted
+        meanwhile. A session that moved on, ended, or was replaced under its id drops its block."""
+        carried, self._deferred = self._deferred, []
+        out: list[PendingBlock | list[Reply]] = []
+        for block in carried:
+            session = block.session
+            held = self.sessions.get(session.session_id)
+            if held is session and session.last_seq is None:
+                out.append(block)
+            elif held is None and not session.ended:  # the device re-opens
+                self.stats["resyncs"] += 1
+                out.append([(block.down, self._wrap(session, Resync(session.session_id,
+                                                                    "session not held by this verifier")))])
+        return out
 
     def _prefill(self, opens: list[PendingOpen]) -> None:
         """Prefill the sessions opened in this batch (one forward when batching) and release
@@ -246,9 +252,8 @@ class VerifierCore:
             for o in opens:
                 (riding if o.prefill_length <= width else alone).append(o)
         self._prefill(alone)
-        pending = [*pending, *(o.block for o in alone if o.block is not None and not o.block.failed)]
-        self._verify([p for p in pending if not p.failed], riding)
-        self._deferred.extend(o.block for o in riding if o.block is not None and not o.failed)
+        self._verify([*pending, *(o.block for o in alone if o.block is not None and not o.session.ended)], riding)
+        self._deferred.extend(o.block for o in riding if o.block is not None and not o.session.ended)
 
     @property
     def has_deferred(self) -> bool:
@@ -300,11 +305,8 @@ class VerifierCore:
         sessions are dropped (their caches may be inconsistent now)."""
         err = WireError(ErrorCode.INTERNAL, message)
         for item in items:
-            item.failed = True
-            item.session.ended = True
-            if isinstance(item, PendingOpen) and item.block is not None:
-                item.block.failed = True  # its block is not verified: the ERROR answers both
             session = item.session
+            session.ended = True  # an open's block is then not verified: the ERROR answers both
             self._count(err)
             self.sessions.remove(session.session_id)
             item.result = (item.down, self._wrap(session, ErrorMsg(session.session_id, item.seq, int(err.code), str(err))))
