@@ -414,9 +414,11 @@ class SessionChannel:
                     raise VerifierRejected(msg)
                 continue
 
-    async def close(self, reason: str = "done") -> None:
+    async def close(self, reason: str = "done", *, finished: bool = False) -> None:
+        """End the session here. `finished`: the verifier's last VERDICT said done, so it has
+        ended the session itself and no CLOSE is sent."""
         try:
-            if self.verifier_id is not None:
+            if self.verifier_id is not None and not finished:
                 topic = self.link.topics.session_up(self.link.device_id, self.verifier_id)
                 await self._send_msg(topic, Close(self.session_id, reason))
         finally:

@@ -148,6 +148,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
         stop_token_ids=list(stops), tokenizer_fp=lm.fingerprint,
     )
     resyncs = 0
+    finished = False  # the verifier said done: it has ended the session, no CLOSE to send
     try:
         drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
@@ -204,10 +205,11 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             # 4. Apply the verdict.
             round_seconds.append(time.perf_counter() - sent_at)
             edge.apply(reply.n_accepted, reply.next_token)
+            finished = reply.done
             block = None
             seq += 1
     finally:
-        await channel.close()
+        await channel.close(finished=finished)
     result = edge.result
     # Verified alone, an OPEN needs a prefill forward unless it carried the first block (or
     # has nothing to prefill: one token, no features); so does every re-open.

@@ -314,6 +314,13 @@ class KVPool:
         self._point(session, slot, length)
         return slot
 
+    def discard(self, session: TargetSession) -> None:
+        """Give the slot of a session that is done with its cache back, without copying the
+        cache out (`release` keeps it usable). The session must not verify again."""
+        slot = self._slot.pop(session, None)
+        if slot is not None:
+            self._owners[slot] = None
+
     @torch.inference_mode()
     def release(self, session: TargetSession) -> None:
         """Give a session's slot back; its cache becomes private tensors again."""

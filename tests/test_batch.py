@@ -259,6 +259,25 @@ def test_pool_views_release_and_collection(loaded_pair):
     assert pool.slots == 2
 
 
+def test_a_discarded_slot_is_free_at_once_and_nothing_is_copied(loaded_pair):
+    target, _ = loaded_pair
+    pool = KVPool(target, slots=2, positions=8)
+    a, b = TargetSession(target, GREEDY), TargetSession(target, GREEDY)
+    a.open([1, 8, 9, 10])
+    b.open([1, 11, 12])
+    verify_batch([a, b], [([12, 13], None), ([5], None)], pool=pool)
+    slot, layer = pool.slot_of(a), a.state.cache.layers[0]
+    pool.discard(a)
+    assert pool.slot_of(a) is None and pool.sessions == 1
+    # No private copy was made: the finished session still points into the pool.
+    assert layer.keys.untyped_storage().data_ptr() == pool.keys[0].untyped_storage().data_ptr()
+    c = TargetSession(target, GREEDY)
+    c.open([1, 14])
+    assert pool.admit(c) == slot and pool.slots == 2  # its slot is the next one used
+    pool.discard(a)  # twice, or for a session never admitted: nothing happens
+    assert pool.slot_of(c) == slot
+
+
 def test_malformed_batches_touch_nothing(loaded_pair):
     target, _ = loaded_pair
     a, b = TargetSession(target, GREEDY), TargetSession(target, SAMPLED)

@@ -54,6 +54,28 @@ def test_verifier_with_the_wrong_device_key_gets_other_keys() -> None:
     assert real == expected and forged != expected
 
 
+def test_remembered_static_secrets_give_the_keys_computed_afresh() -> None:
+    """A KeyPair remembers its static-static secret per peer; a bare private key computes it
+    every time. Both give the same session keys, session after session."""
+    device, verifier = generate_keypair(), generate_keypair()
+    for _ in range(3):
+        ephemeral, sid = generate_keypair(), new_session_id()
+        fresh = device_session_keys(device.private, ephemeral, verifier.public, sid)
+        assert device_session_keys(device, ephemeral, verifier.public, sid) == fresh
+        assert verifier_session_keys(verifier, device.public_bytes, ephemeral.public, sid) == fresh
+        assert verifier_session_keys(verifier.private, device.public, ephemeral.public, sid) == fresh
+    assert list(device.static_secrets) == [verifier.public_bytes]
+    assert list(verifier.static_secrets) == [device.public_bytes]
+
+
+def test_a_refused_static_key_is_not_remembered() -> None:
+    device = generate_keypair()
+    for _ in range(2):
+        with pytest.raises(KeyAgreementError, match="low order"):
+            verifier_session_keys(device, bytes(32), generate_keypair().public, new_session_id())
+    assert not device.static_secrets
+
+
 def test_low_order_public_key_is_refused() -> None:
     with pytest.raises(KeyAgreementError, match="low order"):
         device_session_keys(generate_keypair(), generate_keypair(), bytes(32), new_session_id())

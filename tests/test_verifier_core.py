@@ -356,7 +356,8 @@ def test_an_open_carrying_its_first_block_is_answered_with_opened_and_its_verdic
     replies = core.handle(T.open("cam-1"), encode(msg))
     opened, verdict = [decode(p) for _, p in replies]
     assert isinstance(opened, Opened) and isinstance(verdict, VerdictMsg) and verdict.seq == 0
-    assert core.sessions.get(msg.session_id).target.forwards == 1  # prefill and block in one forward
+    session = core.sessions.get(msg.session_id)
+    assert session.target.forwards == 1  # prefill and block in one forward
     # A repeated OPEN (a QoS-1 redelivery, or the device re-sending it) gets both again, unverified.
     assert core.handle(T.open("cam-1"), encode(msg)) == replies
     assert core.stats["verified_blocks"] == 1 and core.stats["duplicate_opens"] == 1
@@ -371,7 +372,47 @@ def test_an_open_carrying_its_first_block_is_answered_with_opened_and_its_verdic
         seq += 1
     if sampling.greedy:
         assert edge.generated == reference(target, prompt, 24)
-    assert core.sessions.get(msg.session_id).target.forwards == edge.result.rounds
+    assert session.target.forwards == edge.result.rounds
+    assert v.done and core.sessions.get(msg.session_id) is None  # the final verdict ended it
+
+
+def test_a_finished_session_ends_with_its_final_verdict(core, loaded_pair):
+    """The VERDICT that says done ends the session on the verifier: its KV slot is free at once
+    and no CLOSE is needed. A redelivery of the final DRAFT still gets that VERDICT (not
+    verified again); a later DRAFT is refused; a CLOSE that comes anyway is accepted."""
+    target, draft = loaded_pair
+    prompt = target.encode("a red circle moves")
+    msg, edge = carrying_open(draft, prompt, 3, 12)
+    opened, verdict = [decode(p) for _, p in core.handle(T.open("cam-1"), encode(msg))]
+    session = core.sessions.get(msg.session_id)
+    edge.apply(verdict.n_accepted, verdict.next_token)
+    seq, last = 1, None
+    while not edge.done:
+        block = edge.next_block()
+        last = encode(DraftMsg(msg.session_id, seq, edge.committed_len, block.tokens, None))
+        final = core.handle(T.session_up("cam-1", VID), last)
+        v = reply_of(final)
+        edge.apply(v.n_accepted, v.next_token)
+        seq += 1
+    assert v.done and last is not None
+    assert edge.generated == reference(target, prompt, 12)
+    assert core.sessions.get(msg.session_id) is None and core.pool.slot_of(session.target) is None
+    assert core.stats["finished"] == 1 and core.stats["closed"] == 0
+    verified, forwards = core.stats["verified_blocks"], session.target.forwards
+    # The final DRAFT again (QoS 1): the same VERDICT bytes, nothing verified.
+    assert core.handle(T.session_up("cam-1", VID), last) == final
+    assert core.stats["verified_blocks"] == verified and session.target.forwards == forwards
+    assert core.stats["duplicates"] == 1
+    # Another device naming the session: refused.
+    assert reply_of(core.handle(T.session_up("cam-2", VID), last), "cam-2").code == ErrorCode.WRONG_DEVICE
+    # A DRAFT after the end: refused as out of sequence.
+    late = DraftMsg(msg.session_id, seq, edge.committed_len, [5], None)
+    err = reply_of(core.handle(T.session_up("cam-1", VID), encode(late)))
+    assert isinstance(err, ErrorMsg) and err.code == ErrorCode.BAD_SEQUENCE
+    # A CLOSE anyway: no answer, and then nothing is kept of the session.
+    assert core.handle(T.session_up("cam-1", VID), encode(Close(msg.session_id))) == []
+    assert core.finished.get(msg.session_id) is None
+    assert isinstance(reply_of(core.handle(T.session_up("cam-1", VID), last)), Resync)
 
 
 @pytest.mark.parametrize("change, code", [

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from schemas import DraftMsg, ErrorCode, ErrorMsg, Opened, Sealed, SessionOpen, Topics, VerdictMsg, decode, encode
+from schemas import Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Sealed, SessionOpen, Topics, VerdictMsg, decode, encode
 from security.channel import device_open
 from security.keys import VerifierKeyRing, generate_keypair
 from security.registry import FleetRegistry
@@ -121,3 +121,31 @@ def test_plaintext_refused_and_replay_answered_from_cache(fleet, loaded_pair):
     # a plaintext draft into the encrypted session is refused
     (_, payload), = core.handle(up, encode(DraftMsg(sid, 1, len(prompt) + 1, [4], None)))
     assert decode(payload).code == ErrorCode.PLAINTEXT_REFUSED
+
+
+def test_a_finished_encrypted_session_still_answers_its_redeliveries(fleet, loaded_pair):
+    """After the VERDICT that says done the session is no longer held, but what its device may
+    still send is authenticated with its keys: the final DRAFT again gets the same VERDICT, its
+    OPEN again gets OPENED, a new DRAFT is refused, a CLOSE is accepted, plaintext is refused."""
+    core, registry, device = fleet
+    lm = loaded_pair[1]
+    ring = registry.verifier_keys()
+    sid, prompt = os.urandom(16), lm.encode("the scene")
+    cipher, sealed_open = device_open(device, ring.current.public, ring.current_key_id, "cam-1", sid, T.open("cam-1"),
+                                      encode(SessionOpen(sid, prompt, tokenizer_fp=lm.fingerprint, max_new_tokens=1)))
+    opened = core.handle(T.open("cam-1"), encode(sealed_open))
+    assert isinstance(open_reply(cipher, opened), Opened)
+    up = T.session_up("cam-1", VID)
+    block = encode(cipher.seal(up, encode(DraftMsg(sid, 0, len(prompt), [4, 5], None))))
+    final = core.handle(up, block)
+    v = open_reply(cipher, final)
+    assert isinstance(v, VerdictMsg) and v.done  # one new token: the first verdict finishes the session
+    assert core.sessions.get(sid) is None and core.stats["finished"] == 1
+    assert core.handle(up, block) == final and core.stats["duplicates"] == 1
+    assert core.handle(T.open("cam-1"), encode(sealed_open)) == opened
+    (_, payload), = core.handle(up, encode(DraftMsg(sid, 1, v.committed_len, [4], None)))
+    assert decode(payload).code == ErrorCode.PLAINTEXT_REFUSED
+    late = encode(cipher.seal(up, encode(DraftMsg(sid, 1, v.committed_len, [4], None))))
+    assert open_reply(cipher, core.handle(up, late)).code == ErrorCode.BAD_SEQUENCE
+    assert core.handle(up, encode(cipher.seal(up, encode(Close(sid))))) == []
+    assert core.finished.get(sid) is None

@@ -47,12 +47,13 @@ from speculative.target import TargetSession
 from speculative.verify import Verdict
 
 from .limits import DeviceRateLimiter
-from .sessions import Session, SessionTable
+from .sessions import FinishedSession, FinishedSessions, Session, SessionTable
 
 log = logging.getLogger("edgespec.verifier")
 
 Reply = tuple[str, bytes]
 SEEN_OPENS_LIMIT = 100_000  # sealed OPENs remembered against replay (32 bytes each)
+FINISHED_KEPT = 4096  # finished sessions whose last verdict answers a redelivered last DRAFT
 # Failures of messages that did not authenticate: their ERROR names no session, so a forger
 # cannot make a device's session end by sending garbage under its session id.
 UNAUTHENTICATED = (ErrorCode.DECRYPT_FAILED, ErrorCode.REPLAY, ErrorCode.PLAINTEXT_REFUSED, ErrorCode.WRONG_DEVICE)
@@ -149,6 +150,7 @@ class VerifierCore:
         self.batch_sizes: Counter[int] = Counter()
         self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
         self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
+        self.finished = FinishedSessions(FINISHED_KEPT)
 
     # ------------------------------------------------------------------ entry point
 
@@ -350,7 +352,8 @@ class VerifierCore:
             if isinstance(msg, (DraftMsg, Close)):
                 self._check_plaintext_allowed()
                 existing = self.sessions.get(msg.session_id)
-                if existing is not None and existing.cipher is not None:
+                known = existing or self.finished.get(msg.session_id)
+                if known is not None and known.cipher is not None:
                     raise WireError(ErrorCode.PLAINTEXT_REFUSED, "this session is encrypted; plaintext refused")
                 return self._draft(uplink, msg, existing) if isinstance(msg, DraftMsg) \
                     else self._close(uplink, msg, existing)
@@ -373,12 +376,12 @@ class VerifierCore:
     def _sealed_open(self, device_id: str, topic: str, msg: SealedOpen) -> "list[Reply] | PendingOpen":
         if self.crypto is None:
             raise WireError(ErrorCode.DECRYPT_FAILED, "this verifier has no keys for encrypted sessions")
-        existing = self.sessions.get(msg.session_id)
+        existing = self.sessions.get(msg.session_id) or self.finished.get(msg.session_id)
         if existing is not None and existing.device_id == device_id and existing.opened_reply is not None \
                 and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
             self.stats["duplicate_opens"] += 1
             return self._opened_again(existing)
-        if existing is None and msg.ciphertext[:32] in self._seen_opens:
+        if msg.ciphertext[:32] in self._seen_opens and self.sessions.get(msg.session_id) is None:
             raise WireError(ErrorCode.REPLAY, "this sealed OPEN was already used; a device opens with fresh keys")
         try:
             device_pub = self.crypto.registry.public_key(device_id)
@@ -403,7 +406,9 @@ class VerifierCore:
             raise WireError(ErrorCode.MALFORMED, "a sealed OPEN must hold an OPEN for the same session id")
         return self._open(device_id, open_msg, cipher)
 
-    def _sealed(self, uplink: Uplink, topic: str, msg: Sealed, session: Session | None) -> list[Reply]:
+    def _sealed(self, uplink: Uplink, topic: str, msg: Sealed, session: "Session | FinishedSession | None") -> list[Reply]:
+        if session is None:
+            session = self._finished_for(uplink, msg.session_id)
         if session is None:
             self.stats["resyncs"] += 1
             return [(self.topics.down(uplink.device_id), encode(Resync(msg.session_id, "session not held by this verifier")))]
@@ -418,6 +423,8 @@ class VerifierCore:
                 self.stats["duplicates"] += 1
                 return [(self.topics.down(uplink.device_id), session.last_reply)]
             raise WireError(ErrorCode.REPLAY, f"envelope seq {msg.seq} was already received")
+        if isinstance(session, FinishedSession):
+            return self._after_finish(session, inner)
         if isinstance(inner, DraftMsg):
             return self._draft(uplink, inner, session)
         if isinstance(inner, Close):
@@ -433,6 +440,10 @@ class VerifierCore:
                 self.stats["duplicate_opens"] += 1
                 return self._opened_again(existing)
             self.sessions.remove(msg.session_id)  # a re-open with new keys replaces the session
+        finished = self.finished.get(msg.session_id)
+        if finished is not None and finished.device_id == device_id and cipher is None and finished.cipher is None:
+            self.stats["duplicate_opens"] += 1  # a redelivered plaintext OPEN of a finished session
+            return self._opened_again(finished)
         if msg.tokenizer_fp != self.lm.fingerprint:
             raise WireError(
                 ErrorCode.TOKENIZER_MISMATCH,
@@ -472,13 +483,14 @@ class VerifierCore:
         block = None if first is None else PendingBlock(session, first, self._check_draft(session, first), down)
         session.opened_with_block = block is not None
         self.sessions.add(session)
+        self.finished.pop(msg.session_id)  # an id opened anew is no longer a finished session
         self.stats["opened"] += 1
         self.stats["encrypted_sessions" if cipher is not None else "plaintext_sessions"] += 1
         session.opened_reply = self._wrap(session, Opened(session.session_id, self.config.verifier_id,
                                                            session.committed_len))
         return PendingOpen(session, context, features, down, block=block)
 
-    def _opened_again(self, session: Session) -> list[Reply]:
+    def _opened_again(self, session: "Session | FinishedSession") -> list[Reply]:
         """The replies to a repeated OPEN: its OPENED, and the first block's VERDICT while it is
         the session's latest (a device re-sends its OPEN only before any later DRAFT)."""
         down = self.topics.down(session.device_id)
@@ -490,6 +502,11 @@ class VerifierCore:
     def _draft(self, uplink: Uplink, msg: DraftMsg, session: Session | None) -> "list[Reply] | PendingBlock":
         """`session`: the table's entry for msg.session_id, looked up by the caller."""
         down = self.topics.down(uplink.device_id)
+        if session is None and (finished := self._finished_for(uplink, msg.session_id)) is not None:
+            if msg.seq == finished.last_seq and finished.last_reply is not None:
+                self.stats["duplicates"] += 1  # QoS 1 redelivery of the final DRAFT
+                return [(down, finished.last_reply)]
+            return self._after_finish(finished, msg)
         if session is None:
             self.stats["resyncs"] += 1
             return [(down, encode(Resync(msg.session_id, "session not held by this verifier")))]
@@ -523,17 +540,49 @@ class VerifierCore:
             done=session.done,
         ))
         session.last_seq, session.last_reply = msg.seq, reply
+        if session.done:
+            self._finish(session)
         self.stats["verified_blocks"] += 1
         self.stats["accepted_tokens"] += verdict.n_accepted
         self.stats["drafted_tokens"] += len(msg.tokens)
         return reply
 
+    def _finish(self, session: Session) -> None:
+        """A session whose VERDICT says done ends with it: its KV cache goes now, and its
+        device sends no CLOSE. What answers a redelivered last DRAFT stays (`finished`)."""
+        session.ended = True
+        self.pool.discard(session.target)  # the cache is never read again: nothing to copy out
+        self.sessions.remove(session.session_id)
+        self.finished.add(session)
+        self.stats["finished"] += 1
+
     def _close(self, uplink: Uplink, msg: Close, session: Session | None) -> list[Reply]:
         if session is not None and session.device_id == uplink.device_id:
             session.ended = True
+            self.pool.discard(session.target)
             self.sessions.remove(msg.session_id)
             self.stats["closed"] += 1
+        elif session is None and (finished := self._finished_for(uplink, msg.session_id)) is not None:
+            return self._after_finish(finished, msg)  # a CLOSE after the final verdict
         return []
+
+    def _finished_for(self, uplink: Uplink, session_id: bytes) -> FinishedSession | None:
+        """The finished session `session_id` (None if none is kept); WRONG_DEVICE when it was
+        another device's."""
+        finished = self.finished.get(session_id)
+        if finished is not None and finished.device_id != uplink.device_id:
+            raise WireError(ErrorCode.WRONG_DEVICE, "session id belongs to another device")
+        return finished
+
+    def _after_finish(self, finished: FinishedSession, inner: Any) -> list[Reply]:
+        """A new message for a session that finished (a repeat of its last DRAFT was answered
+        as a duplicate before this): a CLOSE is accepted; a DRAFT is too late."""
+        if isinstance(inner, Close):
+            self.finished.pop(finished.session_id)
+            return []
+        if isinstance(inner, DraftMsg):
+            raise WireError(ErrorCode.BAD_SEQUENCE, "the session has already finished")
+        raise WireError(ErrorCode.UNKNOWN_TYPE, f"a device may not send {inner.type.name} messages")
 
     # ------------------------------------------------------------------ validation
 

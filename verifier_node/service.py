@@ -133,10 +133,11 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
         # When the window is over, what already reached the sockets joins the batch too.
         loop = asyncio.get_running_loop()
         while True:
-            # Blocks deferred by the last batch (see VerifierCore._open_and_verify) go at once,
-            # with whatever is queued by now.
+            # Blocks deferred by the last batch (see VerifierCore._open_and_verify) need no
+            # message to start a batch; the window still applies, so the blocks that devices
+            # send in answer to the last batch's verdicts can join them in one forward.
             batch = [] if core.has_deferred else [await inbox.get()]
-            window = batch_window_s if len(core.sessions) > 1 and batch else 0.0
+            window = batch_window_s if len(core.sessions) > 1 else 0.0
             deadline = loop.time() + window
             read_sockets = True  # once per batch
             while len(batch) < max_batch:

@@ -40,6 +40,48 @@ class Session:
         return self.target.committed[self.prompt_len:]
 
 
+@dataclass(frozen=True)
+class FinishedSession:
+    """What the verifier keeps of a session whose last VERDICT said `done`: enough to
+    authenticate and answer a QoS-1 redelivery of its last DRAFT or of its OPEN. Its KV cache
+    is gone; the device sends no CLOSE (one that comes anyway is accepted)."""
+
+    device_id: str
+    session_id: bytes
+    last_seq: int | None
+    last_reply: bytes | None
+    opened_reply: bytes | None
+    opened_with_block: bool
+    cipher: Any
+
+    @classmethod
+    def of(cls, s: Session) -> "FinishedSession":
+        return cls(s.device_id, s.session_id, s.last_seq, s.last_reply, s.opened_reply, s.opened_with_block, s.cipher)
+
+
+class FinishedSessions:
+    """The most recent `limit` finished sessions by id (oldest forgotten first)."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._by_id: OrderedDict[bytes, FinishedSession] = OrderedDict()
+
+    def add(self, session: Session) -> None:
+        self._by_id[session.session_id] = FinishedSession.of(session)
+        self._by_id.move_to_end(session.session_id)
+        while len(self._by_id) > self.limit:
+            self._by_id.popitem(last=False)
+
+    def get(self, session_id: bytes) -> FinishedSession | None:
+        return self._by_id.get(session_id)
+
+    def pop(self, session_id: bytes) -> FinishedSession | None:
+        return self._by_id.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
 class SessionTable:
     """Sessions by id, least recently used first.
 
