@@ -100,6 +100,11 @@ async def exchange_drafting_ahead(channel, message: DraftMsg | SessionOpen, edge
         stepping = edge is not None
         poll_until = time.perf_counter() + busy_poll_s
         while not reply.done():
+            if channel.has_downlink():
+                # A reply came in: the waiting task takes it before anything else runs here (a
+                # draft forward now would hold the verdict back for its whole length).
+                await asyncio.sleep(0)
+                continue
             if stepping:
                 stepping = edge.draft_ahead_step()
                 poll_until = time.perf_counter() + busy_poll_s

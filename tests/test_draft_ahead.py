@@ -51,3 +51,40 @@ def test_sampled_session_with_ahead_completes(loaded_pair):
     out, _ = generate_with_ahead(target, draft, target.encode("hello"), 4, 20, steps=3,
                                  params=SamplingParams(temperature=0.8))
     assert 1 <= len(out) <= 20
+
+
+def test_a_queued_reply_is_taken_before_the_next_draft_forward():
+    """While a verdict waits in the session's inbox, the drafting loop makes no forward: it lets
+    the task that takes the verdict run first (a forward would delay the verdict by its length)."""
+    import asyncio
+
+    from camera_node.session import exchange_drafting_ahead
+
+    class Channel:
+        def __init__(self):
+            self.queued = False
+            self.delivered = asyncio.Event()
+
+        def has_downlink(self):
+            return self.queued
+
+        async def exchange(self, message):
+            self.queued = True  # the verdict is in the inbox from the start
+            await self.delivered.wait()  # ...and is taken only once this task is let run again
+            return "verdict"
+
+    class Edge:
+        steps = 0
+
+        def draft_ahead_step(self):
+            Edge.steps += 1
+            return True
+
+    async def scenario():
+        channel = Channel()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, channel.delivered.set)  # the reply task can finish only after 10 ms
+        return await exchange_drafting_ahead(channel, object(), Edge())
+
+    assert asyncio.run(scenario()) == "verdict"
+    assert Edge.steps == 0
