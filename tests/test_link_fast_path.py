@@ -225,6 +225,9 @@ def test_a_failing_draft_forward_cancels_the_wait_for_its_verdict():
         async def exchange(self, draft):
             await asyncio.sleep(3600)  # no verdict comes
 
+        def has_downlink(self):
+            return False
+
     class Edge:
         def draft_ahead_step(self):
             raise RuntimeError("draft forward failed")
