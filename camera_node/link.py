@@ -79,6 +79,16 @@ class Traffic:
     down_messages: int = 0
 
 
+def _settled(info) -> bool:
+    """Whether a publish `send` wrote needs no more waiting for: the broker acknowledged it,
+    or it was made while paho saw the connection down (paho then sends it again itself after
+    the reconnect, and its info raises instead of answering)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return True
+
+
 async def get_within(queue: asyncio.Queue, seconds: float):
     """`queue.get()` or asyncio.TimeoutError after `seconds`. On Python 3.11+ this waits in
     the caller's task; `asyncio.wait_for` there wraps the get in a task of its own, which costs
@@ -143,7 +153,7 @@ class EdgeLink:
             for task in unsent:  # the broker stayed away: give up on them
                 task.cancel()
         while self._connected.is_set() and self._unacked and asyncio.get_running_loop().time() < deadline:
-            if self._unacked[0].is_published():
+            if _settled(self._unacked[0]):
                 self._unacked.popleft()
             else:
                 await asyncio.sleep(0.001)  # its PUBACK is on the way
@@ -251,7 +261,7 @@ class EdgeLink:
             # Written now; or, if paho saw the connection drop before the reader did, kept by
             # paho and sent on the reconnect (publishing it again would send it twice).
             info = publish_now(self._client, topic, payload)
-            while self._unacked and self._unacked[0].is_published():
+            while self._unacked and _settled(self._unacked[0]):
                 self._unacked.popleft()
             self._unacked.append(info)
             return publish_size(topic, payload)
@@ -389,7 +399,9 @@ class SessionChannel:
                                           self.link.device_id, self.session_id, topic, encode(msg))
         await self._send(topic, encode(sealed))
 
-    async def wait_opened(self) -> Opened:
+    async def wait_opened(self, *, or_resync: bool = False) -> Opened | Resync:
+        """The OPENED (a RESYNC too with `or_resync`: the verifier lost the session before it
+        could answer the block the OPEN carried)."""
         # Called after send_open, so open_pending is set until the OPENED below: `_next` takes an
         # ERROR in the clear meanwhile (and, as exchange runs only after a successful open, only then).
         while True:
@@ -400,6 +412,8 @@ class SessionChannel:
                 return msg
             if isinstance(msg, ErrorMsg):
                 raise VerifierRejected(msg)
+            if or_resync and isinstance(msg, Resync):
+                return msg
 
     async def exchange(self, draft: DraftMsg) -> VerdictMsg | Resync:
         """Send a draft block and wait for its verdict (or a RESYNC)."""
@@ -408,12 +422,16 @@ class SessionChannel:
         return await self._verdict(draft.seq)
 
     async def open_with_block(self, msg: SessionOpen) -> VerdictMsg | Resync:
-        """Send an OPEN that carries the first block (`msg.first_block`) and wait for its
-        OPENED and then the block's verdict (seq 0)."""
+        """Send an OPEN that carries the first block (`msg.first_block`) and wait for the
+        OPENED, which holds the block's verdict (seq 0)."""
         assert msg.first_block is not None
         await self.send_open(msg)
-        await self.wait_opened()
-        return await self._verdict(0)
+        opened = await self.wait_opened(or_resync=True)
+        if isinstance(opened, Resync):
+            return opened
+        if opened.first_verdict is not None:
+            return opened.first_verdict
+        return await self._verdict(0)  # a verifier that answers the block in a VERDICT of its own
 
     async def _verdict(self, seq: int) -> VerdictMsg | Resync:
         while True:

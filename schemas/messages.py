@@ -118,7 +118,7 @@ class SessionOpen:
     tokenizer_fp: bytes = b"\0" * FINGERPRINT_BYTES
     generated_ids: list[int] = field(default_factory=list)  # non-empty when resuming (RESYNC)
     # The session's first drafted block (seq 0), verified in the prefill's forward and answered
-    # with OPENED then its VERDICT; None: the OPEN carries no block (drafts follow OPENED).
+    # with an OPENED holding its VERDICT; None: the OPEN carries no block (drafts follow OPENED).
     first_block: list[int] | None = None
     first_q: SparseQWire | None = None
     type = MsgType.OPEN
@@ -135,6 +135,9 @@ class Opened:
     session_id: bytes
     verifier_id: str
     committed_len: int
+    # The VERDICT (seq 0) of the block the OPEN carried, in the same message; None when the
+    # OPEN carried no block.
+    first_verdict: "VerdictMsg | None" = None
     type = MsgType.OPENED
 
 
@@ -218,6 +221,11 @@ def _q_out(q: SparseQWire | None) -> Any:
     return None if q is None else [q.top, q.ids, q.weights]
 
 
+def _verdict_fields(v: "VerdictMsg") -> list[Any]:
+    """A VERDICT's fields after session_id and seq (an OPENED's `first_verdict`)."""
+    return [list(v.accept_mask), v.n_accepted, v.next_token, v.committed_len, v.done]
+
+
 _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     SessionOpen: lambda m: [
         m.session_id, list(m.prompt_ids), _features_out(m.features), float(m.temperature), m.top_k,
@@ -225,7 +233,8 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
         m.tokenizer_fp, list(m.generated_ids),
         None if m.first_block is None else list(m.first_block), _q_out(m.first_q),
     ],
-    Opened: lambda m: [m.session_id, m.verifier_id, m.committed_len],
+    Opened: lambda m: [m.session_id, m.verifier_id, m.committed_len,
+                       *([] if m.first_verdict is None else [_verdict_fields(m.first_verdict)])],
     DraftMsg: lambda m: [m.session_id, m.seq, m.committed_len, list(m.tokens), _q_out(m.q)],
     VerdictMsg: lambda m: [
         m.session_id, m.seq, list(m.accept_mask), m.n_accepted, m.next_token, m.committed_len, m.done,
@@ -425,10 +434,22 @@ def _decode_verdict(f: _Fields) -> VerdictMsg:
     )
 
 
+def _decode_opened(f: _Fields) -> Opened:
+    session_id = f.bytes(2, "session_id", SESSION_ID_BYTES)
+    nested = f.get(5, "first_verdict", None)
+    first = None
+    if nested is not None:
+        if not isinstance(nested, list) or len(nested) < 5:
+            raise f._bad("first_verdict", "must be nil or [accept_mask, n_accepted, next_token, committed_len, done]")
+        # The fields of a VERDICT for this session's seq 0, checked as a VERDICT's are.
+        first = _decode_verdict(_Fields([PROTOCOL_VERSION, int(MsgType.VERDICT), session_id, 0, *nested],
+                                        MsgType.VERDICT, f.limits))
+    return Opened(session_id, f.str(3, "verifier_id"), f.int(4, "committed_len", 1, MAX_SEED), first)
+
+
 _DECODERS: dict[MsgType, Callable[[_Fields], Message]] = {
     MsgType.OPEN: _decode_open,
-    MsgType.OPENED: lambda f: Opened(f.bytes(2, "session_id", SESSION_ID_BYTES), f.str(3, "verifier_id"),
-                                     f.int(4, "committed_len", 1, MAX_SEED)),
+    MsgType.OPENED: _decode_opened,
     MsgType.DRAFT: _decode_draft,
     MsgType.VERDICT: _decode_verdict,
     MsgType.RESYNC: lambda f: Resync(f.bytes(2, "session_id", SESSION_ID_BYTES), f.str(3, "reason")),

@@ -182,6 +182,21 @@ def test_an_open_carries_its_first_block_as_draft_seq_0():
     assert decode(encode(SessionOpen(b"s" * 16, [1], first_block=[]))).first_draft() == DraftMsg(b"s" * 16, 0, 1, [])
 
 
+def test_an_opened_carries_the_first_blocks_verdict():
+    sid = b"s" * 16
+    verdict = VerdictMsg(sid, 0, [True, True, False], 2, 17, 9, False)
+    msg = Opened(sid, "verifier-1", 6, verdict)
+    assert decode(encode(msg)) == msg and decode(encode(msg)).first_verdict == verdict
+    # Without one, the OPENED is the three fields it always was.
+    assert msgpack.unpackb(encode(Opened(sid, "verifier-1", 6))) == [PROTOCOL_VERSION, MsgType.OPENED, sid, "verifier-1", 6]
+    head = [PROTOCOL_VERSION, int(MsgType.OPENED), sid, "verifier-1", 6]
+    assert decode(msgpack.packb(head + [None])).first_verdict is None
+    for bad in ("x", [[True], 1, 17], [[1], 1, 17, 9, False], [[True], 2, 17, 9, False], [[True], 1, -1, 9, False]):
+        with pytest.raises(WireError) as err:
+            decode(msgpack.packb(head + [bad]))
+        assert err.value.code in (ErrorCode.MALFORMED, ErrorCode.OUT_OF_RANGE)
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_raise_anything_but_wire_error(data):

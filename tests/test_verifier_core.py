@@ -354,7 +354,8 @@ def test_an_open_carrying_its_first_block_is_answered_with_opened_and_its_verdic
     prompt = target.encode("a red circle moves")
     msg, edge = carrying_open(draft, prompt, 3, 24, sampling)
     replies = core.handle(T.open("cam-1"), encode(msg))
-    opened, verdict = [decode(p) for _, p in replies]
+    opened, = [decode(p) for _, p in replies]  # one message: the OPENED holds the block's VERDICT
+    verdict = opened.first_verdict
     assert isinstance(opened, Opened) and isinstance(verdict, VerdictMsg) and verdict.seq == 0
     session = core.sessions.get(msg.session_id)
     assert session.target.forwards == 1  # prefill and block in one forward
@@ -383,7 +384,8 @@ def test_a_finished_session_ends_with_its_final_verdict(core, loaded_pair):
     target, draft = loaded_pair
     prompt = target.encode("a red circle moves")
     msg, edge = carrying_open(draft, prompt, 3, 12)
-    opened, verdict = [decode(p) for _, p in core.handle(T.open("cam-1"), encode(msg))]
+    opened, = [decode(p) for _, p in core.handle(T.open("cam-1"), encode(msg))]
+    verdict = opened.first_verdict
     session = core.sessions.get(msg.session_id)
     edge.apply(verdict.n_accepted, verdict.next_token)
     seq, last = 1, None
@@ -457,13 +459,12 @@ def test_opens_carrying_blocks_batch_with_other_sessions_drafts(core, loaded_pai
         replies = [decode(p) for _, p in core.handle_batch(batch)]
         for reply in replies:
             i = sids.index(reply.session_id)
-            if isinstance(reply, Opened):
-                continue
-            assert isinstance(reply, VerdictMsg) and reply.seq == seqs[i], reply
-            if reply.seq == 0:
-                same_batch = any(isinstance(r, Opened) and r.session_id == reply.session_id for r in replies)
+            if isinstance(reply, Opened):  # with its block's VERDICT: in this batch, or the next
+                same_batch = i == new
                 same_batch_seen |= same_batch
                 deferred_seen |= not same_batch
+                reply = reply.first_verdict
+            assert isinstance(reply, VerdictMsg) and reply.seq == seqs[i], reply
             edges[i].apply(reply.n_accepted, reply.next_token)
             seqs[i] += 1
             waiting[i] = False
@@ -494,7 +495,7 @@ def test_a_deferred_block_whose_session_was_evicted_gets_resync(core, loaded_pai
     block = DraftMsg(running.session_id, 0, len(running.prompt_ids), [5], None)
     replies = [decode(p) for _, p in core.handle_batch([(T.session_up("cam-2", VID), encode(block)),
                                                          (T.open("cam-1"), encode(msg))])]
-    assert [type(r) for r in replies] == [VerdictMsg, Opened] and core.has_deferred  # its prefill rode along
+    assert [type(r) for r in replies] == [VerdictMsg] and core.has_deferred  # its prefill rode along
     core.sessions.remove(msg.session_id)  # evicted before the next batch
     (topic, payload), = core.handle_batch([])
     assert topic == T.down("cam-1") and isinstance(decode(payload), Resync) and not core.has_deferred
@@ -531,3 +532,23 @@ def test_a_held_block_of_a_replaced_session_sends_no_resync(loaded_pair):
                        (T.open("cam-1"), encode(msg))])  # and the redelivered OPEN opens it again
     replies = [decode(p) for _, p in core.handle_batch([])]
     assert not any(isinstance(r, Resync) for r in replies)
+
+
+def test_an_open_whose_block_waits_for_the_next_batch_is_answered_once_with_both(core, loaded_pair):
+    """The OPENED of an OPEN whose prefill rode in a batch waits for its block's VERDICT (next
+    batch) and goes out with it; a repeated OPEN meanwhile gets nothing (the answer is coming)
+    and afterwards that same answer."""
+    target, draft = loaded_pair
+    running = opened_session(core, draft, device="cam-2")
+    msg, _ = carrying_open(draft, target.encode("hello"), 3, 8)
+    block = DraftMsg(running.session_id, 0, len(running.prompt_ids), [5], None)
+    # The OPEN twice in one batch: the repeat comes after its prefill rode, before its block's turn.
+    replies = core.handle_batch([(T.session_up("cam-2", VID), encode(block)), (T.open("cam-1"), encode(msg)),
+                                 (T.open("cam-1"), encode(msg))])
+    assert [type(decode(p)) for _, p in replies] == [VerdictMsg] and core.has_deferred
+    assert core.stats["duplicate_opens"] == 1
+    (topic, payload), = core.handle_batch([])
+    opened = decode(payload)
+    assert topic == T.down("cam-1") and isinstance(opened, Opened) and opened.first_verdict.seq == 0
+    assert core.handle(T.open("cam-1"), encode(msg)) == [(topic, payload)]
+    assert core.stats["verified_blocks"] == 2  # the running block and the carried one, once each

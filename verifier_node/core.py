@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,8 @@ class VerifierConfig:
 class PendingOpen:
     """A validated session open waiting for its (possibly batched) prefill; `result` becomes
     its reply (the OPENED, or an error) once the prefill is done. `block`: the first block the
-    OPEN carried, verified with the prefill (its VERDICT follows the OPENED)."""
+    OPEN carried, verified with the prefill or in the next batch; its result is then the one
+    reply, the OPENED holding the block's VERDICT (`result` stays None)."""
 
     session: Session
     context: list[int]
@@ -101,7 +102,7 @@ class PendingOpen:
 
     @property
     def replies(self) -> list[Reply]:
-        return [self.result] if self.block is None or self.block.result is None else [self.result, self.block.result]
+        return [r for r in (self.result, None if self.block is None else self.block.result) if r is not None]
 
     @property
     def prefill_length(self) -> int:
@@ -229,7 +230,8 @@ class VerifierCore:
             return
         self.stats["prefill_batches"] += 1
         for o in opens:
-            o.result = (o.down, o.session.opened_reply)
+            if o.block is None:  # a carried block's verdict brings the OPENED with it
+                o.result = (o.down, o.session.opened_reply)
 
     def _open_and_verify(self, opens: list[PendingOpen], pending: list[PendingBlock]) -> None:
         """Fill the results of `opens` and `pending`.
@@ -274,7 +276,6 @@ class VerifierCore:
             self._failed([o], f"verifier failed to open this session: {type(exc).__name__}")
             return
         self.stats["opens_with_block"] += 1
-        o.result = (o.down, o.session.opened_reply)
         block.result = (o.down, self._settle(o.session, block.msg, verdict))
 
     def _verify(self, pending: list[PendingBlock], opening: list[PendingOpen]) -> None:
@@ -298,7 +299,8 @@ class VerifierCore:
         if opening:
             self.stats["opens_in_verify_batches"] += len(opening)
         for o in opening:
-            o.result = (o.down, o.session.opened_reply)
+            if o.block is None:  # a carried block's verdict (next batch) brings the OPENED with it
+                o.result = (o.down, o.session.opened_reply)
         for p, v in zip(pending, verdicts):
             p.result = (p.down, self._settle(p.session, p.msg, v))
 
@@ -377,7 +379,7 @@ class VerifierCore:
         if self.crypto is None:
             raise WireError(ErrorCode.DECRYPT_FAILED, "this verifier has no keys for encrypted sessions")
         existing = self.sessions.get(msg.session_id) or self.finished.get(msg.session_id)
-        if existing is not None and existing.device_id == device_id and existing.opened_reply is not None \
+        if existing is not None and existing.device_id == device_id \
                 and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
             self.stats["duplicate_opens"] += 1
             return self._opened_again(existing)
@@ -486,18 +488,17 @@ class VerifierCore:
         self.finished.pop(msg.session_id)  # an id opened anew is no longer a finished session
         self.stats["opened"] += 1
         self.stats["encrypted_sessions" if cipher is not None else "plaintext_sessions"] += 1
-        session.opened_reply = self._wrap(session, Opened(session.session_id, self.config.verifier_id,
-                                                           session.committed_len))
+        session.opened = Opened(session.session_id, self.config.verifier_id, session.committed_len)
+        # With a carried block the OPENED goes out with its VERDICT (`_settle`), not before.
+        session.opened_reply = None if block is not None else self._wrap(session, session.opened)
         return PendingOpen(session, context, features, down, block=block)
 
     def _opened_again(self, session: "Session | FinishedSession") -> list[Reply]:
-        """The replies to a repeated OPEN: its OPENED, and the first block's VERDICT while it is
-        the session's latest (a device re-sends its OPEN only before any later DRAFT)."""
-        down = self.topics.down(session.device_id)
-        replies = [(down, session.opened_reply or b"")]
-        if session.opened_with_block and session.last_seq == 0 and session.last_reply is not None:
-            replies.append((down, session.last_reply))
-        return replies
+        """The reply to a repeated OPEN: its OPENED (with the first block's VERDICT when it
+        carried one), or nothing while that is still being computed (it is on its way)."""
+        if session.opened_reply is None:
+            return []
+        return [(self.topics.down(session.device_id), session.opened_reply)]
 
     def _draft(self, uplink: Uplink, msg: DraftMsg, session: Session | None) -> "list[Reply] | PendingBlock":
         """`session`: the table's entry for msg.session_id, looked up by the caller."""
@@ -530,7 +531,7 @@ class VerifierCore:
     def _settle(self, session: Session, msg: DraftMsg, verdict: Verdict) -> bytes:
         """Record a verdict for duplicate answers and build its reply."""
         _, session.done = session.stop.clip(session.generated)
-        reply = self._wrap(session, VerdictMsg(
+        message = VerdictMsg(
             session_id=msg.session_id,
             seq=msg.seq,
             accept_mask=list(verdict.accept_mask),
@@ -538,7 +539,11 @@ class VerifierCore:
             next_token=verdict.next_token,
             committed_len=session.committed_len,
             done=session.done,
-        ))
+        )
+        if session.opened_with_block and msg.seq == 0:  # the OPEN's block: one reply for both
+            reply = session.opened_reply = self._wrap(session, replace(session.opened, first_verdict=message))
+        else:
+            reply = self._wrap(session, message)
         session.last_seq, session.last_reply = msg.seq, reply
         if session.done:
             self._finish(session)

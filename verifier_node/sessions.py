@@ -24,7 +24,8 @@ class Session:
     gamma: int = 32  # the most drafts per block the device announced
     last_seq: int | None = None
     last_reply: bytes | None = None  # the verdict for last_seq, re-sent for a duplicate
-    opened_reply: bytes | None = None  # the OPENED answer, re-sent for a duplicate open
+    opened: Any = None  # schemas.Opened, the answer to its OPEN
+    opened_reply: bytes | None = None  # that answer as sent (with the first verdict when the OPEN carried a block)
     opened_with_block: bool = False  # the OPEN carried the first block (seq 0)
     cipher: Any = None  # security.channel.SessionCipher for an encrypted session
     done: bool = False
