@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from edgespec.mqtt import (RECONNECT_BACKOFF_S, ClientAuth, make_client, publish_now, reconnect_delay, routing_queue,
+from edgespec.mqtt import (RECONNECT_BACKOFF_S, ClientAuth, get_within, make_client, publish_now, reconnect_delay, routing_queue,
                            until_disconnected)
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
@@ -87,16 +87,6 @@ def _settled(info) -> bool:
         return info.is_published()
     except (RuntimeError, ValueError):
         return True
-
-
-async def get_within(queue: asyncio.Queue, seconds: float):
-    """`queue.get()` or asyncio.TimeoutError after `seconds`. On Python 3.11+ this waits in
-    the caller's task; `asyncio.wait_for` there wraps the get in a task of its own, which costs
-    a loop turn (about 10 us) before the caller sees a message."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
-            return await queue.get()
-    return await asyncio.wait_for(queue.get(), seconds)
 
 
 class EdgeLink:

@@ -169,6 +169,16 @@ def read_waiting(client: aiomqtt.Client, max_reads: int = 256) -> None:
             return
 
 
+async def get_within(queue: asyncio.Queue, seconds: float):
+    """`queue.get()` or asyncio.TimeoutError after `seconds`. On Python 3.11+ this waits in
+    the caller's task; `asyncio.wait_for` there wraps the get in a task of its own, which costs
+    a loop turn (about 10 us) before the caller sees a message."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await queue.get()
+    return await asyncio.wait_for(queue.get(), seconds)
+
+
 def reconnect_delay(attempt: int, backoff: tuple[float, ...] = RECONNECT_BACKOFF_S) -> float:
     """Seconds to wait before reconnect attempt `attempt` (0-based)."""
     return backoff[min(attempt, len(backoff) - 1)]

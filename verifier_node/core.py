@@ -142,7 +142,7 @@ class VerifierCore:
         self.pool = KVPool(lm)
         self.sessions = SessionTable(config.max_sessions, config.session_idle_s, max_bytes=config.max_kv_bytes,
                                      bytes_per_token=kv_bytes_per_token(lm.model.config, lm.model.dtype),
-                                     on_drop=lambda s: self.pool.release(s.target),
+                                     on_drop=self._drop_cache,
                                      max_per_device=config.max_sessions_per_device,
                                      max_tokens_per_session=lm.max_positions)
         self.limiter = DeviceRateLimiter(config.device_rate, config.device_burst)
@@ -152,6 +152,15 @@ class VerifierCore:
         self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
         self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
         self.finished = FinishedSessions(FINISHED_KEPT)
+
+    def _drop_cache(self, session: Session) -> None:
+        """A session leaves the table. One that has ended (closed, finished, failed, resynced)
+        never reads its cache again: its pool slot is freed without a copy. One evicted while
+        alive keeps a private copy, since a block of it may still be in this batch."""
+        if session.ended:
+            self.pool.discard(session.target)
+        else:
+            self.pool.release(session.target)
 
     # ------------------------------------------------------------------ entry point
 
@@ -378,12 +387,13 @@ class VerifierCore:
     def _sealed_open(self, device_id: str, topic: str, msg: SealedOpen) -> "list[Reply] | PendingOpen":
         if self.crypto is None:
             raise WireError(ErrorCode.DECRYPT_FAILED, "this verifier has no keys for encrypted sessions")
-        existing = self.sessions.get(msg.session_id) or self.finished.get(msg.session_id)
+        held = self.sessions.get(msg.session_id)
+        existing = held or self.finished.get(msg.session_id)
         if existing is not None and existing.device_id == device_id \
                 and existing.cipher is not None and existing.cipher.open_ciphertext == msg.ciphertext:
             self.stats["duplicate_opens"] += 1
             return self._opened_again(existing)
-        if msg.ciphertext[:32] in self._seen_opens and self.sessions.get(msg.session_id) is None:
+        if held is None and msg.ciphertext[:32] in self._seen_opens:
             raise WireError(ErrorCode.REPLAY, "this sealed OPEN was already used; a device opens with fresh keys")
         try:
             device_pub = self.crypto.registry.public_key(device_id)
@@ -500,14 +510,11 @@ class VerifierCore:
             return []
         return [(self.topics.down(session.device_id), session.opened_reply)]
 
-    def _draft(self, uplink: Uplink, msg: DraftMsg, session: Session | None) -> "list[Reply] | PendingBlock":
+    def _draft(self, uplink: Uplink, msg: DraftMsg, session: "Session | FinishedSession | None") -> "list[Reply] | PendingBlock":
         """`session`: the table's entry for msg.session_id, looked up by the caller."""
         down = self.topics.down(uplink.device_id)
-        if session is None and (finished := self._finished_for(uplink, msg.session_id)) is not None:
-            if msg.seq == finished.last_seq and finished.last_reply is not None:
-                self.stats["duplicates"] += 1  # QoS 1 redelivery of the final DRAFT
-                return [(down, finished.last_reply)]
-            return self._after_finish(finished, msg)
+        if session is None:
+            session = self._finished_for(uplink, msg.session_id)
         if session is None:
             self.stats["resyncs"] += 1
             return [(down, encode(Resync(msg.session_id, "session not held by this verifier")))]
@@ -516,10 +523,10 @@ class VerifierCore:
         if session.last_seq is not None and msg.seq == session.last_seq and session.last_reply is not None:
             self.stats["duplicates"] += 1  # QoS 1 redelivery: answer again, never verify twice
             return [(down, session.last_reply)]
+        if isinstance(session, FinishedSession):
+            return self._after_finish(session, msg)
         if session.last_seq is not None and msg.seq != session.last_seq + 1:
             raise WireError(ErrorCode.BAD_SEQUENCE, f"seq {msg.seq} after {session.last_seq}: stale or out of order")
-        if session.done:
-            raise WireError(ErrorCode.BAD_SEQUENCE, "the session has already finished")
         if msg.committed_len != session.committed_len:
             self.stats["resyncs"] += 1
             session.ended = True
@@ -556,15 +563,13 @@ class VerifierCore:
         """A session whose VERDICT says done ends with it: its KV cache goes now, and its
         device sends no CLOSE. What answers a redelivered last DRAFT stays (`finished`)."""
         session.ended = True
-        self.pool.discard(session.target)  # the cache is never read again: nothing to copy out
-        self.sessions.remove(session.session_id)
+        self.sessions.remove(session.session_id)  # its cache is freed without a copy (`_drop_cache`)
         self.finished.add(session)
         self.stats["finished"] += 1
 
     def _close(self, uplink: Uplink, msg: Close, session: Session | None) -> list[Reply]:
         if session is not None and session.device_id == uplink.device_id:
             session.ended = True
-            self.pool.discard(session.target)
             self.sessions.remove(msg.session_id)
             self.stats["closed"] += 1
         elif session is None and (finished := self._finished_for(uplink, msg.session_id)) is not None:

@@ -16,7 +16,7 @@ import time
 import aiomqtt
 
 from edgespec import mqtt
-from edgespec.mqtt import (BusyPoll, ClientAuth, make_client, publish_now, read_waiting, reconnect_delay,
+from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_now, read_waiting, reconnect_delay,
                           routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
@@ -147,7 +147,7 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
                 remaining = deadline - loop.time()
                 if remaining > 0:
                     try:
-                        batch.append(await asyncio.wait_for(inbox.get(), remaining))
+                        batch.append(await get_within(inbox, remaining))
                         continue
                     except asyncio.TimeoutError:
                         pass

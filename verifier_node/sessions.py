@@ -52,12 +52,11 @@ class FinishedSession:
     last_seq: int | None
     last_reply: bytes | None
     opened_reply: bytes | None
-    opened_with_block: bool
     cipher: Any
 
     @classmethod
     def of(cls, s: Session) -> "FinishedSession":
-        return cls(s.device_id, s.session_id, s.last_seq, s.last_reply, s.opened_reply, s.opened_with_block, s.cipher)
+        return cls(s.device_id, s.session_id, s.last_seq, s.last_reply, s.opened_reply, s.cipher)
 
 
 class FinishedSessions:
