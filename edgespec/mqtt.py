@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 import aiomqtt
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+CORK = getattr(socket, "TCP_CORK", None)  # Linux only; elsewhere the writes go out one by one
 RECONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # seconds before reconnect attempt 1, 2, ...; then the last
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883, "ws": 9001, "wss": 8884}
 
@@ -93,7 +94,7 @@ def make_client(
     if session_expiry_s:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = session_expiry_s
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         addr.host,
         addr.port,
         identifier=client_id,
@@ -111,6 +112,31 @@ def make_client(
         timeout=timeout_s,
         queue_type=queue_type,
     )
+    _follow_receive_maximum(client)
+    return client
+
+
+def _follow_receive_maximum(client: aiomqtt.Client) -> None:
+    """Keep as many QoS-1 publishes unacknowledged as the broker's CONNACK allows (MQTT v5
+    Receive Maximum; 65,535 when absent), not paho's fixed 20.
+
+    paho holds every publish beyond its own limit until a PUBACK frees a place, and a PUBACK
+    is read only when the event loop turns: a verifier answering a batch of 40 blocks sent 20
+    verdicts and kept the rest back through its next batched forward, so those devices
+    missed that batch and the batches stayed small. Going above the broker's figure instead
+    is a protocol error that gets the connection closed. Uses the paho client aiomqtt keeps,
+    as `publish_now` does."""
+    paho = client._client  # noqa: SLF001
+    on_connect = paho.on_connect
+
+    def follow(paho_client, userdata, flags, reason_code, properties=None) -> None:
+        # Set before paho resends a resumed session's unacknowledged publishes (after this
+        # callback). paho's setter refuses any change once connected, for fear of a switch
+        # between 0 (no limit) and a limit; this is a limit either way.
+        paho_client._max_inflight_messages = getattr(properties, "ReceiveMaximum", None) or 65535  # noqa: SLF001
+        on_connect(paho_client, userdata, flags, reason_code, properties)
+
+    paho.on_connect = follow
 
 
 def publish_now(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1):
@@ -127,12 +153,28 @@ def publish_now(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1
 
     aiomqtt has no public call for this, so it uses the paho client aiomqtt keeps (`_client`,
     present throughout aiomqtt 2.x, which pyproject pins)."""
+    return publish_many(client, [(topic, payload)], qos)[0]
+
+
+def publish_many(client: aiomqtt.Client, messages: list[tuple[str, bytes]], qos: int = 1) -> list:
+    """`publish_now` for several messages: all are queued, then written in one go, as few TCP
+    segments as the socket allows (TCP_CORK on Linux while paho writes them one packet a
+    send, as with TCP_NODELAY every send would go out, and wake the broker, on its own).
+    A verifier answers a batch of 20-60 blocks at once; one segment for all of them costs it
+    and the broker a fraction of what 20-60 do. Returns paho's MQTTMessageInfo per message."""
     paho = client._client  # noqa: SLF001
-    info = paho.publish(topic, payload, qos)
-    if info.rc != 0:
-        return info
+    infos = [paho.publish(topic, payload, qos) for topic, payload in messages]
+    if all(info.rc != 0 for info in infos):
+        return infos
     sock = paho.socket()
-    paho.loop_write()
+    cork = len(messages) > 1 and CORK is not None and isinstance(sock, socket.socket)
+    if cork:
+        sock.setsockopt(socket.IPPROTO_TCP, CORK, 1)
+    try:
+        paho.loop_write()
+    finally:
+        if cork and sock.fileno() >= 0:
+            sock.setsockopt(socket.IPPROTO_TCP, CORK, 0)  # sends what the cork held, now
     if sock is not None and not paho.want_write():
         # aiomqtt adds its write callback through call_soon_threadsafe, so it would arrive
         # after the write above emptied paho's queue, and then run on every loop turn (paho
@@ -145,7 +187,7 @@ def publish_now(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 1
                 loop.remove_writer(sock.fileno())
 
         loop.call_soon(drop_write_callback)
-    return info
+    return infos
 
 
 def read_waiting(client: aiomqtt.Client, max_reads: int = 256) -> None:

@@ -109,6 +109,50 @@ def test_publish_now_is_on_the_wire_before_the_loop_turns_and_leaves_no_write_ca
 
 
 @pytest.mark.broker
+def test_publish_many_writes_a_batch_at_once_in_order_and_uncorks_the_socket(mosquitto):
+    """A verifier's replies to one batch: all on the wire before the loop turns, in the order
+    given, each acknowledged, and the socket no longer corked (a cork left on would hold the
+    next reply back for 200 ms)."""
+    import queue as queues
+    import socket
+    import time
+
+    import paho.mqtt.client as paho
+
+    from edgespec.mqtt import CORK, BrokerAddress, publish_many
+
+    got: queues.Queue = queues.Queue()
+    addr = BrokerAddress.parse(mosquitto.url)
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pm-sub", protocol=paho.MQTTv5)
+    sub.on_message = lambda _c, _u, m: got.put((m.topic, m.payload))
+    sub.connect(addr.host, addr.port)
+    sub.subscribe("pm/#", qos=1)
+    sub.loop_start()
+    sent = [(f"pm/{i % 3}", f"reply {i}".encode() * (1 + i % 7)) for i in range(60)]
+    try:
+        time.sleep(0.3)  # the subscription is in place
+
+        async def main():
+            async with make_client(mosquitto.url, client_id="pm-pub") as pub:
+                await asyncio.sleep(0.05)
+                sock = pub._client.socket()
+                infos = publish_many(pub, sent)
+                arrived = [got.get(timeout=2) for _ in sent]  # blocks this loop: only the write delivers them
+                corked = sock.getsockopt(socket.IPPROTO_TCP, CORK) if CORK is not None else 0
+                for _ in range(50):
+                    if all(info.is_published() for info in infos):
+                        break
+                    await asyncio.sleep(0.02)
+                return arrived, [info.is_published() for info in infos], corked
+
+        arrived, acked, corked = asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert arrived == sent and all(acked) and corked == 0
+
+
+@pytest.mark.broker
 def test_a_failed_publish_on_a_live_connection_is_retried_and_leaves_the_link_up(mosquitto):
     """An MqttError from one publish (a PUBACK that timed out) while the connection stays up:
     the publish is retried, and the link still counts as connected for the next one."""

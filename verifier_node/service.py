@@ -16,8 +16,8 @@ import time
 import aiomqtt
 
 from edgespec import mqtt
-from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_now, read_waiting, reconnect_delay,
-                          routing_queue, until_disconnected)
+from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_many, publish_now, read_waiting,
+                          reconnect_delay, routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -156,8 +156,10 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
                 read_sockets = False
                 read_waiting(client)
                 read_waiting(opens)
-            for topic, reply in core.handle_batch(batch):
-                publish(topic, reply)
+            replies = core.handle_batch(batch)
+            for (topic, _), info in zip(replies, publish_many(client, replies)):
+                if info.rc != 0:
+                    log.warning("reply to %s queued: the connection is down (it goes out if the session resumes)", topic)
             poller.kick()
             await asyncio.sleep(0)  # let the replies go out and new messages come in
 
