@@ -153,6 +153,46 @@ def test_publish_many_writes_a_batch_at_once_in_order_and_uncorks_the_socket(mos
 
 
 @pytest.mark.broker
+def test_a_client_keeps_no_more_publishes_in_flight_than_the_broker_allows():
+    """A broker with a smaller Receive Maximum than the project's 64: the client takes the
+    broker's figure (exceeding it is a protocol error that gets the connection closed), and a
+    batch larger than it still arrives whole once the PUBACKs are read."""
+    import queue as queues
+
+    import paho.mqtt.client as paho
+
+    from broker.runner import MosquittoBroker
+    from edgespec.mqtt import BrokerAddress, publish_many
+
+    got: queues.Queue = queues.Queue()
+    with MosquittoBroker(port=0, extra_config="max_inflight_messages 5") as broker:
+        addr = BrokerAddress.parse(broker.url)
+        sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="rm-sub", protocol=paho.MQTTv5)
+        sub.on_message = lambda _c, _u, m: got.put(m.payload)
+        sub.connect(addr.host, addr.port)
+        sub.subscribe("rm/t", qos=1)
+        sub.loop_start()
+        try:
+            async def main():
+                await asyncio.sleep(0.3)  # the subscription is in place
+                async with make_client(broker.url, client_id="rm-pub") as pub:
+                    limit = pub._client._max_inflight_messages
+                    infos = publish_many(pub, [("rm/t", str(i).encode()) for i in range(30)])
+                    for _ in range(100):
+                        if all(info.is_published() for info in infos):
+                            break
+                        await asyncio.sleep(0.02)
+                    return limit, [got.get(timeout=2) for _ in range(30)]
+
+            limit, payloads = asyncio.run(asyncio.wait_for(main(), 10))
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+    assert limit == 5
+    assert payloads == [str(i).encode() for i in range(30)]
+
+
+@pytest.mark.broker
 def test_a_failed_publish_on_a_live_connection_is_retried_and_leaves_the_link_up(mosquitto):
     """An MqttError from one publish (a PUBACK that timed out) while the connection stays up:
     the publish is retried, and the link still counts as connected for the next one."""
