@@ -6,6 +6,8 @@ offline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue as queues
 
 import aiomqtt
 import pytest
@@ -17,6 +19,39 @@ from edgespec.mqtt import make_client, publish_now, read_waiting, routing_queue
 from schemas import Topics
 from schemas.topics import OFFLINE
 from speculative.loop import EdgeGeneration, StopRule
+
+
+@contextlib.contextmanager
+def paho_subscriber(url: str, topic: str, client_id: str):
+    """A plain paho client on its own thread, subscribed to `topic` (QoS 1); yields the queue
+    its messages land in as (topic, payload), once the subscription is in place."""
+    import time
+
+    import paho.mqtt.client as paho
+
+    from edgespec.mqtt import BrokerAddress
+
+    got: queues.Queue = queues.Queue()
+    addr = BrokerAddress.parse(url)
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    sub.on_message = lambda _c, _u, m: got.put((m.topic, m.payload))
+    sub.connect(addr.host, addr.port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.3)  # the subscription is in place
+        yield got
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+
+async def until_acked(infos, tries: int, step_s: float = 0.02) -> None:
+    """Let the loop turn (PUBACKs are read then) until every publish is acknowledged, or give up."""
+    for _ in range(tries):
+        if all(info.is_published() for info in infos):
+            return
+        await asyncio.sleep(step_s)
 
 
 def test_routing_queue_hands_items_over_at_once():
@@ -70,29 +105,14 @@ def test_publish_now_is_on_the_wire_before_the_loop_turns_and_leaves_no_write_ca
     """A node that computes right after publishing (the loop does not turn meanwhile) has its
     message delivered anyway; and once the loop turns, no write callback is left behind to run
     on every turn."""
-    import queue as queues
-    import time
-
-    import paho.mqtt.client as paho
-
-    from edgespec.mqtt import BrokerAddress
-
-    got: queues.Queue = queues.Queue()
-    addr = BrokerAddress.parse(mosquitto.url)
-    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pn-sub", protocol=paho.MQTTv5)
-    sub.on_message = lambda _c, _u, m: got.put(m.payload)
-    sub.connect(addr.host, addr.port)
-    sub.subscribe("pn/t", qos=1)
-    sub.loop_start()
-    try:
-        time.sleep(0.3)  # the subscription is in place
+    with paho_subscriber(mosquitto.url, "pn/t", "pn-sub") as got:
 
         async def main():
             async with make_client(mosquitto.url, client_id="pn-pub") as pub:
                 await asyncio.sleep(0.05)
                 sock = pub._client.socket()
                 info = publish_now(pub, "pn/t", b"now")
-                arrived = got.get(timeout=2)  # blocks this loop: only the immediate write can deliver it
+                arrived = got.get(timeout=2)[1]  # blocks this loop: only the immediate write can deliver it
                 for _ in range(3):
                     await asyncio.sleep(0)
                 loop = asyncio.get_running_loop()
@@ -102,9 +122,6 @@ def test_publish_now_is_on_the_wire_before_the_loop_turns_and_leaves_no_write_ca
                 return arrived, info.is_published(), still_writing
 
         arrived, acked, still_writing = asyncio.run(asyncio.wait_for(main(), 10))
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
     assert arrived == b"now" and acked and not still_writing
 
 
@@ -113,24 +130,12 @@ def test_publish_many_writes_a_batch_at_once_in_order_and_uncorks_the_socket(mos
     """A verifier's replies to one batch: all on the wire before the loop turns, in the order
     given, each acknowledged, and the socket no longer corked (a cork left on would hold the
     next reply back for 200 ms)."""
-    import queue as queues
     import socket
-    import time
 
-    import paho.mqtt.client as paho
+    from edgespec.mqtt import CORK, publish_many
 
-    from edgespec.mqtt import CORK, BrokerAddress, publish_many
-
-    got: queues.Queue = queues.Queue()
-    addr = BrokerAddress.parse(mosquitto.url)
-    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pm-sub", protocol=paho.MQTTv5)
-    sub.on_message = lambda _c, _u, m: got.put((m.topic, m.payload))
-    sub.connect(addr.host, addr.port)
-    sub.subscribe("pm/#", qos=1)
-    sub.loop_start()
     sent = [(f"pm/{i % 3}", f"reply {i}".encode() * (1 + i % 7)) for i in range(60)]
-    try:
-        time.sleep(0.3)  # the subscription is in place
+    with paho_subscriber(mosquitto.url, "pm/#", "pm-sub") as got:
 
         async def main():
             async with make_client(mosquitto.url, client_id="pm-pub") as pub:
@@ -139,16 +144,10 @@ def test_publish_many_writes_a_batch_at_once_in_order_and_uncorks_the_socket(mos
                 infos = publish_many(pub, sent)
                 arrived = [got.get(timeout=2) for _ in sent]  # blocks this loop: only the write delivers them
                 corked = sock.getsockopt(socket.IPPROTO_TCP, CORK) if CORK is not None else 0
-                for _ in range(50):
-                    if all(info.is_published() for info in infos):
-                        break
-                    await asyncio.sleep(0.02)
+                await until_acked(infos, 50)
                 return arrived, [info.is_published() for info in infos], corked
 
         arrived, acked, corked = asyncio.run(asyncio.wait_for(main(), 10))
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
     assert arrived == sent and all(acked) and corked == 0
 
 
@@ -157,37 +156,20 @@ def test_a_client_keeps_no_more_publishes_in_flight_than_the_broker_allows():
     """A broker with a smaller Receive Maximum than the project's 64: the client takes the
     broker's figure (exceeding it is a protocol error that gets the connection closed), and a
     batch larger than it still arrives whole once the PUBACKs are read."""
-    import queue as queues
-
-    import paho.mqtt.client as paho
-
     from broker.runner import MosquittoBroker
-    from edgespec.mqtt import BrokerAddress, publish_many
+    from edgespec.mqtt import publish_many
 
-    got: queues.Queue = queues.Queue()
-    with MosquittoBroker(port=0, extra_config="max_inflight_messages 5") as broker:
-        addr = BrokerAddress.parse(broker.url)
-        sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="rm-sub", protocol=paho.MQTTv5)
-        sub.on_message = lambda _c, _u, m: got.put(m.payload)
-        sub.connect(addr.host, addr.port)
-        sub.subscribe("rm/t", qos=1)
-        sub.loop_start()
-        try:
-            async def main():
-                await asyncio.sleep(0.3)  # the subscription is in place
-                async with make_client(broker.url, client_id="rm-pub") as pub:
-                    limit = pub._client._max_inflight_messages
-                    infos = publish_many(pub, [("rm/t", str(i).encode()) for i in range(30)])
-                    for _ in range(100):
-                        if all(info.is_published() for info in infos):
-                            break
-                        await asyncio.sleep(0.02)
-                    return limit, [got.get(timeout=2) for _ in range(30)]
+    with MosquittoBroker(port=0, extra_config="max_inflight_messages 5") as broker, \
+            paho_subscriber(broker.url, "rm/t", "rm-sub") as got:
 
-            limit, payloads = asyncio.run(asyncio.wait_for(main(), 10))
-        finally:
-            sub.loop_stop()
-            sub.disconnect()
+        async def main():
+            async with make_client(broker.url, client_id="rm-pub") as pub:
+                limit = pub._client._max_inflight_messages
+                infos = publish_many(pub, [("rm/t", str(i).encode()) for i in range(30)])
+                await until_acked(infos, 100)
+                return limit, [got.get(timeout=2)[1] for _ in range(30)]
+
+        limit, payloads = asyncio.run(asyncio.wait_for(main(), 10))
     assert limit == 5
     assert payloads == [str(i).encode() for i in range(30)]
 

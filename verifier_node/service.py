@@ -16,8 +16,8 @@ import time
 import aiomqtt
 
 from edgespec import mqtt
-from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_many, publish_now, read_waiting,
-                          reconnect_delay, routing_queue, until_disconnected)
+from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_many, read_waiting, reconnect_delay,
+                          routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
 from .core import VerifierCore
@@ -105,10 +105,11 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
     vid = core.config.verifier_id
     status_topic = topics.verifier_status(vid)
 
-    def publish(topic: str, payload: bytes) -> None:
+    def publish(messages: list[tuple[str, bytes]]) -> None:
         # Not awaited: waiting for each PUBACK would serialise the next verification behind it.
-        if publish_now(client, topic, payload).rc != 0:
-            log.warning("reply to %s queued: the connection is down (it goes out if the session resumes)", topic)
+        for (topic, _), info in zip(messages, publish_many(client, messages)):
+            if info.rc != 0:
+                log.warning("reply to %s queued: the connection is down (it goes out if the session resumes)", topic)
 
     await client.subscribe(topics.session_subscription(vid), qos=1)
     await opens.subscribe(topics.open_subscription(share_group), qos=1)
@@ -122,7 +123,7 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
             await asyncio.sleep(STATS_INTERVAL_S)
             core.sessions.expire()
             stats = json.dumps(stats_snapshot(core)).encode()
-            publish(topics.verifier_stats(vid), stats)
+            publish([(topics.verifier_stats(vid), stats)])
 
     poller = BusyPoll(busy_poll_s)
 
@@ -156,10 +157,7 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
                 read_sockets = False
                 read_waiting(client)
                 read_waiting(opens)
-            replies = core.handle_batch(batch)
-            for (topic, _), info in zip(replies, publish_many(client, replies)):
-                if info.rc != 0:
-                    log.warning("reply to %s queued: the connection is down (it goes out if the session resumes)", topic)
+            publish(core.handle_batch(batch))
             poller.kick()
             await asyncio.sleep(0)  # let the replies go out and new messages come in
 
