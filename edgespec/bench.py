@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench_rounds import print_round_costs, round_costs, stop_for_final_stats
 from .config import REPO, resolve_model_dir, set_threads
 
 NULL_PREFIX = "bench-null/v1"  # keeps the model-free verifier apart from the real one
+VERIFIER_ID = "bench-verifier"
 TEXT_PROMPTS = [
     "a red circle", "on the left a blue", "the camera sees", "a small green triangle",
     "near the top a yellow", "a white square moves", "two objects", "an orange circle stays",
@@ -75,6 +77,8 @@ class ModeResult:
     drafted: int = 0
     judged: int = 0  # draft positions the verifier judged (up to and including a rejection)
     target_forwards: int = 0
+    target_seconds: float = 0.0  # in the target's verification calls ((b) only)
+    full_rounds: int = 0  # rounds, other than a session's last, that accepted every draft
     wire_up: int = 0
     wire_down: int = 0
     outputs: list[list[int]] = field(default_factory=list)
@@ -89,6 +93,8 @@ class ModeResult:
             self.accepted += sum(result.accepted_per_round)
             self.drafted += sum(result.drafted_per_round)
             self.judged += result.evaluated_positions
+            self.target_seconds += result.target_seconds
+            self.full_rounds += sum(n == k for n, k in zip(result.accepted_per_round[:-1], result.drafted_per_round))
         self.outputs.append(out)
         self.seconds += seconds
         self.tokens += len(out)
@@ -230,11 +236,12 @@ def run_workload(name: str, cases: list[Case], target, draft, url: str, args, ke
         for o in asyncio.run(broker_sessions(url, draft, cases, gamma, n, "bench-dev", keys)):
             r = o.result
             modes["d"].add(r.token_ids, r.seconds, r.target_forwards, r, o.traffic.up, o.traffic.down)
-    return summarise(name, modes, gamma)
+    return summarise(name, modes, gamma), modes
 
 
 def run_bench(args) -> dict:
     from broker.runner import MosquittoBroker
+    from schemas import Topics
     from security.channel import DeviceKeys
     from security.dev_identity import ensure_dev_identity
     from speculative.models import load_lm
@@ -249,20 +256,29 @@ def run_bench(args) -> dict:
     workloads = {k: v for k, v in workloads.items() if args.workload in ("all", k)}
 
     with MosquittoBroker(port=0) as broker:
-        verifier = spawn(["-m", "edgespec.cli", "verifier", "--broker", broker.url, "--target-model", str(target_dir),
-                          "--verifier-id", "bench-verifier"], "ready on")
         null = spawn(["-m", "edgespec.null_verifier", "--broker", broker.url, "--prefix", NULL_PREFIX],
                      "null verifier ready")
         try:
-            results = {name: run_workload(name, cases, target, draft, broker.url, args, keys)
-                       for name, cases in workloads.items()}
+            results, modes = {}, {}
+            for name, cases in workloads.items():  # a verifier each, so its timers are the workload's
+                verifier = spawn(["-m", "edgespec.cli", "verifier", "--broker", broker.url, "--target-model",
+                                  str(target_dir), "--verifier-id", VERIFIER_ID], "ready on")
+                try:
+                    results[name], modes[name] = run_workload(name, cases, target, draft, broker.url, args, keys)
+                    results[name]["verifier_stats"] = asyncio.run(
+                        stop_for_final_stats(broker.url, Topics().verifier_stats(VERIFIER_ID), verifier))
+                finally:
+                    verifier.terminate()
+                    verifier.wait(timeout=10)
             skip = args.null_rounds // 10
             null_plain = asyncio.run(null_round_trips(broker.url, args.null_rounds, args.gamma))[skip:]
             null_sealed = asyncio.run(null_round_trips(broker.url, args.null_rounds, args.gamma, null_keys))[skip:]
         finally:
-            for proc in (verifier, null):
-                proc.terminate()
-                proc.wait(timeout=10)
+            null.terminate()
+            null.wait(timeout=10)
+    null_sealed_ms = statistics.fmean(null_sealed) * 1e3
+    for name, w in results.items():
+        w["round_costs"] = round_costs(modes[name]["b"], modes[name]["d"], w["verifier_stats"], null_sealed_ms)
     result = {
         "config": {"target": str(target.path), "draft": str(draft.path), "target_params": target.num_parameters,
                    "draft_params": draft.num_parameters, "gamma": args.gamma, "max_new_tokens": args.max_new_tokens,
@@ -404,6 +420,7 @@ def print_table(result: dict) -> None:
         if w["d_over_c"] is not None:
             line += f"   (d)/(c) = {w['d_over_c']:.2f}"
         print(line)
+        print_round_costs(name, w.get("round_costs"))
     print("\nmessage payload bytes, plain -> sealed:  " + ";  ".join(
         f"{k}: {v['plain']} -> {v['sealed']} (+{v['added']})" for k, v in result["encryption_bytes"].items()))
     w = result["wakeup"]

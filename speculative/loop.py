@@ -29,6 +29,7 @@ class GenerationResult:
     target_forwards: int = 0
     draft_forwards: int = 0
     seconds: float = 0.0
+    target_seconds: float = 0.0  # in the target's verification calls (in-process runs only)
 
     @property
     def acceptance_rate(self) -> float:
@@ -153,10 +154,12 @@ def run_local(
     edge = EdgeGeneration(drafter, prompt_ids, gamma, StopRule(max_new_tokens, stops))
     while not edge.done:
         block = edge.next_block()
+        verifying = time.perf_counter()
         if edge.result.rounds:
             verdict = verifier.verify(block.tokens, block.q)
         else:  # the first block is verified in the prefill's forward, as an OPEN carrying it is
             verdict = verifier.open_and_verify(prompt_ids, features, block.tokens, block.q)
+        edge.result.target_seconds += time.perf_counter() - verifying
         edge.apply(verdict.n_accepted, verdict.next_token)
     edge.result.target_forwards = verifier.forwards
     edge.result.seconds = time.perf_counter() - started

@@ -48,6 +48,7 @@ from speculative.verify import Verdict
 
 from .limits import DeviceRateLimiter
 from .sessions import FinishedSession, FinishedSessions, Session, SessionTable
+from .timing import BatchTimes
 
 log = logging.getLogger("edgespec.verifier")
 
@@ -149,6 +150,7 @@ class VerifierCore:
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
+        self.batch_times = BatchTimes()
         self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
         self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
         self.finished = FinishedSessions(FINISHED_KEPT)
@@ -171,6 +173,10 @@ class VerifierCore:
     def handle_batch(self, messages: list[tuple[str, bytes]]) -> list[Reply]:
         """Process messages that arrived together; their drafted blocks are verified in one
         batched target forward (one block per session per forward, in arrival order)."""
+        with self.batch_times.batch(len(messages)):
+            return self._handle_batch(messages)
+
+    def _handle_batch(self, messages: list[tuple[str, bytes]]) -> list[Reply]:
         # Replies keep the order of the messages (a device sees its answers in the order it
         # sent): each message gets a slot, its replies at once or a pending open or block
         # whose `result` is filled when the batch's model work is done.
@@ -228,11 +234,8 @@ class VerifierCore:
         if not opens:
             return
         try:
-            if self.config.batching:
-                open_batch([o.session.target for o in opens], [(o.context, o.features) for o in opens])
-            else:
-                for o in opens:
-                    o.session.target.open(o.context, o.features)
+            with self.batch_times.model():
+                self._prefill_model(opens)
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("prefill failed for %d sessions", len(opens))
             self._failed(opens, f"verifier failed to open this session: {type(exc).__name__}")
@@ -241,6 +244,13 @@ class VerifierCore:
         for o in opens:
             if o.block is None:  # a carried block's verdict brings the OPENED with it
                 o.result = (o.down, o.session.opened_reply)
+
+    def _prefill_model(self, opens: list[PendingOpen]) -> None:
+        if self.config.batching:
+            open_batch([o.session.target for o in opens], [(o.context, o.features) for o in opens])
+        else:
+            for o in opens:
+                o.session.target.open(o.context, o.features)
 
     def _open_and_verify(self, opens: list[PendingOpen], pending: list[PendingBlock]) -> None:
         """Fill the results of `opens` and `pending`.
@@ -279,7 +289,8 @@ class VerifierCore:
         assert block is not None
         self.batch_sizes[1] += 1
         try:
-            verdict = o.session.target.open_and_verify(o.context, o.features, block.msg.tokens, block.q)
+            with self.batch_times.model():
+                verdict = o.session.target.open_and_verify(o.context, o.features, block.msg.tokens, block.q)
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("open with a first block failed")
             self._failed([o], f"verifier failed to open this session: {type(exc).__name__}")
@@ -294,13 +305,8 @@ class VerifierCore:
             return
         self.batch_sizes[len(pending)] += 1
         try:
-            # A single block alone takes the plain path: it has less to set up.
-            if self.config.batching and (len(pending) > 1 or opening):
-                verdicts = verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
-                                        pool=self.pool,
-                                        opening=[(o.session.target, (o.context, o.features)) for o in opening])
-            else:
-                verdicts = [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
+            with self.batch_times.model():
+                verdicts = self._verify_model(pending, opening)
         except Exception as exc:  # a bug must not take the other sessions down with it
             log.exception("verification failed for %d blocks and %d opens", len(pending), len(opening))
             self._failed([*opening, *pending], f"verifier failed on this block: {type(exc).__name__}")
@@ -312,6 +318,13 @@ class VerifierCore:
                 o.result = (o.down, o.session.opened_reply)
         for p, v in zip(pending, verdicts):
             p.result = (p.down, self._settle(p.session, p.msg, v))
+
+    def _verify_model(self, pending: list[PendingBlock], opening: list[PendingOpen]) -> list[Verdict]:
+        # A single block alone takes the plain path: it has less to set up.
+        if self.config.batching and (len(pending) > 1 or opening):
+            return verify_batch([p.session.target for p in pending], [(p.msg.tokens, p.q) for p in pending],
+                                pool=self.pool, opening=[(o.session.target, (o.context, o.features)) for o in opening])
+        return [p.session.target.verify(p.msg.tokens, p.q) for p in pending]
 
     def _failed(self, items: "list[PendingOpen | PendingBlock]", message: str) -> None:
         """An INTERNAL error as the result of each open or block whose model work failed; the

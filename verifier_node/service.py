@@ -50,6 +50,7 @@ def stats_snapshot(core: VerifierCore) -> dict:
         "expired": core.sessions.expired,
         "stats": dict(core.stats),
         "batch_sizes": {str(k): v for k, v in sorted(core.batch_sizes.items())},
+        "batch_times": core.batch_times.summary(),
         "rejected": dict(core.rejected),
     }
 
