@@ -22,29 +22,17 @@ The verifier's other per-message work is left out of both, so they are generous.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import subprocess
+
+from .verifier_stats import StatsWatcher
 
 
 async def stop_for_final_stats(url: str, topic: str, proc: subprocess.Popen, timeout_s: float = 10.0) -> dict | None:
     """Stop the verifier `proc` (SIGTERM) and return the final stats it publishes on `topic`
     (None if none came within `timeout_s`)."""
-    from edgespec.mqtt import make_client
-
-    async with make_client(url, client_id=f"bench-stats-{os.getpid()}") as watcher:
-        await watcher.subscribe(topic, qos=1)
-        proc.terminate()
-        try:
-            async with asyncio.timeout(timeout_s):
-                async for message in watcher.messages:
-                    body = json.loads(message.payload)
-                    if body.get("final"):
-                        return body
-        except TimeoutError:
-            return None
-    return None
+    async with StatsWatcher(url, topic) as watcher:
+        stats = await watcher.stop([proc], timeout_s)
+    return next((body for body in stats.values() if body.get("final")), None)
 
 
 def round_costs(b, d, verifier_stats: dict | None, null_mean_ms: float) -> dict | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .bench import percentile, spawn
 from .config import resolve_model_dir, set_threads
+from .verifier_stats import StatsWatcher
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,23 +44,13 @@ def _spawn_verifier(url: str, target_dir: Path, vid: str, prefix: str, max_batch
 async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs) -> dict:
     from camera_node.link import EdgeLink
     from camera_node.session import EdgeRequest, run_edge_session
-    from edgespec.mqtt import make_client
     from schemas import Topics
     from security.channel import DeviceKeys
     from security.dev_identity import ensure_dev_identity
     from speculative.recorded import RecordedDrafter
 
     topics = Topics(prefix)
-    stats: dict[str, dict] = {}
-    async with make_client(url, client_id=f"loadtest-stats-{os.getpid()}") as watcher:
-        await watcher.subscribe(topics.all_verifier_stats(), qos=1)
-
-        async def collect():
-            async for message in watcher.messages:
-                body = json.loads(message.payload)
-                stats[body["verifier_id"]] = body
-
-        collector = asyncio.create_task(collect())
+    async with StatsWatcher(url, topics.all_verifier_stats()) as watcher:
         links = []
         for i in range(args.devices):
             device = f"load-{i}"
@@ -87,13 +77,7 @@ async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs
         wall = time.perf_counter() - started
         verifier_cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu_before))
         await asyncio.gather(*(link.__aexit__(None, None, None) for link in links))
-        for proc in procs:  # stopped verifiers publish their final stats
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (
-                len(stats) == len(procs) and all(s.get("final") for s in stats.values())):
-            await asyncio.sleep(0.05)
-        collector.cancel()
+        stats = await watcher.stop(procs)  # stopped verifiers publish their final stats
         return {"outcomes": outcomes, "wall": wall, "stats": stats, "verifier_cpu": verifier_cpu}
 
 
