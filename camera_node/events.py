@@ -19,13 +19,17 @@ ends it; ``flush`` ends one still open when the stream ends.
 Which frames an event carries: ``first`` is the first *moving* frame, ``before`` the frame
 just before it (the scene before motion began, ``None`` at the start of a stream), and
 ``last`` the frame that *ended* the event: after a still end it shows the settled scene.
+``samples`` holds at most ``max_samples`` frames spread evenly over the event (first and
+last included), from which the device tracks objects (:mod:`camera_node.objects`): the
+detector keeps every ``stride``-th frame and, when the list is full, drops every other one
+and doubles the stride, so memory stays bounded however long the event runs.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -76,6 +80,7 @@ class MotionConfig:
         mog2_var_threshold: ``mog2``: squared Mahalanobis distance for foreground.
         mog2_warmup_frames: ``mog2``: the first frames only train the model (the very
             first frame is all foreground to a fresh model).
+        max_samples: most frames an event keeps for object tracking (``MotionEvent.samples``).
     """
 
     method: Method | str = Method.DIFF
@@ -90,6 +95,7 @@ class MotionConfig:
     mog2_history: int = 100
     mog2_var_threshold: float = 16.0
     mog2_warmup_frames: int = 3
+    max_samples: int = 16
 
     def validate(self) -> MotionConfig:
         """Raise :class:`MotionConfigError` for an impossible value; return ``self``."""
@@ -110,6 +116,7 @@ class MotionConfig:
             "cooldown_s": self.cooldown_s >= 0.0,
             "mog2_history": self.mog2_history >= 1,
             "mog2_warmup_frames": self.mog2_warmup_frames >= 0,
+            "max_samples": self.max_samples >= 2,
         }
         for name, ok in checks.items():
             if not ok:
@@ -140,6 +147,13 @@ class MotionEvent:
     peak_area: float
     reason: EndReason
     scene: Any = None
+    samples: tuple[Frame, ...] = ()
+
+    def clip(self) -> tuple[Frame, ...]:
+        """Frames to track objects in: ``samples``, or ``first`` and ``last`` without them."""
+        if self.samples:
+            return self.samples
+        return (Frame(self.first, self.start_t, self.start_index), Frame(self.last, self.end_t, self.end_index))
 
     @property
     def duration_s(self) -> float:
@@ -155,6 +169,18 @@ class _OpenEvent:
     frame_count: int
     peak_area: float
     still_run: int = 0
+    samples: list[Frame] = field(default_factory=list)
+    stride: int = 1
+
+    def sample(self, frame: Frame, limit: int) -> None:
+        """Keep every ``stride``-th frame; when ``limit`` is passed halve the list, double
+        the stride. The first frame always stays."""
+        if (self.frame_count - 1) % self.stride:
+            return
+        self.samples.append(frame)
+        if len(self.samples) > limit - 1:  # one place is left for the last frame
+            self.samples = self.samples[::2]
+            self.stride *= 2
 
 
 class MotionDetector:
@@ -193,9 +219,11 @@ class MotionDetector:
                 self._open = _OpenEvent(
                     first=frame, before=self._previous, latest=frame, frame_count=1, peak_area=area
                 )
+                self._open.sample(frame, self.config.max_samples)
         else:
             event.latest = frame
             event.frame_count += 1
+            event.sample(frame, self.config.max_samples)
             event.peak_area = max(event.peak_area, area)
             event.still_run = 0 if moving else event.still_run + 1
             if event.still_run >= self.config.end_still_frames:
@@ -214,6 +242,9 @@ class MotionDetector:
         assert event is not None
         self._open = None
         self._cooldown_until = event.latest.t + self.config.cooldown_s
+        samples = list(event.samples)
+        if samples[-1] is not event.latest:
+            samples.append(event.latest)
         return MotionEvent(
             start_t=event.first.t,
             end_t=event.latest.t,
@@ -226,6 +257,7 @@ class MotionDetector:
             peak_area=event.peak_area,
             reason=reason,
             scene=event.latest.scene,
+            samples=tuple(Frame(f.image.copy(), f.t, f.index, f.scene) for f in samples),
         )
 
     def _small_grey(self, image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,371 @@
+"""Moving objects of one motion event, tracked and measured on the device.
+
+From the frames an event kept (:attr:`camera_node.events.MotionEvent.samples`):
+
+1. a background: the per-pixel median of the samples and the frame before motion began
+   (an object that moves more than its own size drops out of it, and an object that was
+   already there before the event leaves no ghost where it stood);
+2. per sample, a foreground mask (colour distance from the background, closed so that a
+   person's head, vest and legs form one region) and its regions' boxes;
+3. tracks: each region joins the track whose last box it overlaps most (or lies nearest);
+4. per track, :class:`ObjectFacts`: box, area share, aspect, direction and speed of travel,
+   entry and exit side, whether it stopped, colour name (of its own pixels, never the
+   background's), the people detector's support, and a kind derived from all of these, with
+   ``"object"`` when the measurements do not settle it.
+
+Everything is OpenCV and numpy; nothing is downloaded. Coordinates are normalised: x and w
+by the frame width, y and h by the frame height.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from camera_node.colours import COLOUR_NAMES, dominant_colour, name_histogram
+from camera_node.people import PeopleDetector
+
+KINDS: tuple[str, ...] = ("person", "vehicle", "small object", "animal", "object")
+DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down", "towards", "away", "still")
+SIDES: tuple[str, ...] = ("left", "right", "top", "bottom", "inside")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Thresholds of the tracker and of the kind and direction rules."""
+
+    work_width: int = 320  # frames are resized to this width first
+    blur_kernel: int = 5
+    foreground_distance: float = 40.0  # BGR distance from the background
+    close_kernel: int = 9  # joins the parts of one object
+    open_kernel: int = 3  # removes specks
+    min_area: float = 0.002  # region box area share below this is noise
+    min_observations: float = 0.3  # share of samples a track must appear in (at least 2)
+    max_objects: int = 3
+    match_distance: float = 0.25  # centroid jump (normalised) still counted as the same object
+    edge_margin: float = 0.03  # a box this close to a border touches it
+    still_travel: float = 0.08  # total travel below this, and little growth: still
+    scale_travel: float = 0.35  # |log height ratio| from which growth decides the direction
+    stop_share: float = 0.34  # the last share of observations that must be still for "stopped"
+    stop_travel: float = 0.03
+    # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
+    person_aspect: float = 1.5
+    person_area: float = 0.01
+    vehicle_aspect: float = 0.8
+    vehicle_area: float = 0.03
+    small_area: float = 0.01
+    animal_area: float = 0.035
+    animal_aspect: tuple[float, float] = (0.5, 1.2)
+
+
+@dataclass
+class Observation:
+    """One object in one sample: normalised box (x, y, w, h) and its pixels' colour counts."""
+
+    t: float
+    box: tuple[float, float, float, float]
+    area: float  # foreground pixels / frame pixels
+    colours: np.ndarray  # [len(COLOUR_NAMES)]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x, y, w, h = self.box
+        return x + w / 2, y + h / 2
+
+
+@dataclass
+class Track:
+    """One object followed across the samples."""
+
+    observations: list[Observation] = field(default_factory=list)
+    people_hits: int = 0  # samples in which the people detector found a person on this box
+
+    @property
+    def last(self) -> Observation:
+        return self.observations[-1]
+
+
+@dataclass(frozen=True)
+class ObjectFacts:
+    """What the device measured about one moving object."""
+
+    kind: str  # one of KINDS
+    colour: str  # one of COLOUR_NAMES
+    direction: str  # one of DIRECTIONS
+    entry: str  # one of SIDES: where it came from
+    exit: str  # one of SIDES: where it went
+    stopped: bool  # moved, then stood still for the last part of the event
+    area: float  # median box area share of the frame
+    aspect: float  # median box height / width, in pixels
+    speed: float  # frame heights per second
+    dx: float  # travel, first to last centre, normalised
+    dy: float
+    scale: float  # log(last box height / first box height)
+    end: tuple[float, float]  # last centre
+    people_support: float  # share of checked samples where the people detector agreed
+    observations: int
+
+
+def _resize(image: np.ndarray, width: int) -> np.ndarray:
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    h, w = image.shape[:2]
+    if w == width:
+        return image
+    return cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+
+
+class ObjectTracker:
+    """Tracks and measures the moving objects of one event's frames."""
+
+    def __init__(self, config: TrackConfig | None = None, people: PeopleDetector | None = None):
+        self.config = config or TrackConfig()
+        self.people = people if people is not None else PeopleDetector()
+
+    def facts(self, frames: Sequence[np.ndarray], times: Sequence[float],
+              before: np.ndarray | None = None) -> list[ObjectFacts]:
+        """Facts of the (at most ``max_objects``) main moving objects, largest first.
+
+        Objects that did not move are left out (they are scenery, or the trace of an object
+        present in most samples) unless nothing moved: then the largest one stands in.
+        """
+        facts = [self._measure(t, frames[0].shape) for t in self.tracks(frames, times, before)]
+        moving = [f for f in facts if f.direction != "still"]
+        return (moving or facts[:1])[: self.config.max_objects]
+
+    def tracks(self, frames: Sequence[np.ndarray], times: Sequence[float],
+               before: np.ndarray | None = None) -> list[Track]:
+        """The kept tracks of an event's frames, largest first."""
+        cfg = self.config
+        if len(frames) == 0:
+            return []
+        small = [cv2.GaussianBlur(_resize(f, cfg.work_width), (cfg.blur_kernel,) * 2, 0) for f in frames]
+        raw = [_resize(f, cfg.work_width) for f in frames]
+        stack = list(small)
+        if before is not None and before.shape == frames[0].shape:
+            stack.append(cv2.GaussianBlur(_resize(before, cfg.work_width), (cfg.blur_kernel,) * 2, 0))
+        background = np.median(np.stack(stack), axis=0).astype(np.float32)
+        tracks: list[Track] = []
+        for k, (image, sharp, t) in enumerate(zip(small, raw, times, strict=True)):
+            neighbours = (small[max(0, k - 1)], small[min(len(small) - 1, k + 1)])
+            observations = self._observe(image, sharp, background, neighbours, t)
+            self._associate(tracks, observations)
+        needed = max(2, math.ceil(cfg.min_observations * len(frames)))
+        kept = [tr for tr in tracks if len(tr.observations) >= needed]
+        kept.sort(key=lambda tr: -sum(o.area for o in tr.observations))
+        kept = kept[: 2 * cfg.max_objects]
+        self._people(kept, frames, times)
+        return kept
+
+    def _observe(self, image: np.ndarray, sharp: np.ndarray, background: np.ndarray,
+                 neighbours: tuple[np.ndarray, np.ndarray], t: float) -> list[Observation]:
+        """Regions of one sample: far from the background, or (three-frame difference)
+        changed against both neighbouring samples, which finds a slow, large object that
+        the median background has partly absorbed."""
+        cfg = self.config
+        mask = _distance(image, background) > cfg.foreground_distance
+        if neighbours[0] is not image and neighbours[1] is not image:
+            mask |= (_distance(image, neighbours[0]) > cfg.foreground_distance) & (
+                _distance(image, neighbours[1]) > cfg.foreground_distance
+            )
+        mask = mask.astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((cfg.open_kernel,) * 2, np.uint8))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((cfg.close_kernel,) * 2, np.uint8))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        height, width = mask.shape
+        out: list[Observation] = []
+        for label in range(1, count):
+            x, y, w, h, pixels = (int(v) for v in stats[label])
+            if w * h < cfg.min_area * width * height:
+                continue
+            region = labels[y : y + h, x : x + w] == label
+            colours = name_histogram(sharp[y : y + h, x : x + w][region])
+            out.append(Observation(t, (x / width, y / height, w / width, h / height),
+                                   pixels / (width * height), colours))
+        return out
+
+    def _associate(self, tracks: list[Track], observations: list[Observation]) -> None:
+        """Greedy: best-overlapping (then nearest) pairs first; the rest start tracks."""
+        cfg = self.config
+        live = [tr for tr in tracks]
+        pairs: list[tuple[float, int, int]] = []
+        for i, obs in enumerate(observations):
+            for j, tr in enumerate(live):
+                last = tr.last
+                iou = _iou(obs.box, last.box)
+                jump = math.dist(obs.centre, last.centre)
+                size = max(last.box[2], last.box[3], obs.box[2], obs.box[3])
+                if iou > 0 or jump <= max(cfg.match_distance, size):
+                    pairs.append((-iou + jump, i, j))
+        pairs.sort()
+        taken_obs: set[int] = set()
+        taken_track: set[int] = set()
+        for _, i, j in pairs:
+            if i in taken_obs or j in taken_track:
+                continue
+            live[j].observations.append(observations[i])
+            taken_obs.add(i)
+            taken_track.add(j)
+        for i, obs in enumerate(observations):
+            if i not in taken_obs:
+                tracks.append(Track([obs]))
+
+    def _people(self, tracks: list[Track], frames: Sequence[np.ndarray], times: Sequence[float]) -> None:
+        """Run the people detector on up to ``checks`` samples and credit overlapping tracks."""
+        if not tracks or not self.people.available:
+            return
+        picks = np.unique(np.linspace(0, len(frames) - 1, self.people.checks).round().astype(int))
+        for k in picks:
+            boxes = self.people.detect(frames[int(k)])
+            if not boxes:
+                continue
+            for tr in tracks:
+                obs = min(tr.observations, key=lambda o: abs(o.t - times[int(k)]))
+                if any(_overlap_share(b, obs.box) >= 0.3 for b in boxes):
+                    tr.people_hits += 1
+
+    def _measure(self, track: Track, shape: tuple[int, ...]) -> ObjectFacts:
+        cfg = self.config
+        obs = track.observations
+        first, last = obs[0], obs[-1]
+        pixel_aspect = shape[0] / shape[1]  # frame height / width in pixels
+        boxes = np.array([o.box for o in obs])  # [N, 4]
+        area = float(np.median(boxes[:, 2] * boxes[:, 3]))
+        aspect = float(np.median(boxes[:, 3] / np.maximum(boxes[:, 2], 1e-6))) * pixel_aspect
+        x1, y1 = last.centre
+        dx, dy = self._travel(first.box, last.box)
+        scale = self._scale(first.box, last.box)
+        duration = max(last.t - first.t, 1e-6)
+        travel = math.hypot(dx / pixel_aspect, dy)  # in frame heights
+        direction = self._direction(dx / pixel_aspect, dy, scale, first, last)
+        entry, exit_ = self._side(first.box), self._side(last.box)
+        tail = obs[-max(2, math.ceil(cfg.stop_share * len(obs))):]
+        tail_travel = math.dist(tail[0].centre, tail[-1].centre)
+        stopped = direction != "still" and len(obs) >= 4 and tail_travel < cfg.stop_travel
+        colours = np.sum([o.colours for o in obs], axis=0)
+        checks = self.people.checks if self.people.available else 0
+        support = track.people_hits / checks if checks else 0.0
+        return ObjectFacts(
+            kind=self._kind(area, aspect, track.people_hits),
+            colour=dominant_colour(colours) or "grey",
+            direction=direction,
+            entry=entry,
+            exit=exit_,
+            stopped=stopped,
+            area=area,
+            aspect=aspect,
+            speed=travel / duration,
+            dx=dx,
+            dy=dy,
+            scale=scale,
+            end=(x1, y1),
+            people_support=support,
+            observations=len(obs),
+        )
+
+    def _travel(self, a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float]:
+        """(dx, dy) from box a to box b, measured on edges that no frame border cuts: a
+        person leaving through the left border shows it by the right edge of its box
+        moving left while its centre barely moves (used when both boxes touch that border)."""
+        m = self.config.edge_margin
+
+        def axis(start_a: float, size_a: float, start_b: float, size_b: float) -> float:
+            low = start_a <= m and start_b <= m
+            high = start_a + size_a >= 1 - m and start_b + size_b >= 1 - m
+            if low and not high:  # cut at the low border: follow the far edge
+                return (start_b + size_b) - (start_a + size_a)
+            if high and not low:
+                return start_b - start_a
+            return (start_b + size_b / 2) - (start_a + size_a / 2)
+
+        return axis(a[0], a[2], b[0], b[2]), axis(a[1], a[3], b[1], b[3])
+
+    def _scale(self, a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        """log of how much the object grew from box a to box b, read from the sides that no
+        frame border cuts: widths when a box touches the top or bottom, heights when it
+        touches the left or right, the square root of the area otherwise."""
+        m = self.config.edge_margin
+
+        def cut(box: tuple[float, ...]) -> tuple[bool, bool]:
+            x, y, w, h = box
+            return (y <= m or y + h >= 1 - m, x <= m or x + w >= 1 - m)
+
+        (va, ha), (vb, hb) = cut(a), cut(b)
+        vertical, horizontal = va or vb, ha or hb
+        if vertical and horizontal:
+            return 0.0
+        if vertical:
+            return math.log(max(b[2], 1e-3) / max(a[2], 1e-3))
+        if horizontal:
+            return math.log(max(b[3], 1e-3) / max(a[3], 1e-3))
+        return 0.5 * math.log(max(b[2] * b[3], 1e-6) / max(a[2] * a[3], 1e-6))
+
+    def _direction(self, dx: float, dy: float, scale: float, first: Observation,
+                   last: Observation) -> str:
+        cfg = self.config
+        travel = math.hypot(dx, dy)
+        if travel < cfg.still_travel and abs(scale) < cfg.scale_travel:
+            return "still"
+        # Growth that outweighs sideways travel is motion along the camera's axis.
+        if abs(scale) >= cfg.scale_travel and abs(dx) < abs(scale) * 0.5:
+            return "towards" if scale > 0 else "away"
+        if abs(dx) >= abs(dy):
+            return "left" if dx < 0 else "right"
+        return "up" if dy < 0 else "down"
+
+    def _side(self, box: tuple[float, float, float, float]) -> str:
+        """The border a box touches (the nearest if several), or ``inside``."""
+        m = self.config.edge_margin
+        x, y, w, h = box
+        gaps = {"left": x, "right": 1 - (x + w), "top": y, "bottom": 1 - (y + h)}
+        touching = {side: gap for side, gap in gaps.items() if gap <= m}
+        if not touching or len(touching) >= 3:  # touches nothing, or fills the frame
+            return "inside"
+        return min(touching, key=lambda s: touching[s])
+
+    def _kind(self, area: float, aspect: float, people_hits: int) -> str:
+        cfg = self.config
+        if people_hits > 0 and area >= cfg.person_area * 0.5:
+            return "person"
+        if area < cfg.small_area:
+            return "small object"
+        if aspect >= cfg.person_aspect and area >= cfg.person_area:
+            return "person"
+        if aspect <= cfg.vehicle_aspect and area >= cfg.vehicle_area:
+            return "vehicle"
+        low, high = cfg.animal_aspect
+        if area < cfg.animal_area and low <= aspect <= high:
+            return "animal"
+        return "object"
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel BGR Euclidean distance [H, W] of two images [H, W, 3]."""
+    diff = a.astype(np.float32) - b
+    return np.sqrt(np.einsum("hwc,hwc->hw", diff, diff))
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _overlap_share(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection of a and b as a share of a's area."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return iw * ih / max(aw * ah, 1e-9)
+
+
+__all__ = ["COLOUR_NAMES", "DIRECTIONS", "KINDS", "SIDES", "ObjectFacts", "ObjectTracker", "TrackConfig"]
