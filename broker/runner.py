@@ -52,6 +52,16 @@ def render_config(template: str, *, port: int, extra: str = "") -> str:
     return text + ("\n" + extra + "\n" if extra else "")
 
 
+WS_MARKER = "# edgespec-runner: websockets"
+
+
+def render_ws_port(text: str, ws_port: int) -> tuple[str, bool]:
+    """Config text with the port of the `listener` line after the `WS_MARKER` comment set to
+    `ws_port` (the development config's websockets listener); False when there is no marker."""
+    text, n = re.subn(rf"(?m)^({re.escape(WS_MARKER)}\s*\nlistener\s+)\d+", rf"\g<1>{ws_port}", text, count=1)
+    return text, n == 1
+
+
 def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -76,6 +86,9 @@ class MosquittoBroker:
     config: Path = DEV_CONFIG
     host: str = "127.0.0.1"
     extra_config: str = ""
+    # The websockets listener after WS_MARKER (the development config has one): 0 picks a free
+    # port at start; None after start when the config has none.
+    ws_port: int | None = 0
     quiet: bool = True
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _runtime: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
@@ -84,12 +97,21 @@ class MosquittoBroker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def ws_url(self) -> str | None:
+        """ws://HOST:PORT of the websockets listener (for `edgespec dashboard`), or None."""
+        return f"ws://{self.host}:{self.ws_port}" if self.ws_port else None
+
     def start(self) -> "MosquittoBroker":
         if self.port == 0:
             self.port = free_port(self.host)
         self._runtime = tempfile.TemporaryDirectory(prefix="edgespec-broker-")
         conf_path = Path(self._runtime.name) / "mosquitto.conf"
-        conf_path.write_text(render_config(self.config.read_text(), port=self.port, extra=self.extra_config))
+        ws_port = self.ws_port or free_port(self.host)
+        text, has_ws = render_ws_port(
+            render_config(self.config.read_text(), port=self.port, extra=self.extra_config), ws_port)
+        self.ws_port = ws_port if has_ws else None
+        conf_path.write_text(text)
         stderr = subprocess.DEVNULL if self.quiet else None
         self._proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(conf_path)],
@@ -98,6 +120,8 @@ class MosquittoBroker:
             start_new_session=True,
         )
         wait_for_port(self.host, self.port, START_TIMEOUT_S, self._proc)
+        if self.ws_port:  # the websockets listener opens a moment after the TCP one
+            wait_for_port(self.host, self.ws_port, START_TIMEOUT_S, self._proc)
         return self
 
     def reload(self) -> None:

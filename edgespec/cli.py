@@ -23,6 +23,7 @@ PLUGIN_COMMANDS = (
     "edgespec.loadtest",
     "edgespec.fuzz",
     "edgespec.serving",
+    "edgespec.dashboard",
 )
 
 

@@ -1,0 +1,388 @@
+// edgespec dashboard: subscribes over MQTT websockets (mqtt.js, vendored) to the fleet's
+// result, availability and verifier stats topics and draws one tile per camera, a verifier
+// strip and a live chart. Every message is validated; one that is not valid JSON or breaks the
+// format (schemas/README.md) is shown nowhere and only counted as rejected.
+"use strict";
+
+(() => {
+  const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+  const MAX_PAYLOAD = 64 * 1024;          // schemas.results.MAX_RESULT_BYTES
+  const HISTORY = 4;                       // earlier captions kept on a tile
+  const CHART_WINDOW_S = 300;
+  const RATE_WINDOW_S = 60;
+  const COLORS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4d7c0f"];
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const state = {
+    cameras: new Map(),    // id -> {status, results: [], tokens: [[recv_s, n]], firstSeen, el}
+    verifiers: new Map(),  // id -> {status, stats, prevStats, rate, el}
+    rejected: 0,
+    captions: 0,
+    points: [],            // chart: {t, device, acceptance}
+    fleetRate: [],         // chart: [t, tokens/s]
+  };
+  window.edgespec = state;  // for tests and the curious
+
+  const $ = (id) => document.getElementById(id);
+  const now = () => Date.now() / 1000;
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  // ------------------------------------------------------------------ validation
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+
+  function reject(why, topic) {
+    state.rejected += 1;
+    const r = $("rejected");
+    r.textContent = String(state.rejected);
+    r.classList.add("nonzero");
+    console.warn("rejected message on", topic, ":", why);
+  }
+
+  function parseJson(payload) {
+    if (payload.length > MAX_PAYLOAD) throw new Error("oversize");
+    return JSON.parse(decoder.decode(payload));
+  }
+
+  const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x);
+  const isNum = (x) => typeof x === "number" && Number.isFinite(x);
+  const isInt = (x) => Number.isInteger(x) && x >= 0;
+
+  function checkResult(body, device) {
+    if (!isObj(body) || body.v !== 1) throw new Error("not a v1 result object");
+    if (body.device_id !== device) throw new Error("device_id differs from the topic's");
+    const types = { session_id: "string", text: "string" };
+    for (const [k, t] of Object.entries(types)) if (typeof body[k] !== t) throw new Error(`field ${k}`);
+    for (const k of ["ts", "acceptance_rate", "mean_accepted"]) if (!isNum(body[k])) throw new Error(`field ${k}`);
+    for (const k of ["rounds", "bytes_up", "bytes_down"]) if (!isInt(body[k])) throw new Error(`field ${k}`);
+    if (!Array.isArray(body.token_ids)) throw new Error("field token_ids");
+    if (body.extra !== undefined && !isObj(body.extra)) throw new Error("field extra");
+    return body;
+  }
+
+  function checkStats(body, verifier) {
+    if (!isObj(body) || body.verifier_id !== verifier) throw new Error("not a stats object of this verifier");
+    if (!isInt(body.sessions) || !isNum(body.ts)) throw new Error("field sessions or ts");
+    for (const k of ["stats", "batch_sizes", "rejected"]) {
+      if (body[k] !== undefined && !isObj(body[k])) throw new Error(`field ${k}`);
+    }
+    return body;
+  }
+
+  // ------------------------------------------------------------------ formatting
+  function kib(n) {
+    if (!isNum(n)) return "–";
+    return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
+  }
+  const clock = (s) => new Date(s * 1000).toLocaleTimeString([], { hour12: false });
+  function ago(s) {
+    const d = Math.max(0, now() - s);
+    return d < 60 ? `${Math.round(d)} s ago` : d < 3600 ? `${Math.round(d / 60)} min ago` : clock(s);
+  }
+  function eventTime(r) {
+    const ev = r.extra && r.extra.event;
+    if (isObj(ev) && isNum(ev.start_t) && isNum(ev.end_t)) {
+      // Camera event times are seconds on the camera's stream clock (not wall time).
+      return `event at ${ev.start_t.toFixed(1)}–${ev.end_t.toFixed(1)} s of the stream · captioned ${clock(r.ts)}`;
+    }
+    return `captioned ${clock(r.ts)}`;
+  }
+
+  // ------------------------------------------------------------------ cameras
+  function camera(id) {
+    let c = state.cameras.get(id);
+    if (c) return c;
+    c = { id, status: "unknown", results: [], tokens: [], firstSeen: now(), color: COLORS[state.cameras.size % COLORS.length] };
+    const t = el("article", "tile unknown");
+    t.dataset.device = id;
+    const head = el("div", "head");
+    head.append(el("span", "id", id), el("span", "pill unknown", "status?"), el("span", "seen", ""));
+    const caption = el("p", "caption none", "no caption yet");
+    const when = el("div", "when", "");
+    const metrics = el("div", "metrics");
+    for (const [k, title] of [["acceptance", "share of drafted tokens the verifier accepted"],
+                              ["tokens/round", "tokens committed per verifier round trip (accepted + 1)"],
+                              ["tokens/s", "caption tokens per second from this camera over the last minute"]]) {
+      const m = el("div", "metric");
+      m.title = title;
+      m.append(el("div", "v", "–"), el("div", "k", k));
+      metrics.append(m);
+    }
+    const bytes = el("div", "bytes", "");
+    const bar = el("div", "bar");
+    bar.append(el("span"));
+    bytes.append(el("span", "btext", "sent –"), bar);
+    const history = el("ol", "history");
+    t.append(head, caption, when, metrics, bytes, history);
+    c.el = t;
+    c.parts = { pill: head.children[1], seen: head.children[2], caption, when,
+                values: [...metrics.querySelectorAll(".v")], btext: bytes.firstChild, bar: bar.firstChild, history };
+    state.cameras.set(id, c);
+    const tiles = $("tiles");
+    $("no-cameras")?.remove();
+    const after = [...tiles.children].find((x) => x.dataset.device > id);
+    tiles.insertBefore(t, after || null);
+    renderLegend();
+    return c;
+  }
+
+  function setCameraStatus(id, status) {
+    const c = camera(id);
+    c.status = status;
+    c.el.classList.toggle("offline", status === "offline");
+    c.el.classList.toggle("online", status === "online");
+    c.el.classList.toggle("unknown", status === "unknown");
+    c.parts.pill.className = `pill ${status === "offline" ? "off" : status === "online" ? "" : "unknown"}`;
+    c.parts.pill.textContent = status;
+    renderCounters();
+  }
+
+  function cameraRate(c) {
+    const t = now();
+    c.tokens = c.tokens.filter(([s]) => s > t - RATE_WINDOW_S);
+    const sum = c.tokens.reduce((a, [, n]) => a + n, 0);
+    return sum / Math.max(5, Math.min(RATE_WINDOW_S, t - c.firstSeen));
+  }
+
+  function addResult(id, r) {
+    const c = camera(id);
+    const received = Date.now();
+    c.results.unshift(r);
+    c.results.length = Math.min(c.results.length, HISTORY + 1);
+    c.tokens.push([received / 1000, r.token_ids.length]);
+    state.captions += 1;
+    const p = c.parts;
+    p.caption.textContent = r.text.length > 400 ? r.text.slice(0, 400) + "…" : r.text;
+    p.caption.classList.toggle("none", r.text.length === 0);
+    if (r.text.length === 0) p.caption.textContent = "(empty caption)";
+    p.caption.dataset.session = r.session_id;
+    p.caption.dataset.receivedAt = String(received);
+    p.when.textContent = eventTime(r) + (r.extra && typeof r.extra.verifier_id === "string" ? ` · by ${r.extra.verifier_id}` : "");
+    p.values[0].textContent = `${Math.round(r.acceptance_rate * 100)}%`;
+    p.values[1].textContent = (r.mean_accepted + 1).toFixed(2);
+    const seconds = isNum(r.seconds) ? r.seconds : r.extra && isNum(r.extra.seconds) ? r.extra.seconds : null;
+    p.values[2].dataset.speed = seconds && seconds > 0 ? (r.token_ids.length / seconds).toFixed(1) : "";
+    renderRate(c);
+    const jpeg = r.extra && isInt(r.extra.jpeg_bytes_keyframes) ? r.extra.jpeg_bytes_keyframes : null;
+    if (jpeg) {
+      const ratio = jpeg / Math.max(1, r.bytes_up);
+      p.btext.textContent = `sent ${kib(r.bytes_up)} vs ${kib(jpeg)} for JPEG key frames — ${ratio >= 10 ? Math.round(ratio) : ratio.toFixed(1)}× less`;
+      p.bar.style.width = `${Math.min(100, (100 * r.bytes_up) / jpeg).toFixed(1)}%`;
+    } else {
+      p.btext.textContent = `sent ${kib(r.bytes_up)}, received ${kib(r.bytes_down)}`;
+      p.bar.style.width = "100%";
+    }
+    p.history.replaceChildren(...c.results.slice(1).map((h) => {
+      const li = el("li", "", `${clock(h.ts)} — ${h.text.length > 120 ? h.text.slice(0, 120) + "…" : h.text}`);
+      return li;
+    }));
+    p.seen.textContent = ago(r.ts);
+    state.points.push({ t: received / 1000, device: id, acceptance: Math.max(0, Math.min(1, r.acceptance_rate)) });
+    renderCounters();
+    renderChart();
+  }
+
+  function renderRate(c) {
+    const v = c.parts.values[2];
+    v.textContent = v.dataset.speed || cameraRate(c).toFixed(1);
+  }
+
+  // ------------------------------------------------------------------ verifiers
+  function verifier(id) {
+    let v = state.verifiers.get(id);
+    if (v) return v;
+    v = { id, status: "unknown", stats: null, rate: null };
+    const box = el("div", "verifier");
+    box.dataset.verifier = id;
+    const name = el("div", "name");
+    name.append(el("span", "", id), el("span", "pill unknown", "status?"));
+    const kv = el("div", "kv");
+    box.append(name, kv);
+    v.el = box;
+    v.pill = name.children[1];
+    v.kv = kv;
+    state.verifiers.set(id, v);
+    const strip = $("verifiers");
+    strip.querySelector(".empty")?.remove();
+    const after = [...strip.children].find((x) => x.dataset.verifier > id);
+    strip.insertBefore(box, after || null);
+    return v;
+  }
+
+  function setVerifierStatus(id, status) {
+    const v = verifier(id);
+    v.status = status;
+    v.el.classList.toggle("offline", status === "offline");
+    v.pill.className = `pill ${status === "offline" ? "off" : status === "online" ? "" : "unknown"}`;
+    v.pill.textContent = status;
+  }
+
+  function setVerifierStats(id, s) {
+    const v = verifier(id);
+    const counters = s.stats || {};
+    const committed = (counters.accepted_tokens || 0) + (counters.verified_blocks || 0);
+    if (v.stats && s.ts > v.stats.ts) {
+      const prev = (v.stats.stats?.accepted_tokens || 0) + (v.stats.stats?.verified_blocks || 0);
+      v.rate = Math.max(0, committed - prev) / (s.ts - v.stats.ts);
+    }
+    v.stats = s;
+    let n = 0, sum = 0, max = 0;
+    for (const [k, count] of Object.entries(s.batch_sizes || {})) {
+      const size = Number(k);
+      if (!isInt(size) || !isInt(count)) continue;
+      n += count; sum += size * count; max = Math.max(max, size);
+    }
+    const rejected = Object.values(s.rejected || {}).reduce((a, x) => a + (isInt(x) ? x : 0), 0);
+    const rows = [
+      ["sessions", String(s.sessions)],
+      ["KV cache", kib(s.kv_bytes)],
+      ["batch size", n ? `${(sum / n).toFixed(1)} mean, ${max} max` : "–"],
+      ["batches", String(n)],
+      ["tokens/s", v.rate === null ? "–" : v.rate.toFixed(1)],
+      ["rejected", String(rejected)],
+    ];
+    v.kv.replaceChildren(...rows.flatMap(([k, val]) => [el("span", "", k), el("b", "", val)]));
+    if (s.final) v.kv.append(el("span", "", "final stats"), el("b", "", clock(s.ts)));
+  }
+
+  // ------------------------------------------------------------------ header, chart
+  function renderCounters() {
+    const cams = [...state.cameras.values()];
+    $("n-cameras").textContent = String(cams.length);
+    $("n-online").textContent = String(cams.filter((c) => c.status === "online").length);
+    $("n-captions").textContent = String(state.captions);
+  }
+
+  function renderLegend() {
+    $("legend").replaceChildren(...[...state.cameras.values()].map((c) => {
+      const s = el("span", "", c.id);
+      const i = el("i");
+      i.style.background = c.color;
+      s.prepend(i);
+      return s;
+    }), (() => { const s = el("span", "", "- - fleet tokens/s (right axis)"); return s; })());
+  }
+
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function renderChart() {
+    const W = 800, H = 160, L = 34, R = 40, T = 8, B = 18;
+    const t1 = now(), t0 = t1 - CHART_WINDOW_S;
+    state.points = state.points.filter((p) => p.t >= t0);
+    state.fleetRate = state.fleetRate.filter(([t]) => t >= t0);
+    const x = (t) => L + ((t - t0) / CHART_WINDOW_S) * (W - L - R);
+    const y = (a) => T + (1 - a) * (H - T - B);
+    const parts = [];
+    for (const a of [0, 0.5, 1]) {
+      parts.push(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(a), y2: y(a) }));
+      parts.push(svg("text", { class: "axis", x: 2, y: y(a) + 3 }, `${a * 100}%`));
+    }
+    for (const m of [5, 4, 3, 2, 1]) {
+      parts.push(svg("text", { class: "axis", x: x(t1 - m * 60) - 14, y: H - 4 }, `-${m} min`));
+    }
+    const maxRate = Math.max(1, ...state.fleetRate.map(([, r]) => r));
+    const ry = (r) => T + (1 - r / maxRate) * (H - T - B);
+    parts.push(svg("text", { class: "axis", x: W - R + 4, y: T + 8 }, `${maxRate.toFixed(0)}/s`));
+    parts.push(svg("text", { class: "axis", x: W - R + 4, y: H - B }, "0/s"));
+    if (state.fleetRate.length > 1) {
+      parts.push(svg("polyline", { class: "rate", points: state.fleetRate.map(([t, r]) => `${x(t).toFixed(1)},${ry(r).toFixed(1)}`).join(" ") }));
+    }
+    for (const c of state.cameras.values()) {
+      const pts = state.points.filter((p) => p.device === c.id);
+      if (pts.length > 1) {
+        parts.push(svg("polyline", { fill: "none", stroke: c.color, "stroke-width": 1.5, opacity: 0.7,
+          points: pts.map((p) => `${x(p.t).toFixed(1)},${y(p.acceptance).toFixed(1)}`).join(" ") }));
+      }
+      for (const p of pts) parts.push(svg("circle", { cx: x(p.t).toFixed(1), cy: y(p.acceptance).toFixed(1), r: 3.5, fill: c.color }));
+    }
+    $("chart").replaceChildren(...parts);
+  }
+
+  function tick() {
+    // Fleet caption tokens/s over the last 30 s, sampled every 2 s; tiles' ages and rates.
+    const t = now();
+    let tokens = 0;
+    for (const c of state.cameras.values()) {
+      for (const [s, n] of c.tokens) if (s > t - 30) tokens += n;
+      renderRate(c);
+      if (c.results.length) c.parts.seen.textContent = ago(c.results[0].ts);
+    }
+    state.fleetRate.push([t, tokens / 30]);
+    renderChart();
+  }
+
+  // ------------------------------------------------------------------ MQTT
+  function onMessage(prefix, topic, payload) {
+    if (!topic.startsWith(prefix + "/")) return;
+    const [kind, id, leaf, ...rest] = topic.slice(prefix.length + 1).split("/");
+    if (rest.length || !ID_RE.test(id || "")) return reject("unexpected topic", topic);
+    if (payload.length === 0) return;  // a retained message being cleared: nothing to show
+    if (leaf === "status") {
+      const text = payload.length <= 16 ? new TextDecoder().decode(payload) : "";
+      if (text !== "online" && text !== "offline") return reject("status is neither online nor offline", topic);
+      return kind === "dev" ? setCameraStatus(id, text) : kind === "verifier" ? setVerifierStatus(id, text) : reject("unexpected topic", topic);
+    }
+    let body;
+    try {
+      body = parseJson(payload);
+    } catch (err) {
+      return reject(`not JSON: ${err.message}`, topic);
+    }
+    try {
+      if (kind === "dev" && leaf === "result") return addResult(id, checkResult(body, id));
+      if (kind === "verifier" && leaf === "stats") return setVerifierStats(id, checkStats(body, id));
+      return reject("unexpected topic", topic);
+    } catch (err) {
+      return reject(err.message, topic);
+    }
+  }
+
+  function setConn(mode, text) {
+    document.body.dataset.mqtt = mode;
+    $("conn-text").textContent = text;
+  }
+
+  async function main() {
+    const cfg = await (await fetch("config.json", { cache: "no-store" })).json();
+    const prefix = (cfg.prefix || "edgespec/v1").replace(/\/+$/, "");
+    const url = cfg.broker_ws || `ws://${location.hostname || "127.0.0.1"}:${cfg.default_ws_port || 9001}`;
+    const opts = { protocolVersion: 5, clean: true, reconnectPeriod: 2000, connectTimeout: 8000,
+                   clientId: `edgespec-dashboard-${Math.random().toString(16).slice(2, 10)}` };
+    if (cfg.username) opts.username = cfg.username;
+    if (cfg.password) opts.password = cfg.password;
+    setConn("connecting", `connecting to ${url}…`);
+    const client = mqtt.connect(url, opts);
+    const topics = [`${prefix}/dev/+/result`, `${prefix}/dev/+/status`, `${prefix}/verifier/+/status`, `${prefix}/verifier/+/stats`];
+    client.on("connect", () => {
+      client.subscribe(topics, { qos: 1 }, (err) => {
+        if (err) setConn("offline", `subscribe failed: ${err.message}`);
+        else setConn("connected", `${url} · ${prefix}`);
+      });
+    });
+    client.on("message", (topic, payload) => {
+      try {
+        onMessage(prefix, topic, payload);
+      } catch (err) {  // nothing a message holds may break the page
+        reject(`page error: ${err && err.message}`, topic);
+      }
+    });
+    client.on("reconnect", () => setConn("connecting", `reconnecting to ${url}…`));
+    client.on("offline", () => setConn("offline", `broker ${url} unreachable`));
+    client.on("error", (err) => setConn("offline", `${url}: ${err.message}`));
+    state.client = client;
+    setInterval(tick, 2000);
+    renderChart();
+  }
+
+  main().catch((err) => setConn("offline", `dashboard failed to start: ${err.message}`));
+})();

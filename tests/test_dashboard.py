@@ -1,0 +1,135 @@
+"""`edgespec dashboard` in a real headless Chromium against a real Mosquitto (development config,
+websockets listener on a free port): tiles, captions, availability, the verifier strip and
+hostile payloads. Skipped only where Chromium, Node or playwright-core are missing (`make setup`
+installs them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from camera_node.link import EdgeLink
+from camera_node.session import EdgeRequest, result_message, run_edge_session
+from conftest import dev_keys
+from dashboard_browser import Browser, missing
+from edgespec.dashboard import DashboardServer, page_config
+from edgespec.mqtt import make_client
+from schemas import ResultMsg, Topics
+
+pytestmark = [pytest.mark.broker, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+
+PREFIX = "dashtest/v1"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with Browser() as b:
+        yield b
+
+
+def tile(device: str) -> str:
+    return f'document.querySelector(\'.tile[data-device="{device}"]\')'
+
+
+def camera_result(device: str, text: str, n_tokens: int = 12) -> ResultMsg:
+    """A result as camera_node.node.describe_event publishes it (same fields, same extra)."""
+    return ResultMsg(device_id=device, session_id="ab" * 16, ts=time.time(), text=text,
+                     token_ids=list(range(n_tokens)), rounds=4, acceptance_rate=0.75, mean_accepted=2.25,
+                     bytes_up=1536, bytes_down=420,
+                     extra={"verifier_id": "verifier-1", "feature_bytes": 1024,
+                            "event": {"start_t": 3.2, "end_t": 5.8, "frames": 14, "peak_area": 0.08},
+                            "jpeg_bytes_keyframes": 48_000, "jpeg_bytes_clip": 310_000})
+
+
+async def on_thread(fn, *args, **kw):
+    return await asyncio.to_thread(fn, *args, **kw)
+
+
+def test_tile_caption_offline_and_rejected(mosquitto, browser):
+    topics = Topics(PREFIX)
+    with DashboardServer(page_config(broker_ws=mosquitto.ws_url, prefix=PREFIX)) as server:
+        browser.open(server.url)
+        browser.wait("document.body.dataset.mqtt === 'connected'", timeout_s=10)
+
+        async def scenario() -> dict:
+            async with make_client(mosquitto.url, client_id="dashtest-hostile") as hostile:
+                async with EdgeLink(mosquitto.url, "cam-1", topics=topics, keys=dev_keys("cam-1")) as link:
+                    # The link announces itself `online` (retained, Last Will `offline`).
+                    await on_thread(browser.wait, f"{tile('cam-1')}?.classList.contains('online')")
+
+                    # Hostile input first: none of it may show, each is counted.
+                    bad = [(topics.result("cam-1"), b"{not json"),
+                           (topics.result("cam-1"), b"\xff\xfe\x00"),
+                           (topics.result("cam-1"), json.dumps({"v": 1, "device_id": "cam-1", "text": 5}).encode()),
+                           (topics.result("cam-1"), camera_result("cam-9", "wrong device").to_json()),
+                           (topics.device_status("cam-1"), b"<script>alert(1)</script>"),
+                           (topics.verifier_stats("v-x"), b"[1, 2]")]
+                    for topic, payload in bad:
+                        await hostile.publish(topic, payload, qos=1)
+                    await on_thread(browser.wait, f"window.edgespec.rejected === {len(bad)}")
+                    assert browser.eval(f"{tile('cam-1')}.querySelector('.caption').textContent") == "no caption yet"
+                    assert browser.eval(f"{tile('cam-1')}.classList.contains('online')")
+                    assert browser.eval("document.querySelector('#rejected').textContent") == str(len(bad))
+                    assert browser.eval("document.querySelectorAll('.tile').length") == 1
+                    assert browser.eval("document.querySelectorAll('.verifier').length") == 0
+
+                    caption = "a person in a red coat walks past the loading dock <b>not bold</b>"
+                    result = camera_result("cam-1", caption)
+                    t_publish = time.time()
+                    await link.publish_result(result)
+                    shown = await on_thread(
+                        browser.wait,
+                        f"(() => {{ const c = {tile('cam-1')}.querySelector('.caption'); "
+                        f"return c.textContent === {json.dumps(caption)} && Number(c.dataset.receivedAt); }})()")
+                    t_seen = time.time()
+                    text = browser.eval(f"{tile('cam-1')}.innerText")
+                # Leaving the link publishes the retained `offline`, as a camera that stops does.
+                await on_thread(browser.wait, f"{tile('cam-1')}.classList.contains('offline')")
+                grey = browser.eval(f"getComputedStyle({tile('cam-1')}).filter")
+            return {"publish_to_render_ms": shown - t_publish * 1000, "publish_to_seen_ms": (t_seen - t_publish) * 1000,
+                    "text": text, "grey": grey}
+
+        out = asyncio.run(scenario())
+    print(f"\ndashboard: caption rendered {out['publish_to_render_ms']:.0f} ms after its publish "
+          f"(seen by the test {out['publish_to_seen_ms']:.0f} ms after)")
+    assert out["publish_to_render_ms"] < 5000 and out["publish_to_seen_ms"] < 5000
+    assert "75%" in out["text"] and "3.25" in out["text"]          # acceptance, tokens/round
+    assert "1.5 KiB vs 46.9 KiB" in out["text"] and "31× less" in out["text"]  # bytes vs JPEG
+    assert "3.2–5.8 s" in out["text"]                               # event time
+    assert "grayscale" in out["grey"]
+
+
+def test_real_verifier_session_and_fleet_strip(mosquitto, verifier, loaded_pair, browser):
+    """A real edge session through the session verifier: its result tile and the verifier's
+    availability and stats (published every 5 s) in the fleet strip."""
+    target, draft = loaded_pair
+    with DashboardServer(page_config(broker_ws=mosquitto.ws_url, prefix="edgespec/v1")) as server:
+        browser.open(server.url)
+        browser.wait("document.body.dataset.mqtt === 'connected'", timeout_s=10)
+        # The verifier's retained `online`.
+        browser.wait("document.querySelector('.verifier[data-verifier=\"verifier-1\"]:not(.offline) .pill')"
+                     "?.textContent === 'online'")
+
+        async def session() -> tuple[ResultMsg, float]:
+            async with EdgeLink(mosquitto.url, "dash-cam", keys=dev_keys("dash-cam")) as link:
+                ids = target.encode("a red circle moves")
+                outcome = await run_edge_session(link, draft, EdgeRequest(ids, None, gamma=3, max_new_tokens=16))
+                msg = result_message(link.device_id, outcome, draft.decode(outcome.result.token_ids))
+                t0 = time.time()
+                await link.publish_result(msg)
+                await on_thread(browser.wait, f"{tile('dash-cam')}?.querySelector('.caption').dataset.session "
+                                              f"=== {json.dumps(msg.session_id)}")
+                return msg, time.time() - t0
+
+        msg, seconds = asyncio.run(session())
+        assert seconds < 5
+        shown = browser.eval(f"{tile('dash-cam')}.querySelector('.caption').textContent")
+        assert shown == (msg.text or "(empty caption)")
+        # Stats arrive every 5 s; then the strip shows sessions and batch sizes.
+        strip = browser.wait("(() => { const v = document.querySelector('.verifier[data-verifier=\"verifier-1\"]');"
+                             " return v && v.innerText.includes(' mean, ') && v.innerText; })()", timeout_s=12)
+        assert "sessions" in strip and "mean" in strip
+        assert browser.eval("window.edgespec.rejected") == 0
