@@ -51,7 +51,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from broker.runner import MosquittoBroker
 
-    broker = MosquittoBroker(port=args.port)
+    broker = MosquittoBroker(port=args.port, ws_port=args.ws_port)
     print(f"mosquitto (development config, loopback only) on mqtt://127.0.0.1:{args.port}", flush=True)
     return broker.run_foreground()
 
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run Mosquitto in the foreground with the development config")
     p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--ws-port", type=int, default=9001, help="MQTT over websockets, for `edgespec dashboard`")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("verifier", help="serve the target model to devices over MQTT")

@@ -52,6 +52,19 @@ async def dashboard(url: str, prefix: str, expected: int, timeout_s: float) -> i
     return seen
 
 
+def _dashboard(broker, port: int | None):
+    """The live page (`edgespec dashboard`) on `port` (0: a free one), or None: then say how."""
+    if port is None:
+        print(f"dashboard: `edgespec dashboard --broker-ws {broker.ws_url}` in another terminal, then open "
+              "http://127.0.0.1:8080/ (or run the demo with --dashboard-port 8080)", flush=True)
+        return None
+    from .dashboard import DashboardServer, page_config
+
+    server = DashboardServer(page_config(broker_ws=broker.ws_url, prefix="edgespec/v1"), port=port).start()
+    print(f"dashboard: open {server.url} in a browser", flush=True)
+    return server
+
+
 def cmd_demo(args) -> int:
     from broker.runner import MosquittoBroker
 
@@ -60,7 +73,9 @@ def cmd_demo(args) -> int:
     procs: list[subprocess.Popen] = []
     with MosquittoBroker(port=args.port) as broker:
         print(f"broker: mosquitto (development config) on {broker.url}", flush=True)
+        web = None
         try:
+            web = _dashboard(broker, args.dashboard_port)
             verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", args.target_model])
             procs.append(verifier)
             for line in verifier.stdout:  # wait until it serves
@@ -87,6 +102,8 @@ def cmd_demo(args) -> int:
                 print(f"camera cam-{i + 1} failed:\n" + "".join(tails[i]), file=sys.stderr)
             return 0 if seen == args.cameras * args.events and not failed else 1
         finally:
+            if web is not None:
+                web.stop()
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -103,4 +120,5 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument("--dashboard-port", type=int, help="also serve the live web dashboard on this port (0: a free one)")
     p.set_defaults(func=cmd_demo)

@@ -7,25 +7,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, result_message, run_edge_session
-from conftest import dev_keys
+from conftest import REPO, dev_keys
 from dashboard_browser import Browser, missing
 from edgespec.dashboard import DashboardServer, page_config
 from edgespec.mqtt import make_client
 from schemas import ResultMsg, Topics
 
-pytestmark = [pytest.mark.broker, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+pytestmark = pytest.mark.broker
+needs_browser = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
 PREFIX = "dashtest/v1"
 
 
 @pytest.fixture(scope="module")
 def browser():
+    if missing() is not None:
+        pytest.skip(str(missing()))
     with Browser() as b:
         yield b
 
@@ -48,6 +57,7 @@ async def on_thread(fn, *args, **kw):
     return await asyncio.to_thread(fn, *args, **kw)
 
 
+@needs_browser
 def test_tile_caption_offline_and_rejected(mosquitto, browser):
     topics = Topics(PREFIX)
     with DashboardServer(page_config(broker_ws=mosquitto.ws_url, prefix=PREFIX)) as server:
@@ -102,6 +112,7 @@ def test_tile_caption_offline_and_rejected(mosquitto, browser):
     assert "grayscale" in out["grey"]
 
 
+@needs_browser
 def test_real_verifier_session_and_fleet_strip(mosquitto, verifier, loaded_pair, browser):
     """A real edge session through the session verifier: its result tile and the verifier's
     availability and stats (published every 5 s) in the fleet strip."""
@@ -133,3 +144,44 @@ def test_real_verifier_session_and_fleet_strip(mosquitto, verifier, loaded_pair,
                              " return v && v.innerText.includes(' mean, ') && v.innerText; })()", timeout_s=12)
         assert "sessions" in strip and "mean" in strip
         assert browser.eval("window.edgespec.rejected") == 0
+
+
+def test_dashboard_command_serves_the_page_and_stops_on_sigterm(tmp_path):
+    """`edgespec dashboard`: the page, its vendored mqtt.js and config.json over HTTP, nothing
+    outside the package, security headers; SIGTERM ends it within 2 s with status 0."""
+    password = tmp_path / "dashboard.password"
+    password.write_text("s3cret\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edgespec.cli", "dashboard", "--http-port", "0",
+                             "--broker-ws", "ws://127.0.0.1:9101", "--prefix", "site/v1", "--username", "dashboard",
+                             "--password-file", str(password)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert "dashboard on http://127.0.0.1:" in line, line
+        base = line.split("dashboard on ", 1)[1].split()[0]
+
+        def get(path: str):
+            with urllib.request.urlopen(base + path, timeout=5) as r:
+                return r.status, r.headers, r.read()
+
+        status, headers, body = get("")
+        assert status == 200 and b'src="vendor/mqtt.min.js"' in body and b"//" not in body.split(b"<body")[0].replace(
+            b"http://www.w3.org", b"")  # nothing from another origin
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert get("config.json")[2] and json.loads(get("config.json")[2]) == {
+            "broker_ws": "ws://127.0.0.1:9101", "default_ws_port": 9001, "prefix": "site/v1",
+            "username": "dashboard", "password": "s3cret"}
+        status, headers, body = get("vendor/mqtt.min.js")
+        assert status == 200 and body.startswith(b"/*! mqtt.js 5.") and b"MIT License" in body[:300]
+        assert headers["Content-Type"].startswith(("application/javascript", "text/javascript"))
+        for bad in ("../__init__.py", "%2e%2e/__init__.py", "vendor/", "nothing.js"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                get(bad)
+            assert err.value.code == 404, bad
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=2) == 0 and time.monotonic() - t0 < 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
+import signal
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -156,10 +157,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     broker = args.broker_ws or f"ws://<this page's host>:{DEFAULT_WS_PORT}"
     print(f"dashboard on {server.url} (broker {broker}, prefix {config['prefix']}); Ctrl-C stops it",
           flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both end it at once; it has no children
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        threading.Event().wait()  # until SIGINT (or SIGTERM, which `edgespec` turns into one)
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
     finally:
         server.stop()
     return 0

@@ -20,6 +20,7 @@
     captions: 0,
     points: [],            // chart: {t, device, acceptance}
     fleetRate: [],         // chart: [t, tokens/s]
+    started: Date.now() / 1000,
   };
   window.edgespec = state;  // for tests and the curious
 
@@ -171,7 +172,7 @@
     const jpeg = r.extra && isInt(r.extra.jpeg_bytes_keyframes) ? r.extra.jpeg_bytes_keyframes : null;
     if (jpeg) {
       const ratio = jpeg / Math.max(1, r.bytes_up);
-      p.btext.textContent = `sent ${kib(r.bytes_up)} vs ${kib(jpeg)} for JPEG key frames — ${ratio >= 10 ? Math.round(ratio) : ratio.toFixed(1)}× less`;
+      p.btext.textContent = `sent ${kib(r.bytes_up)} vs ${kib(jpeg)} for JPEG key frames — ${ratio >= 9.95 ? Math.round(ratio) : ratio.toFixed(1)}× less`;
       p.bar.style.width = `${Math.min(100, (100 * r.bytes_up) / jpeg).toFixed(1)}%`;
     } else {
       p.btext.textContent = `sent ${kib(r.bytes_up)}, received ${kib(r.bytes_down)}`;
@@ -277,28 +278,32 @@
 
   function renderChart() {
     const W = 800, H = 160, L = 34, R = 40, T = 8, B = 18;
-    const t1 = now(), t0 = t1 - CHART_WINDOW_S;
-    state.points = state.points.filter((p) => p.t >= t0);
-    state.fleetRate = state.fleetRate.filter(([t]) => t >= t0);
-    const x = (t) => L + ((t - t0) / CHART_WINDOW_S) * (W - L - R);
+    // The time axis grows with the page's age from 1 to 5 minutes, then scrolls.
+    const t1 = now(), span = Math.min(CHART_WINDOW_S, Math.max(60, t1 - state.started)), t0 = t1 - span;
+    state.points = state.points.filter((p) => p.t >= t1 - CHART_WINDOW_S);
+    state.fleetRate = state.fleetRate.filter(([t]) => t >= t1 - CHART_WINDOW_S);
+    const x = (t) => L + ((t - t0) / span) * (W - L - R);
     const y = (a) => T + (1 - a) * (H - T - B);
     const parts = [];
     for (const a of [0, 0.5, 1]) {
       parts.push(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(a), y2: y(a) }));
       parts.push(svg("text", { class: "axis", x: 2, y: y(a) + 3 }, `${a * 100}%`));
     }
-    for (const m of [5, 4, 3, 2, 1]) {
-      parts.push(svg("text", { class: "axis", x: x(t1 - m * 60) - 14, y: H - 4 }, `-${m} min`));
+    for (const k of [5, 4, 3, 2, 1]) {
+      const s = (span * k) / 5;
+      parts.push(svg("text", { class: "axis", x: x(t1 - s) - 14, y: H - 4 }, span < 150 ? `-${Math.round(s)} s` : `-${(s / 60).toFixed(1)} min`));
     }
-    const maxRate = Math.max(1, ...state.fleetRate.map(([, r]) => r));
+    parts.push(svg("text", { class: "axis", x: W - R - 18, y: H - 4 }, "now"));
+    const shown = state.fleetRate.filter(([t]) => t >= t0);
+    const maxRate = Math.max(1, ...shown.map(([, r]) => r));
     const ry = (r) => T + (1 - r / maxRate) * (H - T - B);
     parts.push(svg("text", { class: "axis", x: W - R + 4, y: T + 8 }, `${maxRate.toFixed(0)}/s`));
     parts.push(svg("text", { class: "axis", x: W - R + 4, y: H - B }, "0/s"));
-    if (state.fleetRate.length > 1) {
-      parts.push(svg("polyline", { class: "rate", points: state.fleetRate.map(([t, r]) => `${x(t).toFixed(1)},${ry(r).toFixed(1)}`).join(" ") }));
+    if (shown.length > 1) {
+      parts.push(svg("polyline", { class: "rate", points: shown.map(([t, r]) => `${x(t).toFixed(1)},${ry(r).toFixed(1)}`).join(" ") }));
     }
     for (const c of state.cameras.values()) {
-      const pts = state.points.filter((p) => p.device === c.id);
+      const pts = state.points.filter((p) => p.device === c.id && p.t >= t0);
       if (pts.length > 1) {
         parts.push(svg("polyline", { fill: "none", stroke: c.color, "stroke-width": 1.5, opacity: 0.7,
           points: pts.map((p) => `${x(p.t).toFixed(1)},${y(p.acceptance).toFixed(1)}`).join(" ") }));
