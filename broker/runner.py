@@ -20,6 +20,7 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).resolve().parent
 DEV_CONFIG = CONFIG_DIR / "mosquitto-dev.conf"
 START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 1.5  # then SIGKILL: a stopped broker is gone within 2 s
 
 
 class BrokerError(RuntimeError):
@@ -105,23 +106,27 @@ class MosquittoBroker:
     def start(self) -> "MosquittoBroker":
         if self.port == 0:
             self.port = free_port(self.host)
-        self._runtime = tempfile.TemporaryDirectory(prefix="edgespec-broker-")
-        conf_path = Path(self._runtime.name) / "mosquitto.conf"
-        ws_port = self.ws_port or free_port(self.host)
-        text, has_ws = render_ws_port(
-            render_config(self.config.read_text(), port=self.port, extra=self.extra_config), ws_port)
-        self.ws_port = ws_port if has_ws else None
-        conf_path.write_text(text)
-        stderr = subprocess.DEVNULL if self.quiet else None
-        self._proc = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        wait_for_port(self.host, self.port, START_TIMEOUT_S, self._proc)
-        if self.ws_port:  # the websockets listener opens a moment after the TCP one
-            wait_for_port(self.host, self.ws_port, START_TIMEOUT_S, self._proc)
+        try:
+            self._runtime = tempfile.TemporaryDirectory(prefix="edgespec-broker-")
+            conf_path = Path(self._runtime.name) / "mosquitto.conf"
+            ws_port = self.ws_port or free_port(self.host)
+            text, has_ws = render_ws_port(
+                render_config(self.config.read_text(), port=self.port, extra=self.extra_config), ws_port)
+            self.ws_port = ws_port if has_ws else None
+            conf_path.write_text(text)
+            stderr = subprocess.DEVNULL if self.quiet else None
+            self._proc = subprocess.Popen(
+                [find_mosquitto(), "-c", str(conf_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # a terminal's Ctrl-C reaches only us; stop() ends it
+            )
+            wait_for_port(self.host, self.port, START_TIMEOUT_S, self._proc)
+            if self.ws_port:  # the websockets listener opens a moment after the TCP one
+                wait_for_port(self.host, self.ws_port, START_TIMEOUT_S, self._proc)
+        except BaseException:  # a failed start or a stop signal meanwhile leaves nothing behind
+            self.stop()
+            raise
         return self
 
     def reload(self) -> None:
@@ -130,11 +135,19 @@ class MosquittoBroker:
             self._proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
+        """Terminate Mosquitto (SIGKILL after STOP_TIMEOUT_S) and remove the runtime folder; a
+        second Ctrl-C or SIGTERM meanwhile does not cut this short."""
+        from edgespec.lifecycle import deferred_signals
+
+        with deferred_signals(raise_after=False):
+            self._stop()
+
+    def _stop(self) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.terminate()
                 try:
-                    self._proc.wait(timeout=5)
+                    self._proc.wait(timeout=STOP_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()
@@ -143,14 +156,21 @@ class MosquittoBroker:
             self._runtime.cleanup()
             self._runtime = None
 
-    def run_foreground(self) -> int:
-        """Run until Mosquitto exits or the user interrupts (`edgespec broker`)."""
+    def run_foreground(self, announce=None) -> int:
+        """Run until Mosquitto exits or the user interrupts (`edgespec broker`): Ctrl-C, and
+        SIGTERM where `edgespec.lifecycle.sigterm_as_interrupt` is installed, stop Mosquitto
+        and remove the runtime folder. `announce(url)` is called once it listens."""
         self.quiet = False
-        self.start()
-        assert self._proc is not None
         try:
+            self.start()
+            assert self._proc is not None
+            if announce is not None:
+                announce(self.url)
             return self._proc.wait()
         except KeyboardInterrupt:
+            from edgespec.lifecycle import interrupted
+
+            interrupted()  # the command then leaves at once (edgespec.lifecycle.finish)
             return 0
         finally:
             self.stop()

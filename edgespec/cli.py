@@ -51,9 +51,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from broker.runner import MosquittoBroker
 
-    broker = MosquittoBroker(port=args.port, ws_port=args.ws_port)
-    print(f"mosquitto (development config, loopback only) on mqtt://127.0.0.1:{args.port}", flush=True)
-    return broker.run_foreground()
+    def announce(url: str) -> None:
+        print(f"mosquitto (development config, loopback only) on {url}; Ctrl-C stops it", flush=True)
+
+    return MosquittoBroker(port=args.port, ws_port=args.ws_port).run_foreground(announce)
 
 
 def cmd_verifier(args: argparse.Namespace) -> int:
@@ -63,6 +64,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     from verifier_node.service import serve_reconnecting
 
     from .identity import resolve_verifier_crypto
+    from .lifecycle import note
 
     set_threads(args.threads)
     broker = args.broker or DEFAULTS.broker
@@ -78,7 +80,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, lambda sig=sig: (note(sig), stop.set()))
         ready = asyncio.Event()
 
         async def announce() -> None:
@@ -262,13 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .lifecycle import die_with_parent, finish, sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # SIGTERM stops every command the way Ctrl-C does (children, temp folders)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .errors import friendly_errors
 
-    with friendly_errors():
-        return int(args.func(args) or 0)
+    try:
+        with friendly_errors():
+            die_with_parent()
+            return finish(int(args.func(args) or 0))
+    except SystemExit as exc:  # after a stop signal: leave at once (lifecycle.finish)
+        finish(exc.code if isinstance(exc.code, int) else 1)
+        raise
     return 2
 
 

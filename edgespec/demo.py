@@ -8,48 +8,114 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bench import drain
 from .config import resolve_model_dir
+from .lifecycle import all_exited, exit_code, interrupted, spawn, stop_children
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgespec.cli", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
+RESULT_TOPIC = "edgespec/v1/dev/+/result"
+CAMERA_EXIT_S = 30.0  # after the last caption, how long the cameras get to finish
 
 
-async def dashboard(url: str, prefix: str, expected: int, timeout_s: float) -> int:
-    """Print every result as it arrives; returns how many arrived."""
+def _spawn(args: list[str], procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """An `edgespec` child in its own session, recorded in `procs` before a stop signal can act."""
+    return spawn([sys.executable, "-m", "edgespec.cli", *args], procs, cwd=REPO,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                 env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
+
+
+def intro(port: int, cameras: int, events: int) -> str:
+    """Printed once at the start: how to watch, what the fields mean, how to stop."""
+    return (
+        f"edgespec demo: one verifier and {cameras} synthetic cameras, {events} caption{'s' if events != 1 else ''} each.\n"
+        f"  Watch the results from another terminal (Debian: apt install mosquitto-clients):\n"
+        f"    mosquitto_sub -h 127.0.0.1 -p {port} -v -t '{RESULT_TOPIC}'\n"
+        f"  Each caption below comes with:\n"
+        f"    acceptance                share of the camera's drafted tokens the verifier kept (1.00: all)\n"
+        f"    tokens/round              caption tokens per round trip to the verifier (kept drafts + its own)\n"
+        f"    KiB sent                  what the camera sent for it: token ids, draft probabilities, features\n"
+        f"    JPEG key frames would be  what sending the event's key frames as JPEG images would cost instead\n"
+        f"  Stop: Ctrl-C (or SIGTERM); the broker, verifier and cameras stop with the demo.\n")
+
+
+@dataclass
+class Tally:
+    """The captions seen so far, for the closing summary."""
+
+    expected: int
+    cameras: int
+    results: list = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        rs = self.results
+        text = f"{len(rs)} of {self.expected} captions, {self.cameras} cameras"
+        if rs:
+            devices = len({r.device_id for r in rs})
+            acc = sum(r.acceptance_rate for r in rs) / len(rs)
+            per_round = sum(r.mean_accepted + 1 for r in rs) / len(rs)
+            up = sum(r.bytes_up for r in rs) / 1024
+            jpeg = sum(r.extra.get("jpeg_bytes_keyframes", 0) for r in rs) / 1024
+            text += (f" ({devices} captioned), acceptance {acc:.2f}, {per_round:.2f} tokens/round, "
+                     f"{up:.1f} KiB sent vs {jpeg:.1f} KiB of JPEG key frames")
+        return text + f", {time.monotonic() - self.started:.0f} s"
+
+
+async def _print_results(client, tally: Tally, expected: int) -> None:
+    """Print each result as it arrives, until `expected` arrived."""
+    from schemas import ResultMsg, WireError
+
+    async for message in client.messages:
+        try:
+            r = ResultMsg.from_json(message.payload)
+        except WireError as err:
+            print(f"dashboard: skipped a bad result: {err}")
+            continue
+        tally.results.append(r)
+        up_kb = r.bytes_up / 1024
+        jpeg_kb = r.extra.get("jpeg_bytes_keyframes", 0) / 1024
+        print(f"{time.strftime('%H:%M:%S')}  {r.device_id:<6} \"{r.text}\"\n"
+              f"          acceptance {r.acceptance_rate:.2f}, {r.mean_accepted + 1:.2f} tokens/round, "
+              f"{up_kb:.2f} KiB sent (JPEG key frames would be {jpeg_kb:.1f} KiB)", flush=True)
+        if len(tally.results) >= expected:
+            break
+
+
+async def dashboard(url: str, prefix: str, expected: int, timeout_s: float, tally: Tally | None = None,
+                    cameras: list[subprocess.Popen] | None = None) -> int:
+    """Print every result as it arrives (into `tally`) until `expected` arrived, the time is up or
+    every camera process has exited; returns how many arrived."""
     from edgespec.mqtt import make_client
-    from schemas import ResultMsg, Topics, WireError
+    from schemas import Topics
 
-    seen = 0
+    tally = tally if tally is not None else Tally(expected, 0)
     async with make_client(url, client_id="edgespec-demo-dashboard") as client:
         await client.subscribe(Topics(prefix).all_results(), qos=1)
-        print(f"dashboard: subscribed to {Topics(prefix).all_results()}", flush=True)
         try:
-            async with asyncio.timeout(timeout_s):
-                async for message in client.messages:
-                    try:
-                        r = ResultMsg.from_json(message.payload)
-                    except WireError as err:
-                        print(f"dashboard: skipped a bad result: {err}")
-                        continue
-                    seen += 1
-                    up_kb = r.bytes_up / 1024
-                    jpeg_kb = r.extra.get("jpeg_bytes_keyframes", 0) / 1024
-                    print(f"{time.strftime('%H:%M:%S')}  {r.device_id:<6} \"{r.text}\"\n"
-                          f"          acceptance {r.acceptance_rate:.2f}, {r.mean_accepted + 1:.2f} tokens/round, "
-                          f"{up_kb:.2f} KiB sent (JPEG key frames would be {jpeg_kb:.1f} KiB)", flush=True)
-                    if seen >= expected:
-                        break
+            async with asyncio.timeout(timeout_s) as scope:
+                def cameras_gone(task: asyncio.Task) -> None:  # a last result may be on its way: 2 s more
+                    if not task.cancelled() and not scope.expired():
+                        scope.reschedule(min(scope.when(), asyncio.get_running_loop().time() + 2.0))
+
+                watcher = asyncio.create_task(all_exited(cameras)) if cameras else None
+                if watcher is not None:
+                    watcher.add_done_callback(cameras_gone)
+                try:
+                    await _print_results(client, tally, expected)
+                finally:
+                    if watcher is not None:
+                        watcher.cancel()
         except TimeoutError:
-            print(f"dashboard: timed out after {timeout_s:.0f} s with {seen}/{expected} captions")
-    return seen
+            if cameras and all(p.poll() is not None for p in cameras):
+                print(f"dashboard: every camera has exited, {len(tally.results)}/{expected} captions")
+            else:
+                print(f"dashboard: timed out after {timeout_s:.0f} s with {len(tally.results)}/{expected} captions")
+    return len(tally.results)
 
 
 def _dashboard(broker, port: int | None):
@@ -65,49 +131,81 @@ def _dashboard(broker, port: int | None):
     return server
 
 
+def _wait_ready(verifier: subprocess.Popen) -> bool:
+    assert verifier.stdout is not None
+    lines = []
+    for line in verifier.stdout:  # a stop signal interrupts this read
+        lines.append(line)
+        if "ready on" in line:
+            print(f"verifier: {line.strip()}", flush=True)
+            drain(verifier)
+            return True
+    print("edgespec demo: the verifier did not start:\n" + "".join(lines[-20:]), file=sys.stderr)
+    return False
+
+
+def _wait_cameras(cams: list[subprocess.Popen], tails: list) -> list[str]:
+    """Wait for the cameras to finish; the failures, one paragraph each."""
+    deadline = time.monotonic() + CAMERA_EXIT_S
+    failures = []
+    for i, p in enumerate(cams):
+        try:
+            rc = p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            failures.append(f"camera cam-{i + 1} still running {CAMERA_EXIT_S:.0f} s after the last caption")
+            continue
+        if rc != 0:
+            failures.append(f"camera cam-{i + 1} exited with {rc}:\n" + "".join(list(tails[i])[-20:]))
+    return failures
+
+
 def cmd_demo(args) -> int:
+    """Ctrl-C or SIGTERM at any point: the children and the broker are gone within 2 s, no
+    temp folder is left, and the demo prints what it saw (edgespec.lifecycle)."""
     from broker.runner import MosquittoBroker
 
     resolve_model_dir(args.target_model, "target")
     resolve_model_dir(args.draft_model, "draft")
+    expected = args.cameras * args.events
+    tally = Tally(expected, args.cameras)
     procs: list[subprocess.Popen] = []
-    with MosquittoBroker(port=args.port) as broker:
+    broker = MosquittoBroker(port=args.port)
+    web = None
+    stopping = False
+    try:
+        broker.start()
+        print(intro(broker.port, args.cameras, args.events), flush=True)
         print(f"broker: mosquitto (development config) on {broker.url}", flush=True)
-        web = None
-        try:
-            web = _dashboard(broker, args.dashboard_port)
-            verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", args.target_model])
-            procs.append(verifier)
-            for line in verifier.stdout:  # wait until it serves
-                if "ready on" in line:
-                    print(f"verifier: {line.strip()}", flush=True)
-                    drain(verifier)
-                    break
-            else:
-                print("verifier failed to start", file=sys.stderr)
-                return 1
-            tails = []
-            for i in range(args.cameras):
-                procs.append(_spawn([
-                    "camera", "--broker", broker.url, "--device-id", f"cam-{i + 1}",
-                    "--source", f"synthetic:{args.seed + 100 * i}", "--draft-model", args.draft_model,
-                    "--max-events", str(args.events), "--realtime", "--temperature", str(args.temperature),
-                    "--seed", str(args.seed + i),
-                ]))
-                tails.append(drain(procs[-1]))
-            print(f"cameras: {args.cameras} synthetic cameras, {args.events} events each\n", flush=True)
-            seen = asyncio.run(dashboard(broker.url, "edgespec/v1", args.cameras * args.events, args.timeout))
-            failed = [i for i, p in enumerate(procs[1:]) if p.wait(timeout=60) != 0]
-            for i in failed:
-                print(f"camera cam-{i + 1} failed:\n" + "".join(tails[i]), file=sys.stderr)
-            return 0 if seen == args.cameras * args.events and not failed else 1
-        finally:
-            if web is not None:
-                web.stop()
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-                    p.wait(timeout=10)
+        web = _dashboard(broker, args.dashboard_port)
+        verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", args.target_model], procs)
+        if not _wait_ready(verifier):
+            return 1
+        tails = []
+        for i in range(args.cameras):
+            tails.append(drain(_spawn([
+                "camera", "--broker", broker.url, "--device-id", f"cam-{i + 1}",
+                "--source", f"synthetic:{args.seed + 100 * i}", "--draft-model", args.draft_model,
+                "--max-events", str(args.events), "--realtime", "--temperature", str(args.temperature),
+                "--seed", str(args.seed + i),
+            ], procs)))
+        print(f"cameras: {args.cameras} synthetic cameras, {args.events} events each\n", flush=True)
+        seen = asyncio.run(dashboard(broker.url, "edgespec/v1", expected, args.timeout, tally, procs[1:]))
+        failures = _wait_cameras(procs[1:], tails)
+        for text in failures:
+            print(text, file=sys.stderr)
+        print(f"\ndone: {tally.summary()}", flush=True)
+        return 0 if seen == expected and not failures else 1
+    except KeyboardInterrupt:
+        interrupted()
+        stopping = True
+    finally:
+        if web is not None:
+            web.stop()
+        stop_children(procs)
+        broker.stop()
+    if stopping:
+        print(f"\nstopped: {tally.summary()}", flush=True)
+    return exit_code()
 
 
 def register(sub) -> None:

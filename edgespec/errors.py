@@ -27,5 +27,8 @@ def friendly_errors() -> Iterator[None]:
     except known as exc:
         print(f"edgespec: error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: 130 or 143, no traceback
+        from edgespec.lifecycle import exit_code, interrupted
+
+        interrupted()
+        raise SystemExit(exit_code()) from None
