@@ -1,80 +1,120 @@
 """The caption grammar of the default model pair, and the parser that scores captions.
 
-A caption names every object of a scene in one clause, objects ordered left to right by
-their position in the first frame, clauses joined by ``and`` or ``while``. A clause says
-the object's colour, shape, motion and end position (see :mod:`camera_node.scene`), worded
-by one of a few templates with synonyms, for example::
+A caption says, for each object the device tracked (largest first), what it is, its colour,
+which way it went and whether it stopped, in one clause; clauses are joined by ``while``::
 
-    a red circle moves left at the top
-    on the right a blue square stays still
-    there is a green triangle in the bottom left corner that rises
+    a person in orange walks away from the camera
+    a white vehicle drives from the left to the right and stops
+    a small red object moves towards the top while a person in blue walks to the left
 
-Captions are lower-case words separated by single spaces, with no punctuation, so a
-word-level tokenizer encodes and decodes them exactly. In every list of wordings the first
-is the most likely and each later one half as likely (:data:`WORDING_DECAY`).
-:func:`parse_caption` reads a caption back into (colour, shape, motion, position) mentions
-and :func:`score_caption` compares them with a scene's ground truth.
+The words come from what the device measured (:func:`camera_node.features.decode_facts`), so
+a caption never names a kind the measurements did not settle: an unsure one is an
+``object``. Captions are lower-case words separated by single spaces, so a word-level
+tokenizer encodes and decodes them exactly. Where there is a choice of wording the first is
+the most likely and each later one half as likely (:data:`WORDING_DECAY`): greedy decoding
+says the first, sampling brings out the rest. :func:`parse_caption` reads a caption back
+into mentions and :func:`score_caption` compares them with ground truth.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from camera_node.scene import COLOURS, SHAPES, Scene, SceneObject, motion_word, position_word
+from camera_node.colours import COLOUR_NAMES
+from camera_node.objects import KINDS, SIDES
 
 CAPTION_PROMPT = "describe:"
 """Prompt text the camera sends after the vision prefix. It tokenizes to ``describe`` ``:``."""
 
-EMPTY_CAPTION = "the scene is empty"
-
-MOTION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left": ("moves left", "goes left", "drifts to the left", "slides left"),
-    "right": ("moves right", "goes right", "drifts to the right", "slides right"),
-    "up": ("moves up", "goes up", "rises", "drifts upward"),
-    "down": ("moves down", "goes down", "falls", "drifts downward"),
-    "still": ("stays still", "does not move", "sits still", "is not moving"),
-}
-
-_CORNER_PHRASES = ("at the {w}", "in the {w} corner", "near the {w}")
-_EDGE_PHRASES = ("at the {w}", "near the {w}", "along the {w}")
-POSITION_PHRASES: dict[str, tuple[str, ...]] = {
-    **{
-        w: tuple(p.format(w=w) for p in _CORNER_PHRASES)
-        for w in ("top left", "top right", "bottom left", "bottom right")
-    },
-    **{w: tuple(p.format(w=w) for p in _EDGE_PHRASES) for w in ("top", "bottom")},
-    **{
-        w: ("on the " + w, "at the " + w + " side", "near the " + w + " edge")
-        for w in ("left", "right")
-    },
-    "centre": ("in the centre", "in the middle", "near the centre"),
-}
-
-CLAUSE_TEMPLATES: tuple[str, ...] = (
-    "{a} {colour} {shape} {motion} {position}",
-    "{position} {a} {colour} {shape} {motion}",
-    "there is {a} {colour} {shape} {position} that {motion}",
-    "the {colour} {shape} {position} {motion}",
-)
-JOINERS: tuple[str, ...] = ("and", "while")
+EMPTY_CAPTION = "something moves but no object could be followed"
+JOINER = "while"
 WORDING_DECAY = 0.5
-"""Each wording in a list above is this many times as likely as the one before it."""
+
+SUBJECTS: dict[str, str] = {
+    "person": "a person in {colour}",
+    "vehicle": "{a} {colour} vehicle",
+    "small object": "a small {colour} object",
+    "animal": "{a} {colour} animal-sized object",
+    "object": "{a} {colour} object",
+}
+VERBS: dict[str, tuple[str, ...]] = {
+    "person": ("walks", "goes"),
+    "vehicle": ("drives", "moves"),
+    "small object": ("moves", "goes"),
+    "animal": ("moves", "goes"),
+    "object": ("moves", "goes"),
+}
+STILL_PHRASES: tuple[str, ...] = ("stays still", "does not move")
+# Where a direction leads, and the side it leaves from: "from the left to the right".
+HEADINGS: dict[str, tuple[str, ...]] = {
+    "left": ("to the left", "left"),
+    "right": ("to the right", "right"),
+    "up": ("towards the top", "up the frame"),
+    "down": ("towards the bottom", "down the frame"),
+    "towards": ("towards the camera",),
+    "away": ("away from the camera",),
+}
+_OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+_SIDE_OF = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
+STOP_PHRASE = "and stops"
+
+
+def wording_weights(count: int) -> list[float]:
+    """Probabilities of ``count`` wordings: each WORDING_DECAY times the one before."""
+    raw = [WORDING_DECAY**i for i in range(count)]
+    return [w / sum(raw) for w in raw]
+
+
+def _choice(rng: np.random.Generator | random.Random | None, options: Sequence[str]) -> str:
+    """The first option without ``rng``; else one drawn by :func:`wording_weights`."""
+    if rng is None or len(options) == 1:
+        return options[0]
+    weights = wording_weights(len(options))
+    if isinstance(rng, random.Random):
+        return rng.choices(list(options), weights=weights)[0]
+    return options[int(rng.choice(len(options), p=weights))]
+
+
+def clause_for(fact: Mapping[str, Any], rng: np.random.Generator | random.Random | None = None) -> str:
+    """One clause for one object's words (kind, colour, direction, entry, exit, stopped)."""
+    kind, direction = fact["kind"], fact["direction"]
+    colour = fact["colour"]
+    subject = SUBJECTS[kind].format(a="an" if colour[0] in "aeiou" else "a", colour=colour)
+    if direction == "still":
+        return f"{subject} {_choice(rng, STILL_PHRASES)}"
+    verb = _choice(rng, VERBS[kind])
+    entry, exit_ = fact.get("entry", "inside"), fact.get("exit", "inside")
+    side = _SIDE_OF.get(direction)
+    if side is not None and exit_ == side and entry == _OPPOSITE[side]:
+        link = "towards" if side in ("top", "bottom") else "to"
+        path = f"from the {entry} {link} the {exit_}"
+    else:
+        path = _choice(rng, HEADINGS[direction])
+    text = f"{subject} {verb} {path}"
+    return f"{text} {STOP_PHRASE}" if fact.get("stopped") else text
+
+
+def caption_for_facts(facts: Sequence[Mapping[str, Any]],
+                      rng: np.random.Generator | random.Random | None = None) -> str:
+    """The caption of an event's measured objects (greedy wording without ``rng``)."""
+    if not facts:
+        return EMPTY_CAPTION
+    return f" {JOINER} ".join(clause_for(f, rng) for f in facts)
 
 
 def _vocabulary() -> tuple[str, ...]:
     """Every word the grammar can produce plus the prompt's tokens, in a fixed order."""
     words: dict[str, None] = {}
-    texts = [CAPTION_PROMPT.replace(":", " :"), EMPTY_CAPTION, *JOINERS, *COLOURS, *SHAPES]
-    texts += [
-        t.format(a="a an", colour="", shape="", motion="", position="") for t in CLAUSE_TEMPLATES
-    ]
-    texts += [p for ps in MOTION_PHRASES.values() for p in ps]
-    texts += [p for ps in POSITION_PHRASES.values() for p in ps]
+    texts = [CAPTION_PROMPT.replace(":", " :"), EMPTY_CAPTION, JOINER, STOP_PHRASE, *COLOUR_NAMES]
+    texts += [s.format(a="a an", colour="") for s in SUBJECTS.values()]
+    texts += [w for ws in VERBS.values() for w in ws] + list(STILL_PHRASES)
+    texts += [p for ps in HEADINGS.values() for p in ps]
+    texts += [f"from the {a} to towards the {b}" for a in SIDES for b in SIDES]
     for text in texts:
         for word in text.split():
             words.setdefault(word, None)
@@ -85,128 +125,83 @@ VOCABULARY: tuple[str, ...] = _vocabulary()
 """All caption and prompt words; the default tokenizer's vocabulary is these plus specials."""
 
 
-def wording_weights(count: int) -> list[float]:
-    """Probabilities of the ``count`` wordings of one list: each later one WORDING_DECAY times
-    as likely as the one before, so every list has a clear favourite (what a greedy decoder
-    says) and rarer variants (what sampling brings out)."""
-    raw = [WORDING_DECAY**i for i in range(count)]
-    return [w / sum(raw) for w in raw]
-
-
-def _choice(rng: np.random.Generator | random.Random, options: Sequence[str]) -> str:
-    """One of ``options`` by :func:`wording_weights` (NumPy Generator or ``random.Random``)."""
-    weights = wording_weights(len(options))
-    if isinstance(rng, random.Random):
-        return rng.choices(list(options), weights=weights)[0]
-    return options[int(rng.choice(len(options), p=weights))]
-
-
-def reading_order(scene: Scene) -> list[SceneObject]:
-    """Objects left to right by their first-frame centre (ties broken top to bottom)."""
-    return sorted(scene.objects, key=lambda o: (o.x, o.y))
-
-
-def clause_for(obj: SceneObject, rng: np.random.Generator | random.Random) -> str:
-    """One clause naming ``obj``'s colour, shape, motion and end position."""
-    template = _choice(rng, CLAUSE_TEMPLATES)
-    return template.format(
-        a="an" if obj.colour[0] in "aeiou" else "a",
-        colour=obj.colour,
-        shape=obj.shape,
-        motion=_choice(rng, MOTION_PHRASES[motion_word(obj)]),
-        position=_choice(rng, POSITION_PHRASES[position_word(obj)]),
-    )
-
-
-def caption_for(scene: Scene, rng: np.random.Generator | random.Random) -> str:
-    """A caption of ``scene``; ``rng`` picks templates, synonyms and joiners."""
-    objects = reading_order(scene)
-    if not objects:
-        return EMPTY_CAPTION
-    parts = [clause_for(objects[0], rng)]
-    for obj in objects[1:]:
-        parts += [_choice(rng, JOINERS), clause_for(obj, rng)]
-    return " ".join(parts)
-
-
 # --- parsing and scoring -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Mention:
-    """What one clause of a caption says about one object; None where it says nothing."""
+    """What one clause says about one object; None where it says nothing."""
 
+    kind: str | None
     colour: str | None
-    shape: str | None
-    motion: str | None
-    position: str | None
+    direction: str | None
+    stopped: bool = False
 
 
-def _phrase_table(phrases: dict[str, tuple[str, ...]]) -> list[tuple[tuple[str, ...], str]]:
-    """(phrase words, value) pairs, longest phrases first so the most specific one wins."""
-    table = [(tuple(p.split()), value) for value, ps in phrases.items() for p in ps]
-    return sorted(table, key=lambda item: -len(item[0]))
+def _kind_of(words: list[str]) -> str | None:
+    if "person" in words:
+        return "person"
+    if "vehicle" in words:
+        return "vehicle"
+    if "animal-sized" in words:
+        return "animal"
+    if "small" in words:
+        return "small object"
+    if "object" in words:
+        return "object"
+    return None
 
 
-_MOTION_TABLE = _phrase_table(MOTION_PHRASES)
-_POSITION_TABLE = _phrase_table(POSITION_PHRASES)
-
-
-def _take_phrase(
-    words: list[str], table: list[tuple[tuple[str, ...], str]]
-) -> tuple[str | None, list[str]]:
-    """Find the first phrase of ``table`` in ``words``; return its value and the words left."""
-    for phrase, value in table:
-        n = len(phrase)
-        for i in range(len(words) - n + 1):
-            if tuple(words[i : i + n]) == phrase:
-                return value, words[:i] + ["|"] + words[i + n :]  # "|" keeps phrases apart
-    return None, words
+def _direction_of(text: str) -> str | None:
+    if "stays still" in text or "does not move" in text:
+        return "still"
+    if "towards the camera" in text:
+        return "towards"
+    if "away from the camera" in text:
+        return "away"
+    for a, b in (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top")):
+        if f"from the {a} to the {b}" in text or f"from the {a} towards the {b}" in text:
+            return {"left": "left", "right": "right", "top": "up", "bottom": "down"}[b]
+    for direction, phrases in HEADINGS.items():
+        if any(f" {p}" in f" {text}" for p in phrases if len(p.split()) > 1):
+            return direction
+    words = text.split()
+    for direction in ("left", "right"):
+        if direction in words:
+            return direction
+    return None
 
 
 def parse_caption(caption: str) -> list[Mention]:
-    """Split a caption into clauses (at ``and`` / ``while``) and read each clause."""
-    mentions: list[Mention] = []
-    clause: list[str] = []
-    for word in [*caption.lower().split(), JOINERS[0]]:
-        if word not in JOINERS:
-            clause.append(word)
-            continue
-        if clause:
-            motion, rest = _take_phrase(clause, _MOTION_TABLE)
-            position, rest = _take_phrase(rest, _POSITION_TABLE)
-            colour = next((w for w in rest if w in COLOURS), None)
-            shape = next((w for w in rest if w in SHAPES), None)
-            if any(v is not None for v in (colour, shape, motion, position)):
-                mentions.append(Mention(colour, shape, motion, position))
-        clause = []
+    """Split a caption into clauses (at ``while``) and read each clause."""
+    mentions = []
+    for clause in caption.lower().split(f" {JOINER} "):
+        words = clause.split()
+        kind = _kind_of(words)
+        colour = next((w for w in words if w in COLOUR_NAMES), None)
+        direction = _direction_of(clause)
+        if kind or colour or direction:
+            mentions.append(Mention(kind, colour, direction, STOP_PHRASE in clause))
     return mentions
 
 
 @dataclass
 class CaptionScore:
-    """How well one caption describes one scene; counts are over the scene's objects."""
+    """How well captions describe their objects; counts are over the ground-truth objects."""
 
     objects: int = 0
-    colour: int = 0  # objects whose colour is named
-    shape: int = 0  # ... named with the right shape
-    motion: int = 0  # ... and the right motion
-    position: int = 0  # ... and the right end position
-    all_three: int = 0  # colour, shape and motion all right
-    extra_mentions: int = 0  # clauses naming no object of the scene, or one named twice
+    found: int = 0  # objects some clause could be matched to
+    kind: int = 0  # ... whose kind is right
+    kind_or_unsure: int = 0  # ... right, or honestly "object"
+    colour: int = 0
+    direction: int = 0
+    extra_mentions: int = 0  # clauses matched to no object
     per_object: list[dict[str, bool]] = field(default_factory=list)
 
     def add(self, other: CaptionScore) -> None:
-        """Accumulate another scene's counts (``per_object`` is not carried over)."""
-        for name in (
-            "objects",
-            "colour",
-            "shape",
-            "motion",
-            "position",
-            "all_three",
-            "extra_mentions",
-        ):
+        """Accumulate another caption's counts (``per_object`` is not carried over)."""
+        for name in ("objects", "found", "kind", "kind_or_unsure", "colour", "direction",
+                     "extra_mentions"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def shares(self) -> dict[str, Any]:
@@ -214,43 +209,59 @@ class CaptionScore:
         n = max(1, self.objects)
         return {
             "objects": self.objects,
+            "found": self.found / n,
+            "kind": self.kind / n,
+            "kind_or_unsure": self.kind_or_unsure / n,
             "colour": self.colour / n,
-            "shape": self.shape / n,
-            "motion": self.motion / n,
-            "position": self.position / n,
-            "colour_shape_motion": self.all_three / n,
+            "direction": self.direction / n,
             "extra_mentions": self.extra_mentions,
         }
 
 
-def score_caption(caption: str, scene: Scene) -> CaptionScore:
-    """Match each object to the clause naming its colour (colours are unique in a scene).
+def _accepts(truth: Mapping[str, Any], key: str, value: str | None) -> bool:
+    """Whether ``value`` is right for ``truth[key]`` (a word, or a list of acceptable words)."""
+    allowed = truth.get(key)
+    if isinstance(allowed, (list, tuple)):
+        return value in allowed
+    return value == allowed
 
-    An object counts as correct for shape/motion/position only if its colour is named and
-    that clause has the right word; clauses naming absent colours count as extra mentions.
+
+def score_caption(caption: str, truth: Sequence[Mapping[str, Any]]) -> CaptionScore:
+    """Match clauses to ground-truth objects (greedily, most agreeing pairs first) and count.
+
+    ``truth``: one mapping per object with ``kind``, ``colour`` and ``direction``, each a word
+    or a list of acceptable words (labels of real footage allow several).
     """
     mentions = parse_caption(caption)
-    by_colour: dict[str, Mention] = {}
-    extra = 0
-    for m in mentions:
-        if m.colour is None or m.colour in by_colour:
-            extra += 1
-        else:
-            by_colour[m.colour] = m
-    score = CaptionScore(objects=len(scene.objects))
-    present = {o.colour for o in scene.objects}
-    extra += sum(1 for c in by_colour if c not in present)
-    score.extra_mentions = extra
-    for obj in scene.objects:
-        m = by_colour.get(obj.colour)
+    pairs = []
+    for i, obj in enumerate(truth):
+        for j, m in enumerate(mentions):
+            agree = sum(_accepts(obj, k, getattr(m, k)) for k in ("kind", "colour", "direction"))
+            pairs.append((-agree, i, j))
+    pairs.sort()
+    matched: dict[int, int] = {}
+    used: set[int] = set()
+    for _, i, j in pairs:
+        if i not in matched and j not in used:
+            matched[i] = j
+            used.add(j)
+    score = CaptionScore(objects=len(truth), extra_mentions=len(mentions) - len(used))
+    for i, obj in enumerate(truth):
+        m = mentions[matched[i]] if i in matched else None
         row = {
-            "colour": m is not None,
-            "shape": m is not None and m.shape == obj.shape,
-            "motion": m is not None and m.motion == motion_word(obj),
-            "position": m is not None and m.position == position_word(obj),
+            "found": m is not None,
+            "kind": m is not None and _accepts(obj, "kind", m.kind),
+            "colour": m is not None and _accepts(obj, "colour", m.colour),
+            "direction": m is not None and _accepts(obj, "direction", m.direction),
         }
-        row["all_three"] = row["colour"] and row["shape"] and row["motion"]
+        row["kind_or_unsure"] = row["kind"] or (m is not None and m.kind == "object")
         score.per_object.append(row)
-        for name in ("colour", "shape", "motion", "position", "all_three"):
-            setattr(score, name, getattr(score, name) + int(row[name]))
+        for name, ok in row.items():
+            setattr(score, name, getattr(score, name) + int(ok))
     return score
+
+
+__all__ = [
+    "CAPTION_PROMPT", "EMPTY_CAPTION", "KINDS", "VOCABULARY", "CaptionScore", "Mention",
+    "caption_for_facts", "clause_for", "parse_caption", "score_caption",
+]

@@ -18,7 +18,8 @@ any other existing path                a video file (anything OpenCV's FFmpeg re
 Synthetic spec keys (all optional): ``fps`` (frames per second, default 10), ``still``
 (seconds the last frame is held after the motion, default 2.0), ``episodes`` (stop after
 this many; default endless), ``width`` and ``height`` (default 320x240). Example:
-``synthetic:7?fps=10&still=2.0``. Keys in the spec override the same options passed to
+``synthetic:7?fps=10&still=2.0``; ``lead`` (seconds of empty scene before each
+episode's objects appear, default 1.5). Keys in the spec override the same options passed to
 :func:`open_source`.
 
 Time ``Frame.t`` is source time in seconds: ``index / fps`` for files, folders and synthetic
@@ -106,6 +107,7 @@ class CaptureConfig:
         width, height: devices: the capture size asked of the driver; synthetic scenes:
             the rendered size (default 320x240).
         still_s: synthetic scenes: seconds the last frame of each episode is held.
+        lead_s: synthetic scenes: seconds of the empty scene before its objects appear.
         episodes: synthetic scenes: stop after this many episodes; ``None`` is endless.
         reconnect_attempts: live sources: reconnection tries after a drop before
             :class:`StreamLostError`.
@@ -125,6 +127,7 @@ class CaptureConfig:
     width: int | None = None
     height: int | None = None
     still_s: float = 2.0
+    lead_s: float = 1.5
     episodes: int | None = None
     reconnect_attempts: int = 5
     reconnect_backoff_s: float = 0.5
@@ -406,10 +409,12 @@ class LiveSource(FrameSource):
 class SyntheticSource(FrameSource):
     """Episodes of synthetic scenes from :mod:`camera_node.scene`, deterministic from a seed.
 
-    Episode ``i`` shows ``random_scene(seed + i)``: frames at ``t_local = k / fps`` for
-    every ``t_local`` in ``[0, MOTION_SECONDS]`` show the objects moving; the last of them
-    is then held for ``still_s`` seconds; then the next episode begins. A motion detector
-    therefore sees one burst of motion per episode and nothing during the still part.
+    Episode ``i`` shows ``random_scene(seed + i)``: first its empty background for
+    ``lead_s`` seconds (``render`` at t < 0), then frames at ``t_local = k / fps`` for every
+    ``t_local`` in ``[0, MOTION_SECONDS]`` with the objects moving; the last of them is then
+    held for ``still_s`` seconds; then the next episode begins. A motion detector therefore
+    sees the scene change (no moving object in it), then one burst of motion per episode
+    whose ``before`` frame is the empty scene, as a real camera sees things come in.
 
     ``scene_module`` (anything with ``random_scene``, ``render`` and ``MOTION_SECONDS``)
     defaults to :mod:`camera_node.scene`; tests may pass a stand-in.
@@ -428,12 +433,13 @@ class SyntheticSource(FrameSource):
         default_w, default_h = DEFAULT_SYNTHETIC_SIZE
         self.width = config.width or default_w
         self.height = config.height or default_h
-        if self.fps <= 0 or config.still_s < 0:
-            raise SourceError(f"synthetic source needs fps > 0 and still >= 0, got {config}")
+        if self.fps <= 0 or config.still_s < 0 or config.lead_s < 0:
+            raise SourceError(f"synthetic source needs fps > 0, still >= 0 and lead >= 0, got {config}")
         # A small tolerance so that MOTION_SECONDS * fps = 19.999999 still counts frame 20.
         self.motion_frames = int(np.floor(scene_module.MOTION_SECONDS * self.fps + 1e-9)) + 1
         self.still_frames = round(config.still_s * self.fps)
-        self.episode_frames = self.motion_frames + self.still_frames
+        self.lead_frames = round(config.lead_s * self.fps)
+        self.episode_frames = self.lead_frames + self.motion_frames + self.still_frames
         self._cached: tuple[int, Any] | None = None
         self._held: tuple[int, np.ndarray] | None = None
 
@@ -450,7 +456,7 @@ class SyntheticSource(FrameSource):
 
     def is_moving(self, index: int) -> bool:
         """Whether frame ``index`` lies in its episode's motion part."""
-        return index % self.episode_frames < self.motion_frames
+        return 0 <= index % self.episode_frames - self.lead_frames < self.motion_frames
 
     def _render(self, scene: Any, local: int) -> np.ndarray:
         return self._scenes.render(scene, local / self.fps, width=self.width, height=self.height)
@@ -460,7 +466,7 @@ class SyntheticSource(FrameSource):
         if self.config.episodes is not None and episode >= self.config.episodes:
             return None
         scene = self.scene_at(index)
-        local = index % self.episode_frames
+        local = index % self.episode_frames - self.lead_frames  # < 0: the empty lead-in
         if local < self.motion_frames:
             image = self._render(scene, local)
         else:
@@ -473,6 +479,7 @@ class SyntheticSource(FrameSource):
 _SYNTHETIC_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "fps": ("fps", float),
     "still": ("still_s", float),
+    "lead": ("lead_s", float),
     "episodes": ("episodes", int),
     "width": ("width", int),
     "height": ("height", int),

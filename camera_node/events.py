@@ -19,8 +19,8 @@ ends it; ``flush`` ends one still open when the stream ends.
 Which frames an event carries: ``first`` is the first *moving* frame, ``before`` the frame
 just before it (the scene before motion began, ``None`` at the start of a stream), and
 ``last`` the frame that *ended* the event: after a still end it shows the settled scene.
-``samples`` holds at most ``max_samples`` frames spread evenly over the event (first and
-last included), from which the device tracks objects (:mod:`camera_node.objects`): the
+``samples`` holds at most ``max_samples`` frames spread evenly over the moving part of the
+event (its first and last moving frame included), from which the device tracks objects (:mod:`camera_node.objects`): the
 detector keeps every ``stride``-th frame and, when the list is full, drops every other one
 and doubles the stride, so memory stays bounded however long the event runs.
 """
@@ -81,6 +81,8 @@ class MotionConfig:
         mog2_warmup_frames: ``mog2``: the first frames only train the model (the very
             first frame is all foreground to a fresh model).
         max_samples: most frames an event keeps for object tracking (``MotionEvent.samples``).
+        settle_frames: still frames seen before an event for its ``before`` frame to count
+            as the settled scene (``MotionEvent.before_settled``).
     """
 
     method: Method | str = Method.DIFF
@@ -96,6 +98,7 @@ class MotionConfig:
     mog2_var_threshold: float = 16.0
     mog2_warmup_frames: int = 3
     max_samples: int = 16
+    settle_frames: int = 3
 
     def validate(self) -> MotionConfig:
         """Raise :class:`MotionConfigError` for an impossible value; return ``self``."""
@@ -117,6 +120,7 @@ class MotionConfig:
             "mog2_history": self.mog2_history >= 1,
             "mog2_warmup_frames": self.mog2_warmup_frames >= 0,
             "max_samples": self.max_samples >= 2,
+            "settle_frames": self.settle_frames >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -148,6 +152,7 @@ class MotionEvent:
     reason: EndReason
     scene: Any = None
     samples: tuple[Frame, ...] = ()
+    before_settled: bool = False  # the scene was still for a while before: `before` shows it
 
     def clip(self) -> tuple[Frame, ...]:
         """Frames to track objects in: ``samples``, or ``first`` and ``last`` without them."""
@@ -171,6 +176,8 @@ class _OpenEvent:
     still_run: int = 0
     samples: list[Frame] = field(default_factory=list)
     stride: int = 1
+    last_moving: Frame | None = None
+    settled: bool = False
 
     def sample(self, frame: Frame, limit: int) -> None:
         """Keep every ``stride``-th frame; when ``limit`` is passed halve the list, double
@@ -198,6 +205,7 @@ class MotionDetector:
         self._mog2_frames = 0
         self._shape: tuple[int, ...] | None = None
         self._previous: Frame | None = None
+        self._still_run = 0  # consecutive still frames outside events
         self._open: _OpenEvent | None = None
         self._cooldown_until = float("-inf")
         self.changed_area = 0.0  # of the last frame fed, for diagnostics and tuning
@@ -217,7 +225,8 @@ class MotionDetector:
         if event is None:
             if moving and frame.t >= self._cooldown_until - TIME_TOLERANCE_S:
                 self._open = _OpenEvent(
-                    first=frame, before=self._previous, latest=frame, frame_count=1, peak_area=area
+                    first=frame, before=self._previous, latest=frame, frame_count=1, peak_area=area,
+                    settled=self._still_run >= self.config.settle_frames,
                 )
                 self._open.sample(frame, self.config.max_samples)
         else:
@@ -226,10 +235,13 @@ class MotionDetector:
             event.sample(frame, self.config.max_samples)
             event.peak_area = max(event.peak_area, area)
             event.still_run = 0 if moving else event.still_run + 1
+            if moving:
+                event.last_moving = frame
             if event.still_run >= self.config.end_still_frames:
                 finished = self._finish(EndReason.STILL)
             elif frame.t - event.first.t >= self.config.max_event_s - TIME_TOLERANCE_S:
                 finished = self._finish(EndReason.MAX_DURATION)
+        self._still_run = 0 if moving or self._open is not None else self._still_run + 1
         self._previous = frame
         return finished
 
@@ -242,9 +254,13 @@ class MotionDetector:
         assert event is not None
         self._open = None
         self._cooldown_until = event.latest.t + self.config.cooldown_s
-        samples = list(event.samples)
-        if samples[-1] is not event.latest:
-            samples.append(event.latest)
+        # Track objects over the moving part only: the still frames that end an event would
+        # make every object look as if it stopped.
+        moving_end = (event.last_moving or event.first).t
+        samples = [f for f in event.samples if f.t <= moving_end + TIME_TOLERANCE_S]
+        tail = event.last_moving or event.first
+        if samples[-1] is not tail:
+            samples.append(tail)
         return MotionEvent(
             start_t=event.first.t,
             end_t=event.latest.t,
@@ -258,6 +274,7 @@ class MotionDetector:
             reason=reason,
             scene=event.latest.scene,
             samples=tuple(Frame(f.image.copy(), f.t, f.index, f.scene) for f in samples),
+            before_settled=event.settled and event.before is not None,
         )
 
     def _small_grey(self, image: np.ndarray) -> np.ndarray:

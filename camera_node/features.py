@@ -1,15 +1,16 @@
-"""On-device vision features: from the first and last frame of an event clip to [S, D] floats.
+"""On-device vision features: from one motion event to [S, D] floats sent once per session.
 
 Two extractors share the :class:`FeatureExtractor` protocol:
 
-* :class:`OpenCVFeatures` — the default; no weights, deterministic, a few milliseconds on a
-  CPU. It finds blobs that differ from the background, describes each blob's colour, shape
-  and where it went between the two frames, and fills one slot per blob.
+* :class:`ObjectFeatures` — the default; no weights, deterministic, OpenCV and numpy only.
+  It tracks the event's moving objects (:mod:`camera_node.objects`) and fills one slot per
+  object with what the device measured: kind, colour name, direction, entry and exit side,
+  whether it stopped, and the raw measurements behind them.
 * :class:`HFVisionFeatures` — a Hugging Face vision encoder loaded from a local folder,
-  its patch tokens pooled to S slots.
+  its patch tokens of the first and last frame pooled to S slots.
 
 The models of the default pair (see :mod:`edgespec.train_default`) are trained on
-:class:`OpenCVFeatures` with its default :class:`OpenCVFeatureConfig`.
+:class:`ObjectFeatures`.
 """
 
 from __future__ import annotations
@@ -18,250 +19,107 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from camera_node.colours import COLOUR_NAMES
+from camera_node.objects import DIRECTIONS, KINDS, SIDES, ObjectFacts, ObjectTracker
+
+if TYPE_CHECKING:
+    from camera_node.events import MotionEvent
+
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """Turns an event clip's first and last BGR frames into float32 features [S, D]."""
+    """Turns a motion event into float32 features [S, D]."""
 
     @property
     def feature_shape(self) -> tuple[int, int]:
         """(S slots, D dims) of every array :meth:`extract` returns."""
         ...
 
-    def extract(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-        """Features [S, D] float32 of the clip that starts at ``first`` and ends at ``last``."""
+    def extract(self, event: MotionEvent) -> np.ndarray:
+        """Features [S, D] float32 of one event."""
         ...
 
 
-# --- OpenCV blobs ---------------------------------------------------------------------------
+# --- tracked objects ------------------------------------------------------------------------
 
-# Layout of one slot of OpenCVFeatures (D = SLOT_DIMS). All values are roughly in [-1, 1].
-F_PRESENT = 0  # 1 for a blob, 0 for an empty slot (the whole slot is then zero)
-F_LAB = slice(1, 4)  # mean colour in CIE Lab: L/255, (a-128)/128, (b-128)/128
-F_HUE = slice(4, 6)  # cos, sin of the mean hue, times the saturation
-F_SAT_VAL = slice(6, 8)  # mean HSV saturation and value / 255
-F_BGR = slice(8, 11)  # mean B, G, R / 255
-F_AREA = 11  # sqrt(blob area / frame area) * AREA_SCALE
-F_VERTICES = slice(12, 15)  # one-hot vertex count of approxPolyDP: 3, 4, 5 or more
-F_CIRCULARITY = 15  # 4 pi area / perimeter^2 (1 for a disc)
-F_EXTENT = 16  # area / axis-aligned bounding box area
-F_SOLIDITY = 17  # area / convex hull area
-F_HU = slice(18, 21)  # first three Hu moments, -log10|h| / HU_SCALE
-F_FIRST = slice(21, 23)  # centroid (x, y) in the first frame, normalised 0..1
-F_LAST = slice(23, 25)  # centroid (x, y) in the last frame (= first when unmatched)
-F_SHIFT = slice(25, 27)  # (last - first) * SHIFT_SCALE
-F_MATCHED = 27  # 1 if the blob was found in the last frame
-F_ASPECT = 28  # log(width / height) of the minimum-area rectangle
-F_RECT_FILL = 29  # area / minimum-area rectangle area (square 1, disc 0.79, triangle 0.5)
-F_CONTRAST = 30  # colour distance from the background / 255
-F_BLOB_COUNT = 31  # blobs found in the first frame / S (same in every occupied slot)
-SLOT_DIMS = 32
+# Layout of one slot of ObjectFeatures (D = SLOT_DIMS): one-hot words, then measurements.
+F_PRESENT = 0
+F_KIND = slice(1, 1 + len(KINDS))
+F_COLOUR = slice(F_KIND.stop, F_KIND.stop + len(COLOUR_NAMES))
+F_DIRECTION = slice(F_COLOUR.stop, F_COLOUR.stop + len(DIRECTIONS))
+F_ENTRY = slice(F_DIRECTION.stop, F_DIRECTION.stop + len(SIDES))
+F_EXIT = slice(F_ENTRY.stop, F_ENTRY.stop + len(SIDES))
+F_STOPPED = F_EXIT.stop
+F_MEASURED = slice(F_STOPPED + 1, F_STOPPED + 11)  # area, aspect, speed, dx, dy, scale, end x/y,
+# people support, observations
+SLOT_DIMS = F_MEASURED.stop
 
 
-@dataclass(frozen=True)
-class OpenCVFeatureConfig:
-    """Thresholds and scales of :class:`OpenCVFeatures`."""
-
-    slots: int = 4
-    work_width: int = 320  # frames are resized to this width first (aspect kept)
-    border: int = 4  # pixels of frame border whose median colour is the background
-    blur_kernel: int = 5  # Gaussian blur before thresholding, odd pixels
-    foreground_distance: float = 45.0  # BGR Euclidean distance from the background colour
-    open_kernel: int = 3  # morphological opening against specks
-    min_area_fraction: float = 0.002  # smaller blobs are noise
-    poly_epsilon: float = 0.04  # approxPolyDP tolerance, fraction of the perimeter
-    match_max_cost: float = 3.0  # above this a first-frame blob is "unmatched"
-    match_colour_scale: float = 40.0  # Lab distance that costs 1
-    match_position_weight: float = 1.0  # cost per normalised unit of travel
-    area_scale: float = 4.0
-    hu_scale: float = 4.0
-    shift_scale: float = 3.0
-
-
-@dataclass(frozen=True)
-class Blob:
-    """One connected foreground region of a frame, with its descriptors."""
-
-    area: float  # pixels
-    centroid: tuple[float, float]  # normalised (x, y)
-    lab: np.ndarray  # float [3]
-    descriptor: np.ndarray  # float [SLOT_DIMS], colour and shape entries filled
+def encode_facts(facts: list[ObjectFacts], slots: int) -> np.ndarray:
+    """Features [slots, SLOT_DIMS] of up to ``slots`` objects (the rest stay zero)."""
+    out = np.zeros((slots, SLOT_DIMS), np.float32)
+    for row, f in zip(out, facts[:slots], strict=False):
+        row[F_PRESENT] = 1.0
+        row[F_KIND.start + KINDS.index(f.kind)] = 1.0
+        row[F_COLOUR.start + COLOUR_NAMES.index(f.colour)] = 1.0
+        row[F_DIRECTION.start + DIRECTIONS.index(f.direction)] = 1.0
+        row[F_ENTRY.start + SIDES.index(f.entry)] = 1.0
+        row[F_EXIT.start + SIDES.index(f.exit)] = 1.0
+        row[F_STOPPED] = float(f.stopped)
+        row[F_MEASURED] = (
+            math.sqrt(f.area) * 2, math.log(max(f.aspect, 1e-3)), min(f.speed, 3.0), f.dx, f.dy,
+            max(-2.0, min(2.0, f.scale)), f.end[0], f.end[1], f.people_support,
+            min(f.observations, 16) / 16,
+        )
+    return out
 
 
-class OpenCVFeatures:
-    """Blob features: one slot per foreground blob, slots ordered by first-frame x.
+def decode_facts(features: np.ndarray) -> list[dict[str, Any]]:
+    """The words of each occupied slot of [S, SLOT_DIMS] features: what a caption should say."""
+    out = []
+    for row in np.asarray(features, np.float32):
+        if row[F_PRESENT] < 0.5:
+            continue
+        out.append({
+            "kind": KINDS[int(np.argmax(row[F_KIND]))],
+            "colour": COLOUR_NAMES[int(np.argmax(row[F_COLOUR]))],
+            "direction": DIRECTIONS[int(np.argmax(row[F_DIRECTION]))],
+            "entry": SIDES[int(np.argmax(row[F_ENTRY]))],
+            "exit": SIDES[int(np.argmax(row[F_EXIT]))],
+            "stopped": bool(row[F_STOPPED] > 0.5),
+        })
+    return out
 
-    Steps: (1) the background is the median colour of the frame border; (2) pixels far from
-    it in colour are foreground; (3) each external contour large enough is a blob, described
-    by colour, area and shape; (4) blobs of the first frame are matched to blobs of the last
-    frame by colour, area and distance, giving each a displacement; (5) the S largest
-    first-frame blobs fill the slots left to right, the rest of the slots stay zero.
-    """
 
-    def __init__(self, config: OpenCVFeatureConfig | None = None) -> None:
-        self.config = config or OpenCVFeatureConfig()
+class ObjectFeatures:
+    """One slot per tracked moving object of the event, largest first (see module doc)."""
+
+    def __init__(self, slots: int = 3, tracker: ObjectTracker | None = None) -> None:
+        self.slots = slots
+        self.tracker = tracker or ObjectTracker()
 
     @property
     def feature_shape(self) -> tuple[int, int]:
-        """(S, D) = (config.slots, SLOT_DIMS)."""
-        return (self.config.slots, SLOT_DIMS)
+        """(S, D) = (slots, SLOT_DIMS)."""
+        return (self.slots, SLOT_DIMS)
 
-    def extract(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-        """Features [S, D] float32 from two BGR uint8 frames of the same size."""
-        cfg = self.config
-        first_blobs = self.blobs(first)
-        last_blobs = self.blobs(last)
-        matches = self._match(first_blobs, last_blobs)
-        chosen = sorted(range(len(first_blobs)), key=lambda i: -first_blobs[i].area)[: cfg.slots]
-        chosen.sort(key=lambda i: first_blobs[i].centroid)  # left to right, then top to bottom
-        out = np.zeros(self.feature_shape, np.float32)  # [S, D]
-        for slot, i in enumerate(chosen):
-            blob = first_blobs[i]
-            row = blob.descriptor.copy()
-            x0, y0 = blob.centroid
-            j = matches.get(i)
-            if j is None:
-                x1, y1 = x0, y0
-            else:
-                x1, y1 = last_blobs[j].centroid
-                # Colour and shape are the same object seen twice: average the two views.
-                row[F_LAB.start : F_CONTRAST + 1] = 0.5 * (
-                    row[F_LAB.start : F_CONTRAST + 1]
-                    + last_blobs[j].descriptor[F_LAB.start : F_CONTRAST + 1]
-                )
-                row[F_MATCHED] = 1.0
-            row[F_PRESENT] = 1.0
-            row[F_FIRST] = (x0, y0)
-            row[F_LAST] = (x1, y1)
-            row[F_SHIFT] = ((x1 - x0) * cfg.shift_scale, (y1 - y0) * cfg.shift_scale)
-            row[F_BLOB_COUNT] = len(first_blobs) / cfg.slots
-            out[slot] = row
-        return out
+    def facts(self, event: MotionEvent) -> list[ObjectFacts]:
+        """The measured objects of one event."""
+        clip = event.clip()
+        for frame in clip:
+            if frame.image.dtype != np.uint8:
+                raise ValueError(f"frames must be uint8 BGR images, got dtype {frame.image.dtype}")
+        before = event.before if event.before_settled else None  # else it may show the movers
+        return self.tracker.facts([f.image for f in clip], [f.t for f in clip], before)
 
-    # -- steps ---------------------------------------------------------------------------
-
-    def _prepare(self, frame: np.ndarray) -> np.ndarray:
-        """The frame as BGR uint8 at the working width (grey frames are expanded)."""
-        if frame.ndim == 2:
-            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        if frame.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 BGR images, got dtype {frame.dtype}")
-        height, width = frame.shape[:2]
-        if width != self.config.work_width:
-            new_height = max(1, round(height * self.config.work_width / width))
-            frame = cv2.resize(
-                frame, (self.config.work_width, new_height), interpolation=cv2.INTER_AREA
-            )
-        return frame
-
-    def blobs(self, frame: np.ndarray) -> list[Blob]:
-        """The foreground blobs of one BGR frame, largest first."""
-        cfg = self.config
-        frame = self._prepare(frame)
-        height, width = frame.shape[:2]
-        smooth = cv2.GaussianBlur(frame, (cfg.blur_kernel, cfg.blur_kernel), 0)
-        b = cfg.border
-        border = np.concatenate(
-            [
-                smooth[:b].reshape(-1, 3),
-                smooth[-b:].reshape(-1, 3),
-                smooth[:, :b].reshape(-1, 3),
-                smooth[:, -b:].reshape(-1, 3),
-            ]
-        )
-        background = np.median(border, axis=0).astype(np.float32)  # [3] BGR
-        diff = smooth.astype(np.float32) - background  # [H, W, 3]
-        squared = np.einsum("hwc,hwc->hw", diff, diff)  # [H, W] squared colour distance
-        mask = (squared > cfg.foreground_distance**2).astype(np.uint8)
-        kernel = np.ones((cfg.open_kernel, cfg.open_kernel), np.uint8)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        lab_frame = cv2.cvtColor(frame, cv2.COLOR_BGR2LAB)
-        hsv_frame = cv2.cvtColor(frame, cv2.COLOR_BGR2HSV_FULL)  # hue 0..255 for 0..360 degrees
-        min_area = cfg.min_area_fraction * width * height
-        found: list[Blob] = []
-        for contour in contours:
-            area = cv2.contourArea(contour)
-            if area < min_area:
-                continue
-            blob_mask = np.zeros((height, width), np.uint8)
-            cv2.drawContours(blob_mask, [contour], -1, 1, thickness=-1)
-            blob_mask = cv2.erode(blob_mask, kernel)  # mean colour away from blended edges
-            if not blob_mask.any():
-                continue
-            found.append(
-                self._describe(contour, area, blob_mask, frame, lab_frame, hsv_frame, background)
-            )
-        found.sort(key=lambda blob: -blob.area)
-        return found
-
-    def _describe(
-        self,
-        contour: np.ndarray,
-        area: float,
-        blob_mask: np.ndarray,
-        frame: np.ndarray,
-        lab_frame: np.ndarray,
-        hsv_frame: np.ndarray,
-        background: np.ndarray,
-    ) -> Blob:
-        """Colour and shape descriptors of one contour (positions are filled by extract)."""
-        cfg = self.config
-        height, width = frame.shape[:2]
-        row = np.zeros(SLOT_DIMS, np.float32)
-        bgr = np.array(cv2.mean(frame, blob_mask)[:3], np.float32)
-        lab = np.array(cv2.mean(lab_frame, blob_mask)[:3], np.float32)
-        hue, sat, val = cv2.mean(hsv_frame, blob_mask)[:3]
-        # Hue is circular; a mean over a blob is fine because a blob has one colour.
-        angle = 2 * math.pi * hue / 256.0
-        row[F_LAB] = (lab[0] / 255.0, (lab[1] - 128) / 128.0, (lab[2] - 128) / 128.0)
-        row[F_HUE] = (sat / 255.0 * math.cos(angle), sat / 255.0 * math.sin(angle))
-        row[F_SAT_VAL] = (sat / 255.0, val / 255.0)
-        row[F_BGR] = bgr / 255.0
-        row[F_AREA] = math.sqrt(area / (width * height)) * cfg.area_scale
-        perimeter = cv2.arcLength(contour, True)
-        vertices = len(cv2.approxPolyDP(contour, cfg.poly_epsilon * perimeter, True))
-        row[F_VERTICES.start + min(2, max(0, vertices - 3))] = 1.0
-        row[F_CIRCULARITY] = 4 * math.pi * area / max(perimeter * perimeter, 1e-6)
-        _, _, bw, bh = cv2.boundingRect(contour)
-        row[F_EXTENT] = area / max(bw * bh, 1)
-        row[F_SOLIDITY] = area / max(cv2.contourArea(cv2.convexHull(contour)), 1e-6)
-        hu = cv2.HuMoments(cv2.moments(contour)).ravel()[:3]
-        row[F_HU] = -np.log10(np.abs(hu) + 1e-12) / cfg.hu_scale
-        (cx, cy), (rw, rh), _ = cv2.minAreaRect(contour)
-        row[F_ASPECT] = math.log(max(rw, 1.0) / max(rh, 1.0))
-        row[F_RECT_FILL] = area / max(rw * rh, 1e-6)
-        row[F_CONTRAST] = float(np.linalg.norm(bgr - background)) / 255.0
-        m = cv2.moments(contour)
-        if m["m00"] > 0:
-            cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
-        return Blob(area=area, centroid=(cx / width, cy / height), lab=lab, descriptor=row)
-
-    def _match(self, first: list[Blob], last: list[Blob]) -> dict[int, int]:
-        """Greedy lowest-cost matching of first-frame blobs to last-frame blobs."""
-        cfg = self.config
-        costs: list[tuple[float, int, int]] = []
-        for i, a in enumerate(first):
-            for j, b in enumerate(last):
-                colour = float(np.linalg.norm(a.lab - b.lab)) / cfg.match_colour_scale
-                size = abs(math.log(max(a.area, 1.0) / max(b.area, 1.0)))
-                travel = math.dist(a.centroid, b.centroid) * cfg.match_position_weight
-                costs.append((colour + size + travel, i, j))
-        costs.sort()
-        matches: dict[int, int] = {}
-        used: set[int] = set()
-        for cost, i, j in costs:
-            if cost > cfg.match_max_cost:
-                break
-            if i not in matches and j not in used:
-                matches[i] = j
-                used.add(j)
-        return matches
+    def extract(self, event: MotionEvent) -> np.ndarray:
+        """Features [S, D] float32 of one event."""
+        return encode_facts(self.facts(event), self.slots)
 
 
 # --- Hugging Face vision encoder ------------------------------------------------------------
@@ -368,7 +226,7 @@ class HFVisionFeatures:
         pooled = torch.nn.functional.adaptive_avg_pool2d(grid_map[None], self.grid)[0]  # [H, g, g]
         return pooled.flatten(1).T.float().cpu().numpy()  # [S, H]
 
-    def extract(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def extract(self, event: MotionEvent) -> np.ndarray:
         """Features [S, 2H] float32: end-of-clip content and its change since the start."""
-        a, b = self._pooled(first), self._pooled(last)
+        a, b = self._pooled(event.first), self._pooled(event.last)
         return np.concatenate([b, b - a], axis=1).astype(np.float32)

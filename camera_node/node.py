@@ -21,7 +21,7 @@ from speculative.sampling import SamplingParams
 from .captions import CAPTION_PROMPT
 from .capture import open_source
 from .events import MotionConfig, MotionDetector, MotionEvent
-from .features import FeatureExtractor, OpenCVFeatures
+from .features import FeatureExtractor, ObjectFeatures, encode_facts
 from .link import EdgeLink
 from .privacy import PrivacyConfig
 from .session import EdgeRequest, result_message, run_edge_session
@@ -50,6 +50,7 @@ class CameraConfig:
     privacy: PrivacyConfig = PrivacyConfig()
     draft_ahead: bool = True  # pipelining: draft the next block while one is verified
     busy_poll_s: float = 0.02  # poll for a verdict this long before sleeping (0 on battery)
+    stall_s: float = 5.0  # a source that gives no frame this long ends the open event
 
 
 @dataclass
@@ -68,6 +69,26 @@ class Caption:
     jpeg_bytes_keyframes: int
     jpeg_bytes_clip: int
     seconds: float
+    objects: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass
+class CameraRun:
+    """What a camera did so far: filled in while it runs, so a stopped run still reports."""
+
+    frames: int = 0
+    events: int = 0
+    stalls: int = 0  # times the source gave no frame for ``stall_s``
+    captions: list[Caption] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: ``41 frames, 1 event, 1 caption`` or ``41 frames, no motion found``."""
+        frames = f"{self.frames} frame{'s' if self.frames != 1 else ''}"
+        if not self.events:
+            return f"{frames}, no motion found"
+        events = f"{self.events} event{'s' if self.events != 1 else ''}"
+        captions = f"{len(self.captions)} caption{'s' if len(self.captions) != 1 else ''}"
+        return f"{frames}, {events}, {captions}"
 
 
 def jpeg_size(frame: np.ndarray) -> int:
@@ -84,7 +105,14 @@ def event_jpeg_bytes(event: MotionEvent) -> tuple[int, int]:
 async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtractor, event: MotionEvent,
                          cfg: CameraConfig, seed: int) -> Caption:
     """One caption session for one event, published on the result topic."""
-    features = extractor.extract(event.first, event.last)  # [S, D], computed on the device
+    objects: list[dict[str, object]] = []
+    if isinstance(extractor, ObjectFeatures):
+        facts = extractor.facts(event)
+        features = encode_facts(facts, extractor.slots)  # [S, D], computed on the device
+        objects = [{"kind": f.kind, "colour": f.colour, "direction": f.direction, "entry": f.entry,
+                    "exit": f.exit, "stopped": f.stopped} for f in facts[: extractor.slots]]
+    else:
+        features = extractor.extract(event)
     features = cfg.privacy.features(features)
     req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, cfg.sampling, cfg.gamma,
                       cfg.max_new_tokens, seed, draft_ahead=cfg.draft_ahead, busy_poll_s=cfg.busy_poll_s)
@@ -92,37 +120,80 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
     text = lm.decode(outcome.result.token_ids)
     key_bytes, clip_bytes = event_jpeg_bytes(event)
     extra = {"event": {"start_t": event.start_t, "end_t": event.end_t, "frames": event.frame_count,
-                       "peak_area": round(float(event.peak_area), 4)},
+                       "peak_area": round(float(event.peak_area), 4), "ended": event.reason.value},
+             "objects": objects,
              "jpeg_bytes_keyframes": key_bytes, "jpeg_bytes_clip": clip_bytes}
     await link.publish_result(result_message(link.device_id, outcome, text, extra))
     r = outcome.result
     return Caption(link.device_id, text, event, r.acceptance_rate, r.mean_accepted, r.rounds, outcome.traffic.up,
-                   outcome.traffic.down, outcome.feature_bytes, key_bytes, clip_bytes, r.seconds)
+                   outcome.traffic.down, outcome.feature_bytes, key_bytes, clip_bytes, r.seconds, objects)
+
+
+def _next_frame(frames):
+    return next(frames, None)
 
 
 async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtractor | None = None,
-                     on_caption=None) -> list[Caption]:
-    """Watch `cfg.source` until it ends or `max_events` captions were made."""
-    extractor = extractor or OpenCVFeatures()
+                     on_caption=None, on_event=None, run: CameraRun | None = None) -> list[Caption]:
+    """Watch `cfg.source` until it ends or `max_events` captions were made.
+
+    Frames are read on a worker thread, so the MQTT link stays served while a source blocks.
+    An event still open when the source ends is captioned, and so is one whose source gives
+    no frame for ``cfg.stall_s`` seconds (the camera then keeps waiting for frames).
+    ``on_event(event, number)`` is called as each event ends, ``on_caption(caption)`` as each
+    caption is published; ``run`` (a :class:`CameraRun`) is filled in as it goes.
+    """
+    extractor = extractor or ObjectFeatures()
     detector = MotionDetector(cfg.motion)
-    captions: list[Caption] = []
+    run = run if run is not None else CameraRun()
+    loop = asyncio.get_running_loop()
+
+    async def caption(event: MotionEvent) -> bool:
+        """Caption one event; True when max_events is reached."""
+        run.events += 1
+        if on_event is not None:
+            on_event(event, run.events)
+        result = await describe_event(link, lm, extractor, event, cfg, cfg.seed + len(run.captions))
+        run.captions.append(result)
+        if on_caption is not None:
+            on_caption(result)
+        return cfg.max_events is not None and len(run.captions) >= cfg.max_events
+
     async with EdgeLink(cfg.broker, cfg.device_id, topics=Topics(cfg.prefix), auth=cfg.auth,
                         timeout_s=cfg.timeout_s, keys=cfg.keys) as link:
         with open_source(cfg.source) as source:
+            frames = iter(source)
             started, t0 = time.monotonic(), None
-            for frame in source:
-                if cfg.realtime:
-                    t0 = frame.t if t0 is None else t0
-                    delay = (frame.t - t0) - (time.monotonic() - started)
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                event = detector.feed(frame)
-                if event is None:
-                    continue
-                caption = await describe_event(link, lm, extractor, event, cfg, cfg.seed + len(captions))
-                captions.append(caption)
-                if on_caption is not None:
-                    on_caption(caption)
-                if cfg.max_events is not None and len(captions) >= cfg.max_events:
-                    break
-    return captions
+            pending: asyncio.Future | None = None
+            try:
+                while True:
+                    if pending is None:
+                        pending = loop.run_in_executor(None, _next_frame, frames)
+                    done, _ = await asyncio.wait({pending}, timeout=cfg.stall_s)
+                    if not done:  # the source stalls: end the open event, keep waiting
+                        run.stalls += 1
+                        log.warning("%s: no frame for %.1f s", cfg.source, cfg.stall_s)
+                        stalled = detector.flush()
+                        if stalled is not None and await caption(stalled):
+                            return run.captions
+                        continue
+                    frame, pending = pending.result(), None
+                    if frame is None:
+                        break
+                    run.frames += 1
+                    if cfg.realtime:
+                        t0 = frame.t if t0 is None else t0
+                        delay = (frame.t - t0) - (time.monotonic() - started)
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    event = detector.feed(frame)
+                    if event is not None and await caption(event):
+                        return run.captions
+                tail = detector.flush()  # motion that lasted to the source's last frame
+                if tail is not None:
+                    await caption(tail)
+            finally:
+                if pending is not None and not pending.done():
+                    # Let the reader thread finish its frame before the source is released.
+                    await asyncio.wait({pending}, timeout=cfg.stall_s)
+    return run.captions

@@ -2,9 +2,10 @@
 
 From the frames an event kept (:attr:`camera_node.events.MotionEvent.samples`):
 
-1. a background: the per-pixel median of the samples and the frame before motion began
-   (an object that moves more than its own size drops out of it, and an object that was
-   already there before the event leaves no ghost where it stood);
+1. a background: the frame before motion began, or, for an event that began with the
+   stream, the per-pixel median of the samples (an object that moves more than its own size
+   drops out of it). Where a thing stood before it moved, the frame before shows it: that
+   trace never moves, and things that do not move are left out of the facts;
 2. per sample, a foreground mask (colour distance from the background, closed so that a
    person's head, vest and legs form one region) and its regions' boxes;
 3. tracks: each region joins the track whose last box it overlaps most (or lies nearest);
@@ -50,16 +51,17 @@ class TrackConfig:
     edge_margin: float = 0.03  # a box this close to a border touches it
     still_travel: float = 0.08  # total travel below this, and little growth: still
     scale_travel: float = 0.35  # |log height ratio| from which growth decides the direction
+    scale_over_travel: float = 1.5  # ... when it is this many times the travel (frame heights)
     stop_share: float = 0.34  # the last share of observations that must be still for "stopped"
     stop_travel: float = 0.03
     # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
     person_aspect: float = 1.5
     person_area: float = 0.01
-    vehicle_aspect: float = 0.8
-    vehicle_area: float = 0.03
-    small_area: float = 0.01
-    animal_area: float = 0.035
-    animal_aspect: tuple[float, float] = (0.5, 1.2)
+    vehicle_aspect: float = 0.75
+    vehicle_area: float = 0.028
+    small_area: float = 0.008
+    animal_area: float = 0.028
+    animal_aspect: tuple[float, float] = (0.55, 1.3)
 
 
 @dataclass
@@ -130,12 +132,11 @@ class ObjectTracker:
               before: np.ndarray | None = None) -> list[ObjectFacts]:
         """Facts of the (at most ``max_objects``) main moving objects, largest first.
 
-        Objects that did not move are left out (they are scenery, or the trace of an object
-        present in most samples) unless nothing moved: then the largest one stands in.
+        Objects that did not move are left out: they are scenery, the trace of a thing where
+        it stood before it moved, or a change of the whole view. No moving object: [].
         """
         facts = [self._measure(t, frames[0].shape) for t in self.tracks(frames, times, before)]
-        moving = [f for f in facts if f.direction != "still"]
-        return (moving or facts[:1])[: self.config.max_objects]
+        return [f for f in facts if f.direction != "still"][: self.config.max_objects]
 
     def tracks(self, frames: Sequence[np.ndarray], times: Sequence[float],
                before: np.ndarray | None = None) -> list[Track]:
@@ -145,14 +146,15 @@ class ObjectTracker:
             return []
         small = [cv2.GaussianBlur(_resize(f, cfg.work_width), (cfg.blur_kernel,) * 2, 0) for f in frames]
         raw = [_resize(f, cfg.work_width) for f in frames]
-        stack = list(small)
         if before is not None and before.shape == frames[0].shape:
-            stack.append(cv2.GaussianBlur(_resize(before, cfg.work_width), (cfg.blur_kernel,) * 2, 0))
-        background = np.median(np.stack(stack), axis=0).astype(np.float32)
+            background = cv2.GaussianBlur(_resize(before, cfg.work_width), (cfg.blur_kernel,) * 2, 0)
+        else:
+            background = np.median(np.stack(small), axis=0)
+        backgrounds = [background.astype(np.float32)]
         tracks: list[Track] = []
         for k, (image, sharp, t) in enumerate(zip(small, raw, times, strict=True)):
             neighbours = (small[max(0, k - 1)], small[min(len(small) - 1, k + 1)])
-            observations = self._observe(image, sharp, background, neighbours, t)
+            observations = self._observe(image, sharp, backgrounds, neighbours, t)
             self._associate(tracks, observations)
         needed = max(2, math.ceil(cfg.min_observations * len(frames)))
         kept = [tr for tr in tracks if len(tr.observations) >= needed]
@@ -161,19 +163,22 @@ class ObjectTracker:
         self._people(kept, frames, times)
         return kept
 
-    def _observe(self, image: np.ndarray, sharp: np.ndarray, background: np.ndarray,
+    def _observe(self, image: np.ndarray, sharp: np.ndarray, backgrounds: list[np.ndarray],
                  neighbours: tuple[np.ndarray, np.ndarray], t: float) -> list[Observation]:
         """Regions of one sample: far from the background, or (three-frame difference)
         changed against both neighbouring samples, which finds a slow, large object that
         the median background has partly absorbed."""
         cfg = self.config
-        mask = _distance(image, background) > cfg.foreground_distance
+        mask = np.ones(image.shape[:2], bool)
+        for background in backgrounds:
+            mask &= _distance(image, background) > cfg.foreground_distance
         if neighbours[0] is not image and neighbours[1] is not image:
             mask |= (_distance(image, neighbours[0]) > cfg.foreground_distance) & (
                 _distance(image, neighbours[1]) > cfg.foreground_distance
             )
         mask = mask.astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((cfg.open_kernel,) * 2, np.uint8))
+        solid = mask.astype(bool)  # the object's own pixels, for its colour
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((cfg.close_kernel,) * 2, np.uint8))
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         height, width = mask.shape
@@ -182,7 +187,7 @@ class ObjectTracker:
             x, y, w, h, pixels = (int(v) for v in stats[label])
             if w * h < cfg.min_area * width * height:
                 continue
-            region = labels[y : y + h, x : x + w] == label
+            region = (labels[y : y + h, x : x + w] == label) & solid[y : y + h, x : x + w]
             colours = name_histogram(sharp[y : y + h, x : x + w][region])
             out.append(Observation(t, (x / width, y / height, w / width, h / height),
                                    pixels / (width * height), colours))
@@ -237,8 +242,13 @@ class ObjectTracker:
         area = float(np.median(boxes[:, 2] * boxes[:, 3]))
         aspect = float(np.median(boxes[:, 3] / np.maximum(boxes[:, 2], 1e-6))) * pixel_aspect
         x1, y1 = last.centre
-        dx, dy = self._travel(first.box, last.box)
-        scale = self._scale(first.box, last.box)
+        # Change from the first third of the track to the last third, as the median over
+        # pairs: one box merged with a neighbour or a ghost does not turn the answer.
+        third = max(1, len(obs) // 3)
+        pairs = [(a.box, b.box) for a in obs[:third] for b in obs[-third:]]
+        travels = np.array([self._travel(a, b) for a, b in pairs])  # [P, 2]
+        dx, dy = (float(v) for v in np.median(travels, axis=0))
+        scale = float(np.median([self._scale(a, b) for a, b in pairs]))
         duration = max(last.t - first.t, 1e-6)
         travel = math.hypot(dx / pixel_aspect, dy)  # in frame heights
         direction = self._direction(dx / pixel_aspect, dy, scale, first, last)
@@ -311,7 +321,7 @@ class ObjectTracker:
         if travel < cfg.still_travel and abs(scale) < cfg.scale_travel:
             return "still"
         # Growth that outweighs sideways travel is motion along the camera's axis.
-        if abs(scale) >= cfg.scale_travel and abs(dx) < abs(scale) * 0.5:
+        if abs(scale) >= cfg.scale_travel and abs(scale) >= cfg.scale_over_travel * travel:
             return "towards" if scale > 0 else "away"
         if abs(dx) >= abs(dy):
             return "left" if dx < 0 else "right"

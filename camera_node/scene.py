@@ -1,24 +1,21 @@
 """Synthetic camera scenes for training and evaluating the default model pair.
 
-A :class:`Scene` is a handful of coloured shapes on a plain background, each moving in a
-straight line (or standing still) for :data:`MOTION_SECONDS`. Everything is a pure function
-of the seed: ``random_scene(seed)`` always builds the same scene and ``render(scene, t)``
-always draws the same frame, sensor noise included, so features, captions and the trained
-models are reproducible.
+A :class:`Scene` is a textured background (floor, wall, tiles, blotches, lighting gradient)
+with one to three moving things of the kinds a camera meets: people (head, shirt or vest,
+trousers, swinging legs), vehicles (body, windows, wheels), small objects and animal-sized
+ones. Each moves in a straight line for part of :data:`MOTION_SECONDS` (left, right, up,
+down, or towards / away from the camera by growing or shrinking), may enter or leave
+through a border, and may stop before the end. Everything is a pure function of the seed:
+``random_scene(seed)`` always builds the same scene and ``render(scene, t)`` always draws the
+same frame, sensor noise included.
 
-Coordinates are normalised: ``x`` runs 0..1 from the left edge to the right edge, ``y`` 0..1
-from the top edge to the bottom edge (image convention), ``size`` is the object's radius as
-a fraction of the frame *height*, velocities are normalised units per second.
+Coordinates are normalised: ``x`` 0..1 left to right, ``y`` 0..1 top to bottom; an object's
+``height`` is a fraction of the frame height and ``aspect`` its height / width in pixels.
 
-Ground truth (what a caption must say about each object):
-
-* colour word: one of :data:`COLOURS`;
-* shape word: one of :data:`SHAPES`;
-* motion word: one of :data:`MOTIONS` (the direction of the velocity, or ``still``);
-* position word: the cell of a 3x3 grid that holds the object's centre at the *end* of the
-  motion (t = MOTION_SECONDS): rows top/middle/bottom, columns left/centre/right, named
-  ``"top left"``, ``"top"``, ``"top right"``, ``"left"``, ``"centre"``, ``"right"``,
-  ``"bottom left"``, ``"bottom"``, ``"bottom right"`` (see :func:`position_word`).
+Ground truth (what a caption should say about each object, :func:`ground_truth`): its kind,
+colour name (a person's: the shirt's), direction (the words that are true of it: a thing
+that comes closer also moves down the frame), entry and exit side (the border its box
+touches at the start and the end, or ``inside``), and whether it stopped.
 """
 
 from __future__ import annotations
@@ -30,250 +27,236 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MOTION_SECONDS = 1.0
-"""How long objects move in one episode: the event clip runs from t=0 to t=MOTION_SECONDS."""
+from camera_node.objects import DIRECTIONS, KINDS, TrackConfig
 
-# BGR colours of the palette. Saturated and far apart in hue so a colour word is never a
-# matter of taste; white only works because every background is dark.
+MOTION_SECONDS = 2.0
+"""How long an episode's motion lasts: the event clip runs from t=0 to t=MOTION_SECONDS."""
+
+# BGR of each colour name, with a spread the renderer jitters within.
 PALETTE_BGR: dict[str, tuple[int, int, int]] = {
-    "red": (40, 40, 220),
-    "green": (50, 190, 40),
-    "blue": (220, 90, 20),
-    "yellow": (30, 225, 235),
-    "purple": (170, 40, 150),
-    "orange": (20, 140, 250),
-    "white": (235, 235, 235),
+    "white": (232, 234, 236),
+    "grey": (128, 128, 128),
+    "black": (28, 28, 30),
+    "red": (35, 30, 200),
+    "orange": (20, 120, 245),
+    "yellow": (30, 215, 235),
+    "green": (50, 160, 40),
+    "blue": (190, 80, 25),
+    "purple": (150, 40, 130),
+    "brown": (40, 70, 115),
 }
 COLOURS: tuple[str, ...] = tuple(PALETTE_BGR)
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
-
-# Dark, low-saturation backgrounds (BGR), so every palette colour stands out from all of them.
-BACKGROUNDS_BGR: tuple[tuple[int, int, int], ...] = (
-    (25, 25, 25),
-    (50, 50, 50),
-    (70, 60, 55),
-    (45, 55, 40),
-    (30, 35, 60),
-    (60, 45, 45),
-)
-
-_DIRECTIONS: dict[str, tuple[float, float]] = {
-    "left": (-1.0, 0.0),
-    "right": (1.0, 0.0),
-    "up": (0.0, -1.0),
-    "down": (0.0, 1.0),
-    "still": (0.0, 0.0),
+KIND_COLOURS: dict[str, tuple[str, ...]] = {
+    "person": COLOURS,
+    "vehicle": ("white", "grey", "black", "red", "blue", "yellow", "green", "orange"),
+    "small object": ("red", "orange", "yellow", "green", "blue", "purple", "white"),
+    "animal": ("brown", "black", "white", "grey", "orange"),
 }
-_ROW_WORDS = ("top", "middle", "bottom")
-_COLUMN_WORDS = ("left", "centre", "right")
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    """The knobs of :func:`random_scene` and :func:`render`."""
-
-    min_objects: int = 1
-    max_objects: int = 3
-    min_size: float = 0.075  # radius, fraction of frame height
-    max_size: float = 0.12
-    min_speed: float = 0.22  # normalised units per second, along the motion axis
-    max_speed: float = 0.36
-    margin: float = 0.02  # clearance from the frame edges, normalised
-    gap: float = 0.03  # clearance between two objects' bounding circles, normalised height
-    colour_jitter: int = 12  # max per-channel offset from the palette colour, in 0..255
-    noise_sigma: float = 3.0  # Gaussian sensor noise, in 0..255 grey levels
-    placement_tries: int = 200
-    path_checks: int = 5  # times in [0, MOTION_SECONDS] at which objects must not touch
-
-
-DEFAULT_SCENE_CONFIG = SceneConfig()
+SCENE_KINDS: tuple[str, ...] = KINDS[:4]  # every kind but the unsure "object"
+MOVES: tuple[str, ...] = DIRECTIONS[:6]  # every direction but "still"
+_ALSO = {"towards": ("down",), "away": ("up",)}
+_STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+_SIZES = {  # (min height, max height, min aspect, max aspect) per kind
+    "person": (0.3, 0.6, 2.3, 3.0),
+    "vehicle": (0.2, 0.32, 0.42, 0.6),
+    "small object": (0.065, 0.09, 0.8, 1.3),
+    "animal": (0.12, 0.15, 0.65, 0.85),
+}
 
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One shape: start centre (x, y), velocity (vx, vy), radius ``size`` (all normalised)."""
+    """One moving thing: centre (x0, y0) -> (x1, y1) and height h0 -> h1 over its motion,
+    reached at ``stop_at`` x MOTION_SECONDS and held after that."""
 
+    kind: str
     colour: str
-    shape: str
-    x: float
-    y: float
-    vx: float
-    vy: float
-    size: float
-    angle: float = 0.0  # rotation in degrees, constant over the episode
-    bgr: tuple[int, int, int] = (0, 0, 0)  # the exact drawn colour (palette colour + jitter)
+    bgr: tuple[int, int, int]
+    direction: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    h0: float
+    h1: float
+    aspect: float  # height / width in pixels
+    stop_at: float = 1.0  # share of MOTION_SECONDS after which it stands still
+    second_bgr: tuple[int, int, int] = (40, 40, 40)  # trousers, windows
 
-    def centre_at(self, t: float) -> tuple[float, float]:
-        """Normalised centre at time ``t`` seconds: start + v * t."""
-        return self.x + self.vx * t, self.y + self.vy * t
+    def at(self, t: float) -> tuple[float, float, float]:
+        """Centre x, y and height at ``t`` seconds."""
+        s = min(1.0, max(0.0, t / (MOTION_SECONDS * self.stop_at)))
+        return (self.x0 + (self.x1 - self.x0) * s, self.y0 + (self.y1 - self.y0) * s,
+                self.h0 + (self.h1 - self.h0) * s)
 
     @property
-    def motion(self) -> str:
-        """The motion word (see :func:`motion_word`)."""
-        return motion_word(self)
+    def stops_early(self) -> bool:
+        return self.stop_at < 0.75
 
 
 @dataclass(frozen=True)
 class Scene:
-    """A background and 1..3 objects; ``seed`` is what built it and seeds its sensor noise."""
+    """A background texture seed, its base colours and the objects; ``seed`` built it."""
 
     objects: tuple[SceneObject, ...]
     background: tuple[int, int, int]
+    floor: tuple[int, int, int]
     seed: int
-    width: int = 320  # the aspect ratio the scene was laid out for
+    width: int = 320
     height: int = 240
 
 
-def _fits(cfg: SceneConfig, aspect: float, x: float, y: float, r: float) -> bool:
-    """Whether a circle of radius r (fraction of height) at (x, y) lies inside the frame."""
-    rx = r / aspect  # the same radius as a fraction of the width
-    return cfg.margin + rx <= x <= 1 - cfg.margin - rx and cfg.margin + r <= y <= 1 - cfg.margin - r
+def _box(obj: SceneObject, t: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """Normalised (x, y, w, h) of ``obj`` at ``t``, unclipped."""
+    x, y, h = obj.at(t)
+    w = h * height / obj.aspect / width
+    return x - w / 2, y - h / 2, w, h
 
 
-def _apart(cfg: SceneConfig, aspect: float, a: SceneObject, b: SceneObject) -> bool:
-    """Whether a and b never touch during the episode (checked at a few times)."""
-    for i in range(cfg.path_checks):
-        t = MOTION_SECONDS * i / max(1, cfg.path_checks - 1)
-        ax, ay = a.centre_at(t)
-        bx, by = b.centre_at(t)
-        distance = math.hypot((ax - bx) * aspect, ay - by)  # in units of frame height
-        if distance < a.size + b.size + cfg.gap:
-            return False
-    return True
+def _side(box: tuple[float, float, float, float], margin: float) -> str:
+    x, y, w, h = box
+    gaps = {"left": x, "right": 1 - (x + w), "top": y, "bottom": 1 - (y + h)}
+    touching = {side: gap for side, gap in gaps.items() if gap <= margin}
+    if not touching or len(touching) >= 3:
+        return "inside"
+    return min(touching, key=lambda s: touching[s])
 
 
-def random_scene(
-    seed: int, width: int = 320, height: int = 240, config: SceneConfig = DEFAULT_SCENE_CONFIG
-) -> Scene:
-    """Build the scene of ``seed``: 1..3 objects of distinct colours that stay in the frame.
-
-    Colours within a scene are distinct, so a colour word identifies one object and the
-    first/last frame matching of features is never ambiguous.
-    """
+def random_scene(seed: int, width: int = 320, height: int = 240) -> Scene:
+    """The scene of ``seed``: 1..3 objects of distinct kinds or colours, apart in the frame."""
     rng = np.random.default_rng(seed)
-    aspect = width / height
-    background = BACKGROUNDS_BGR[int(rng.integers(len(BACKGROUNDS_BGR)))]
-    count = int(rng.integers(config.min_objects, config.max_objects + 1))
-    colours = rng.permutation(len(COLOURS))[:count]
+    background = tuple(int(v) for v in rng.integers(60, 200, 3))
+    floor = tuple(int(v) for v in rng.integers(40, 170, 3))
+    count = int(rng.choice([1, 1, 2, 2, 3]))
     objects: list[SceneObject] = []
-    for colour_index in colours:
-        colour = COLOURS[int(colour_index)]
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
-        for _ in range(config.placement_tries):
-            size = float(rng.uniform(config.min_size, config.max_size))
-            speed = float(rng.uniform(config.min_speed, config.max_speed))
-            dx, dy = _DIRECTIONS[motion]
-            # Vertical speed in height units, horizontal in width units: same pixels/second.
-            vx, vy = dx * speed / aspect, dy * speed
-            x, y = float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
-            jitter = rng.integers(-config.colour_jitter, config.colour_jitter + 1, size=3)
-            bgr = tuple(
-                int(np.clip(c + j, 0, 255))
-                for c, j in zip(PALETTE_BGR[colour], jitter, strict=True)
-            )
-            candidate = SceneObject(
-                colour=colour,
-                shape=shape,
-                x=x,
-                y=y,
-                vx=vx,
-                vy=vy,
-                size=size,
-                angle=float(rng.uniform(-30.0, 30.0)),
-                bgr=bgr,  # type: ignore[arg-type]
-            )
-            ex, ey = candidate.centre_at(MOTION_SECONDS)
-            if (
-                _fits(config, aspect, x, y, size)
-                and _fits(config, aspect, ex, ey, size)
-                and all(_apart(config, aspect, candidate, o) for o in objects)
-            ):
-                objects.append(candidate)
-                break
-        # An object that finds no place after many tries is dropped; the first never is,
-        # because an empty frame always has room.
-    return Scene(
-        objects=tuple(objects), background=background, seed=seed, width=width, height=height
-    )
-
-
-def _polygon(obj: SceneObject, cx: float, cy: float, radius: float) -> np.ndarray:
-    """Vertices (int32 [N, 2], pixels) of a square or triangle inscribed in the circle."""
-    corners = 4 if obj.shape == "square" else 3
-    start = -90.0 if obj.shape == "triangle" else 45.0  # a triangle points up, a square sits flat
-    angles = np.deg2rad(start + obj.angle + 360.0 * np.arange(corners) / corners)
-    # Squares drawn inscribed look small next to circles; scale so areas are comparable.
-    scale = 0.9 if obj.shape == "square" else 1.1
-    points = np.stack(
-        [cx + scale * radius * np.cos(angles), cy + scale * radius * np.sin(angles)], 1
-    )
-    return np.round(points).astype(np.int32)
-
-
-def render(
-    scene: Scene,
-    t: float,
-    width: int = 320,
-    height: int = 240,
-    config: SceneConfig = DEFAULT_SCENE_CONFIG,
-) -> np.ndarray:
-    """Draw the scene at time ``t`` seconds as a BGR uint8 frame [height, width, 3].
-
-    Object centres are start + v * t. Light Gaussian noise imitates a sensor; it is seeded
-    from (scene.seed, t), so the same call always returns the same pixels.
-    """
-    frame = np.empty((height, width, 3), np.uint8)
-    frame[:] = scene.background
-    for obj in scene.objects:
-        nx, ny = obj.centre_at(t)
-        cx, cy, radius = nx * width, ny * height, obj.size * height
-        if obj.shape == "circle":
-            cv2.circle(frame, (round(cx), round(cy)), round(radius), obj.bgr, -1, cv2.LINE_AA)
+    lanes = rng.permutation(3)  # objects keep to separate horizontal bands
+    for i in range(count):
+        kind = SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
+        colour = KIND_COLOURS[kind][int(rng.integers(len(KIND_COLOURS[kind])))]
+        hmin, hmax, amin, amax = _SIZES[kind]
+        crowded = count > 1 and kind in ("person", "vehicle")  # big things share the frame
+        h = float(rng.uniform(hmin, hmax)) / (1.3 if crowded else 1.0)
+        aspect = float(rng.uniform(amin, amax))
+        direction = MOVES[int(rng.integers(len(MOVES)))]
+        if kind == "small object" and direction in ("towards", "away"):
+            direction = ("left", "right")[int(rng.integers(2))]
+        band = (lanes[i] + 0.5) / 3 if count > 1 else float(rng.uniform(0.35, 0.65))
+        w = h * height / aspect / width
+        if direction in _STEP:
+            sx, sy = _STEP[direction]
+            span = float(rng.uniform(0.4, 0.75))
+            if sx:
+                low = w / 2 - 0.1
+                start = float(rng.uniform(low, max(low, 1 - span - w / 2 + 0.05)))
+                x0, x1 = (start, start + span) if sx > 0 else (1 - start, 1 - start - span)
+                y0 = y1 = float(np.clip(band, h / 2 + 0.02, 1 - h / 2 - 0.02))
+            else:
+                span *= 0.8
+                start = float(rng.uniform(h / 2 - 0.05, max(h / 2, 1 - span - h / 2)))
+                y0, y1 = (start, start + span) if sy > 0 else (1 - start, 1 - start - span)
+                x0 = x1 = float(np.clip(band, w / 2 + 0.02, 1 - w / 2 - 0.02))
+            h0 = h1 = h
         else:
-            cv2.fillPoly(frame, [_polygon(obj, cx, cy, radius)], obj.bgr, cv2.LINE_AA)
-    if config.noise_sigma > 0:
-        noise_seed = zlib.crc32(f"{scene.seed}:{t:.6f}".encode())
-        noise = np.random.default_rng(noise_seed).standard_normal(frame.shape, dtype=np.float32)
-        noise *= config.noise_sigma
-        noise += frame
-        frame = np.clip(noise, 0, 255, out=noise).astype(np.uint8)
-    return frame
+            grow = float(rng.uniform(1.8, 2.4))
+            small_h, big_h = h / 1.4, min(0.9, h / 1.4 * grow)
+            h0, h1 = (small_h, big_h) if direction == "towards" else (big_h, small_h)
+            x0 = float(np.clip(band, 0.15, 0.85))
+            x1 = x0 + float(rng.uniform(-0.04, 0.04))
+            # Seen from above, a thing coming closer also comes down the frame.
+            y_small = float(rng.uniform(0.22, 0.3))
+            y_big = min(1 - big_h / 2 - 0.02, y_small + float(rng.uniform(0.25, 0.35)))
+            y0, y1 = (y_small, y_big) if direction == "towards" else (y_big, y_small)
+        stop_at = float(rng.uniform(0.45, 0.6)) if rng.random() < 0.25 else 1.0
+        jitter = rng.integers(-14, 15, size=3)
+        bgr = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(PALETTE_BGR[colour], jitter, strict=True))
+        dark = int(rng.integers(20, 70))
+        second = (dark + int(rng.integers(0, 12)), dark, dark)  # dark trousers, tinted windows
+        objects.append(SceneObject(kind, colour, bgr, direction, x0, y0, x1, y1, h0, h1, aspect,  # type: ignore[arg-type]
+                                   stop_at, second))  # type: ignore[arg-type]
+    return Scene(tuple(objects), background, floor, seed, width, height)  # type: ignore[arg-type]
 
 
-def motion_word(obj: SceneObject) -> str:
-    """``left``/``right``/``up``/``down`` by the dominant velocity axis, ``still`` if none."""
-    if obj.vx == 0 and obj.vy == 0:
-        return "still"
-    if abs(obj.vx) >= abs(obj.vy):
-        return "left" if obj.vx < 0 else "right"
-    return "up" if obj.vy < 0 else "down"
+def _texture(scene: Scene, width: int, height: int) -> np.ndarray:
+    """The static background: wall above, floor below, tiles, blotches, a light gradient."""
+    rng = np.random.default_rng(scene.seed ^ 0x5EED)
+    frame = np.empty((height, width, 3), np.float32)
+    horizon = int(height * rng.uniform(0.2, 0.45))
+    frame[:horizon] = scene.background
+    frame[horizon:] = scene.floor
+    small = rng.normal(0, 18, (6, 8, 3)).astype(np.float32)  # low-frequency blotches
+    frame += cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    spacing = int(rng.integers(24, 60))
+    line = tuple(float(c) * 0.75 for c in scene.floor)
+    for x in range(int(rng.integers(0, spacing)), width, spacing):
+        cv2.line(frame, (x, horizon), (int(width / 2 + (x - width / 2) * 2.2), height), line, 1)
+    gradient = np.linspace(0.85, 1.15, width, dtype=np.float32)[None, :, None]
+    return np.clip(frame * gradient, 0, 255)
 
 
-def position_word(obj: SceneObject, t: float = MOTION_SECONDS) -> str:
-    """The 3x3 grid cell of the object's centre at time ``t`` (default: end of the motion).
+def _draw(frame: np.ndarray, obj: SceneObject, t: float, width: int, height: int) -> None:
+    x, y, w, h = _box(obj, t, width, height)
+    px, py, pw, ph = x * width, y * height, w * width, h * height
+    colour = tuple(float(c) for c in obj.bgr)
+    second = tuple(float(c) for c in obj.second_bgr)
 
-    Returns ``"<row> <column>"`` with the word ``middle`` / ``centre`` left out, so the nine
-    cells read ``top left``, ``top``, ``top right``, ``left``, ``centre``, ``right``,
-    ``bottom left``, ``bottom``, ``bottom right``.
-    """
-    x, y = obj.centre_at(t)
-    column = _COLUMN_WORDS[min(2, max(0, int(x * 3)))]
-    row = _ROW_WORDS[min(2, max(0, int(y * 3)))]
-    if row == "middle":
-        return column
-    return row if column == "centre" else f"{row} {column}"
+    def rect(x0: float, y0: float, x1: float, y1: float, c: tuple[float, ...]) -> None:
+        cv2.rectangle(frame, (round(px + x0 * pw), round(py + y0 * ph)),
+                      (round(px + x1 * pw), round(py + y1 * ph)), c, -1, cv2.LINE_AA)
+
+    if obj.kind == "person":
+        swing = 0.12 * math.sin(t * 9.0) if t < MOTION_SECONDS * obj.stop_at else 0.0
+        cv2.circle(frame, (round(px + pw / 2), round(py + 0.09 * ph)), max(1, round(0.09 * ph)),
+                   (120, 150, 200), -1, cv2.LINE_AA)  # head
+        rect(0.08, 0.17, 0.92, 0.58, colour)  # shirt or vest
+        rect(0.2 + swing, 0.56, 0.48 + swing, 1.0, second)  # legs
+        rect(0.52 - swing, 0.56, 0.8 - swing, 1.0, second)
+    elif obj.kind == "vehicle":
+        rect(0.0, 0.3, 1.0, 0.85, colour)  # body
+        rect(0.18, 0.0, 0.82, 0.35, colour)  # cabin
+        rect(0.25, 0.06, 0.75, 0.3, second)  # windows
+        for cx in (0.22, 0.78):
+            cv2.circle(frame, (round(px + cx * pw), round(py + 0.85 * ph)), max(1, round(0.15 * ph)),
+                       (20, 20, 20), -1, cv2.LINE_AA)
+    elif obj.kind == "animal":
+        cv2.ellipse(frame, (round(px + 0.45 * pw), round(py + 0.45 * ph)),
+                    (max(1, round(0.4 * pw)), max(1, round(0.25 * ph))), 0, 0, 360, colour, -1, cv2.LINE_AA)
+        cv2.circle(frame, (round(px + 0.85 * pw), round(py + 0.25 * ph)), max(1, round(0.18 * ph)),
+                   colour, -1, cv2.LINE_AA)
+        for lx in (0.15, 0.3, 0.6, 0.72):
+            rect(lx, 0.55, lx + 0.08, 1.0, colour)
+    else:
+        rect(0.0, 0.0, 1.0, 1.0, colour)
 
 
-def ground_truth(scene: Scene) -> list[dict[str, str]]:
-    """Per object, in the scene's order: its colour, shape, motion and position words."""
-    return [
-        {
+def render(scene: Scene, t: float, width: int = 320, height: int = 240) -> np.ndarray:
+    """The scene at ``t`` seconds as a BGR uint8 frame [height, width, 3], sensor noise
+    included (seeded from the scene and ``t``, so the same call gives the same pixels).
+    Before t = 0 the scene is empty: its objects appear at t = 0."""
+    frame = _texture(scene, width, height)
+    shown = scene.objects if t >= 0 else ()
+    for obj in sorted(shown, key=lambda o: o.at(t)[1] + o.at(t)[2] / 2):  # far first
+        _draw(frame, obj, t, width, height)
+    noise_seed = zlib.crc32(f"{scene.seed}:{t:.6f}".encode())
+    rng = np.random.default_rng(noise_seed)
+    frame *= float(rng.uniform(0.97, 1.03))  # exposure flicker
+    frame += rng.standard_normal(frame.shape, dtype=np.float32) * 4.0
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def ground_truth(scene: Scene) -> list[dict[str, object]]:
+    """Per object, in the scene's order: kind, colour, direction, entry, exit, stopped."""
+    margin = TrackConfig().edge_margin
+    out = []
+    for o in scene.objects:
+        out.append({
+            "kind": o.kind,
             "colour": o.colour,
-            "shape": o.shape,
-            "motion": motion_word(o),
-            "position": position_word(o),
-        }
-        for o in scene.objects
-    ]
+            # Coming closer also moves a thing down the frame here: both words are true.
+            "direction": [o.direction, *_ALSO.get(o.direction, ())],
+            "entry": _side(_box(o, 0.0, scene.width, scene.height), margin),
+            "exit": _side(_box(o, MOTION_SECONDS, scene.width, scene.height), margin),
+            # A stop shows while something else still moves (after the last motion the
+            # camera sees only stillness, and every thing "stops").
+            "stopped": o.stops_early and any(not p.stops_early for p in scene.objects),
+        })
+    return out

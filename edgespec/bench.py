@@ -54,15 +54,15 @@ def text_cases(lm, n: int) -> list[Case]:
 def vision_cases(lm, n: int, seed: int = 900_000) -> list[Case]:
     """Caption prompts with features of held-out synthetic scenes, as the camera sends them."""
     from camera_node.captions import CAPTION_PROMPT
-    from camera_node.features import OpenCVFeatures
-    from camera_node.scene import MOTION_SECONDS, random_scene, render
+    from camera_node.features import ObjectFeatures
+    from camera_node.scene import random_scene
     from camera_node.session import wire_features
+    from edgespec.defaultpair.data import scene_features
 
-    extractor = OpenCVFeatures()
+    extractor = ObjectFeatures()
     cases = []
     for i in range(n):
-        scene = random_scene(seed + i)
-        _, feats = wire_features(extractor.extract(render(scene, 0.0), render(scene, MOTION_SECONDS)))
+        _, feats = wire_features(scene_features(random_scene(seed + i), extractor))
         cases.append(Case(lm.encode(CAPTION_PROMPT), feats))
     return cases
 

@@ -148,8 +148,17 @@ def format_caption(c) -> str:
             f"{c.bytes_up + c.bytes_down} B on the wire vs {c.jpeg_bytes_keyframes} B of JPEG key frames)")
 
 
+ENDED_BY = {"still": "motion stopped", "max_duration": "longest event reached", "flush": "end of source"}
+
+
+def format_event(device_id: str, event, number: int) -> str:
+    return (f"[{device_id}] event {number}: {event.start_t:.1f}-{event.end_t:.1f} s, {event.frame_count} frames, "
+            f"ended by {ENDED_BY.get(event.reason.value, event.reason.value)}")
+
+
 def cmd_camera(args: argparse.Namespace) -> int:
-    from camera_node.node import CameraConfig, run_camera
+    from camera_node.capture import SourceError
+    from camera_node.node import CameraConfig, CameraRun, run_camera
     from speculative.models import load_lm
     from speculative.sampling import SamplingParams
 
@@ -169,8 +178,20 @@ def cmd_camera(args: argparse.Namespace) -> int:
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
         max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events, realtime=args.realtime,
         timeout_s=args.timeout, draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
+        stall_s=args.stall,
     )
-    asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True)))
+    run = CameraRun()
+    try:
+        asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True),
+                               on_event=lambda e, n: print(format_event(cfg.device_id, e, n), flush=True),
+                               run=run))
+    except SourceError as exc:
+        print(f"edgespec camera: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"[{cfg.device_id}] stopped: {run.summary()}", flush=True)
+        raise
+    print(f"[{cfg.device_id}] {run.summary()}", flush=True)
     return 0
 
 
@@ -247,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--max-events", type=int, help="stop after this many captions")
     p.add_argument("--realtime", action="store_true", help="pace file and synthetic sources at their frame rate")
+    p.add_argument("--stall", type=float, default=5.0, metavar="S",
+                   help="a source that gives no frame for S seconds ends the open event (default 5)")
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s)
     add_sampling_args(p)
     add_privacy_args(p)

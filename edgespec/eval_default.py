@@ -1,14 +1,18 @@
 """``edgespec eval-default``: measure the default pair on held-out scenes.
 
 1. Caption accuracy: greedy captions of the target alone and of the draft alone, parsed
-   back by :func:`camera_node.captions.score_caption`: the share of objects whose colour,
-   shape and motion (and, separately, end position) the caption names correctly.
+   back by :func:`camera_node.captions.score_caption`: the share of the scene's objects
+   whose kind, colour and direction the caption names correctly (against the scene's ground
+   truth), and how faithfully it says what the device measured. A "sensor" row scores the
+   measurements themselves, worded by the grammar: what any caption could reach.
 2. Speculative decoding: the project's own loop (:func:`speculative.loop.run_local`) with
    the draft proposing ``gamma`` tokens a round, at each temperature: acceptance rate
    (accepted / drafted tokens, pooled over scenes), mean accepted draft tokens per round,
    tokens per round against the formula (1 - a^(g+1)) / (1 - a), target forwards per token;
    at temperature 0 it also checks that the output equals the target's own greedy caption.
 3. Feature size: bytes of the float32 features a camera sends once per session.
+4. With ``--footage DIR``: labelled real clips through the camera pipeline
+   (:mod:`edgespec.eval_footage`).
 
 Scenes come from :func:`edgespec.defaultpair.data.eval_seeds`, disjoint from training.
 """
@@ -26,7 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from camera_node.captions import CaptionScore, score_caption
+from camera_node.captions import CaptionScore, caption_for_facts, score_caption
+from camera_node.features import decode_facts
+from camera_node.scene import ground_truth
 from edgespec.bench import expected_tokens_per_round
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, EvalConfig
 from edgespec.defaultpair.data import compute_features, eval_seeds, prompt_ids
@@ -47,10 +53,19 @@ def caption_accuracy(
         batch = torch.from_numpy(features[start : start + cfg.batch_size])  # [B, S, D]
         ids += greedy_captions(lm.model, lm.projector, batch, prompt, eos, cfg.max_new_tokens)
     texts = [lm.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-    total = CaptionScore()
-    for text, scene in zip(texts, scenes, strict=True):
-        total.add(score_caption(text, scene))
-    return total.shares(), ids, texts
+    return caption_shares(texts, scenes, features), ids, texts
+
+
+def caption_shares(texts: list[str], scenes: list[Any], features: np.ndarray) -> dict[str, Any]:
+    """Shares right against the scenes' ground truth, plus faithfulness to the features."""
+    truth, said = CaptionScore(), CaptionScore()
+    for text, scene, feats in zip(texts, scenes, features, strict=True):
+        truth.add(score_caption(text, ground_truth(scene)))
+        said.add(score_caption(text, decode_facts(feats)))
+    shares = truth.shares()
+    faithful = said.shares()
+    shares["faithful"] = min(faithful["kind"], faithful["colour"], faithful["direction"])
+    return shares
 
 
 def speculative_stats(
@@ -125,7 +140,7 @@ def evaluate(
     if target.fingerprint != draft.fingerprint:
         raise ValueError(f"{models_dir}: target and draft tokenizers differ")
     scenes, features = compute_features(
-        eval_seeds(cfg.scenes), progress=progress, desc="eval features"
+        eval_seeds(cfg.scenes), progress=progress, desc="eval features", workers=cfg.threads
     )
     prompt = prompt_ids(target.tokenizer)
 
@@ -141,6 +156,8 @@ def evaluate(
                 {"seed": s.seed, "caption": t} for s, t in zip(scenes[:3], texts[:3], strict=True)
             ],
         }
+    sensor_texts = [caption_for_facts(decode_facts(f)) for f in features]
+    report["sensor"] = caption_shares(sensor_texts, scenes, features)
     report["speculative"] = [
         speculative_stats(
             target,
@@ -169,16 +186,19 @@ def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of a report."""
     lines = [f"held-out scenes: {report['config']['scenes']}   models: {report['models_dir']}", ""]
     lines.append(
-        f"{'model':<8}{'params':>10}{'colour':>8}{'shape':>8}{'motion':>8}"
-        f"{'c+s+m':>8}{'position':>10}{'extra':>7}"
+        f"{'':<8}{'params':>10}{'kind':>8}{'kind/obj':>10}{'colour':>8}{'direction':>11}"
+        f"{'faithful':>10}{'extra':>7}"
     )
-    for name, entry in report["models"].items():
-        a = entry["accuracy"]
+    rows = [(name, entry["parameters"], entry["accuracy"]) for name, entry in report["models"].items()]
+    rows.append(("sensor", None, report["sensor"]))
+    for name, params, a in rows:
         lines.append(
-            f"{name:<8}{entry['parameters']:>10,}{a['colour']:>8.3f}{a['shape']:>8.3f}"
-            f"{a['motion']:>8.3f}{a['colour_shape_motion']:>8.3f}{a['position']:>10.3f}"
-            f"{a['extra_mentions']:>7}"
+            f"{name:<8}{'' if params is None else f'{params:,}':>10}{a['kind']:>8.3f}"
+            f"{a['kind_or_unsure']:>10.3f}{a['colour']:>8.3f}{a['direction']:>11.3f}"
+            f"{a['faithful']:>10.3f}{a['extra_mentions']:>7}"
         )
+    lines.append("(against the scenes' ground truth; faithful: says what the features say; "
+                 "sensor: the measurements worded by the grammar)")
     header = (
         f"{'T':>5}{'gamma':>7}{'accept':>8}{'acc/round':>11}{'tok/round':>11}"
         f"{'formula':>9}{'tgt fwd/tok':>13}{'= greedy':>10}"
@@ -206,9 +226,31 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     """The ``eval-default`` command: print the table, write JSON if asked."""
+    from edgespec.eval_footage import (
+        LABELS_FILE,
+        FootageConfig,
+        evaluate_footage,
+        format_footage,
+        load_labels,
+    )
+    from speculative.models import load_lm
+
     cfg = replace(EvalConfig(), scenes=args.scenes, gamma=args.gamma)
-    report = evaluate(args.models, cfg, progress=not args.quiet)
-    print(format_report(report))
+    labels = None
+    if args.footage is not None:
+        if not args.footage.is_dir():
+            raise ValueError(f"--footage {args.footage}: not a folder")
+        beside = args.footage / "labels.json"
+        labels = load_labels(args.labels or (beside if beside.is_file() else LABELS_FILE))
+    report = evaluate(args.models, cfg, progress=not args.quiet) if args.scenes > 0 else {}
+    if report:
+        print(format_report(report))
+    if labels is not None:
+        torch.set_num_threads(cfg.threads)
+        target, draft = load_lm(args.models / "target"), load_lm(args.models / "draft")
+        report["footage"] = evaluate_footage(args.footage, labels, target, draft,
+                                             FootageConfig(gamma=args.gamma), keyframes=args.keyframes)
+        print(("\n" if args.scenes > 0 else "") + format_footage(report["footage"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -224,7 +266,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder holding target/ and draft/ (default: the built-in pair)",
     )
     parser.add_argument(
-        "--scenes", type=int, default=defaults.scenes, help="held-out scenes (default %(default)s)"
+        "--scenes", type=int, default=defaults.scenes,
+        help="held-out synthetic scenes, 0 for none (default %(default)s)"
     )
     parser.add_argument(
         "--gamma",
@@ -235,6 +278,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", type=Path, default=None, help="also write the report as JSON here"
     )
+    parser.add_argument("--footage", type=Path, default=None, metavar="DIR",
+                        help="also caption the labelled real clips in DIR")
+    parser.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                        help="labels of the clips (default: DIR/labels.json, else the built-in labels)")
+    parser.add_argument("--keyframes", type=Path, default=None, metavar="DIR",
+                        help="save a key frame of each captioned event here (JPEG)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -3,10 +3,10 @@
 Steps (all deterministic from ``--seed``):
 
 1. build the shared word-level tokenizer from the caption grammar;
-2. draw ``train_scenes`` synthetic scenes and compute their OpenCVFeatures once (first and
-   last frame of each clip), kept in memory;
+2. draw ``train_scenes`` synthetic scenes, render each as a camera would see it and compute
+   its ObjectFeatures once (motion detector, object tracks), kept in memory;
 3. train the target (Llama, ~1.8 M parameters) with teacher forcing on freshly drawn
-   captions, in the run-time layout ``[vision prefix][prompt][caption][eos]``;
+   captions of what each scene's features say, in the run-time layout ``[vision prefix][prompt][caption][eos]``;
 4. distil the draft (~0.1 M parameters, its own projector) from the target's next-token
    distributions on the same inputs (KL on soft targets, plus a little cross-entropy);
 5. save ``OUT/target`` and ``OUT/draft`` (HF folders + projector files) and
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from camera_node.captions import CAPTION_PROMPT
-from camera_node.features import OpenCVFeatures
+from camera_node.features import ObjectFeatures
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, TrainConfig
 from edgespec.defaultpair.data import CaptionBatches, build_tokenizer, compute_features, train_seeds
 from edgespec.defaultpair.modeling import (
@@ -203,13 +203,13 @@ def train_default(
     deadline = started + cfg.max_minutes * 60.0
 
     tokenizer = build_tokenizer()
-    extractor = OpenCVFeatures()
+    extractor = ObjectFeatures()
     scenes, features = compute_features(
-        train_seeds(cfg.seed, cfg.train_scenes), extractor, progress
+        train_seeds(cfg.seed, cfg.train_scenes), None, progress, workers=cfg.threads
     )
     feature_seconds = time.monotonic() - started
     metadata = {
-        "feature_extractor": "camera_node.features.OpenCVFeatures",
+        "feature_extractor": "camera_node.features.ObjectFeatures",
         "caption_prompt": CAPTION_PROMPT,
     }
 

@@ -319,14 +319,14 @@ DEFAULT_TARGET = Path(__file__).resolve().parent.parent / "edgespec" / "default_
 @pytest.mark.parametrize("use_pool", [False, True], ids=["copy", "pool"])
 def test_default_pair_batched_equals_alone(use_pool):
     """The committed vision-conditioned pair: batched == alone == the target autoregressively."""
-    from camera_node.features import OpenCVFeatures
-    from camera_node.scene import MOTION_SECONDS, random_scene, render
-    from edgespec.defaultpair.data import prompt_ids
+    from camera_node.features import ObjectFeatures
+    from camera_node.scene import random_scene
+    from edgespec.defaultpair.data import prompt_ids, scene_features
 
     target, draft = load_lm(DEFAULT_TARGET), load_lm(DEFAULT_TARGET.parent / "draft")
-    extractor = OpenCVFeatures()
+    extractor = ObjectFeatures()
     scenes = [random_scene(seed) for seed in range(900, 908)]
-    features = [extractor.extract(render(s, 0), render(s, MOTION_SECONDS)) for s in scenes]
+    features = [scene_features(s, extractor) for s in scenes]
     prompt = prompt_ids(target.tokenizer)
     n = len(scenes)
     rng = random.Random(4)

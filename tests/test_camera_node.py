@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from camera_node.captions import CAPTION_PROMPT
-from camera_node.features import OpenCVFeatures
+from camera_node.features import ObjectFeatures
 from camera_node.node import CameraConfig, run_camera
 from camera_node.session import wire_features
 from conftest import dev_keys, start_verifier, stop_process
@@ -52,10 +52,10 @@ def test_synthetic_camera_caption_equals_target_greedy(mosquitto, default_verifi
 
     captions, results = asyncio.run(asyncio.wait_for(scenario(), 120))
     assert len(captions) == 2
-    extractor = OpenCVFeatures()
+    extractor = ObjectFeatures()
     prompt = draft.encode(CAPTION_PROMPT)
     for caption, result in zip(captions, results):
-        _, features = wire_features(extractor.extract(caption.event.first, caption.event.last))
+        _, features = wire_features(extractor.extract(caption.event))
         ref = generate_autoregressive(target, prompt, features, SamplingParams(), cfg.max_new_tokens)
         assert result.token_ids == ref.token_ids
         assert result.text == caption.text == target.decode(ref.token_ids)

@@ -85,19 +85,22 @@ def test_synthetic_is_deterministic_from_the_seed() -> None:
 
 
 def test_synthetic_episode_timing_and_ground_truth() -> None:
-    fps, still, seed = 10.0, 2.0, 11
+    fps, still, lead, seed = 10.0, 2.0, 1.0, 11
     motion_frames = int(np.floor(scenes.MOTION_SECONDS * fps + 1e-9)) + 1
-    episode_frames = motion_frames + round(still * fps)
-    with open_source(f"synthetic:{seed}?fps={fps}&still={still}&episodes=3") as src:
+    lead_frames = round(lead * fps)
+    episode_frames = lead_frames + motion_frames + round(still * fps)
+    with open_source(f"synthetic:{seed}?fps={fps}&still={still}&lead={lead}&episodes=3") as src:
         frames = list(src)
         assert isinstance(src, SyntheticSource)
         assert src.episode_frames == episode_frames and src.motion_frames == motion_frames
     assert len(frames) == 3 * episode_frames
     for frame in frames:
         episode, local = divmod(frame.index, episode_frames)
+        local -= lead_frames  # < 0: the empty scene before the objects appear
         assert frame.t == pytest.approx(frame.index / fps)
         assert frame.image.shape == (240, 320, 3) and frame.image.dtype == np.uint8
         assert frame.scene == scenes.random_scene(seed + episode) == src.scene_at(frame.index)
+        assert src.is_moving(frame.index) == (0 <= local < motion_frames)
         if local < motion_frames:
             expected = scenes.render(frame.scene, local / fps)
             assert np.array_equal(frame.image, expected)
@@ -119,7 +122,8 @@ def test_synthetic_with_a_stand_in_scene_module() -> None:
         random_scene=lambda seed: {"seed": seed},
         render=lambda scene, t, width, height: np.full((height, width, 3), scene["seed"], np.uint8),
     )
-    src = SyntheticSource(3, CaptureConfig(fps=4.0, still_s=0.5, episodes=2), scene_module=fake)
+    src = SyntheticSource(3, CaptureConfig(fps=4.0, still_s=0.5, lead_s=0.0, episodes=2),
+                          scene_module=fake)
     frames = list(src)
     assert src.motion_frames == 3 and src.episode_frames == 5
     assert [f.scene["seed"] for f in frames] == [3] * 5 + [4] * 5

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for, score_caption
-from camera_node.features import OpenCVFeatures
-from camera_node.scene import random_scene
+from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for_facts, score_caption
+from camera_node.features import ObjectFeatures, decode_facts
+from camera_node.scene import ground_truth, random_scene
 from edgespec import eval_default, train_default
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, LMSpec, TrainConfig
 from edgespec.defaultpair.data import (
@@ -77,7 +77,7 @@ def test_tokenizer_round_trips_captions() -> None:
     assert tokenizer.unk_token_id not in ids
     rng = np.random.default_rng(0)
     for seed in range(20):
-        caption = caption_for(random_scene(seed), rng)
+        caption = caption_for_facts(ground_truth(random_scene(seed)), rng)
         encoded = tokenizer(caption, add_special_tokens=False)["input_ids"]
         assert tokenizer.unk_token_id not in encoded
         assert tokenizer.decode(encoded) == caption
@@ -108,7 +108,7 @@ def test_committed_pair_loads_with_from_pretrained() -> None:
         VisionProjector.from_pretrained(DRAFT_DIR),
     )
     assert t_proj is not None and d_proj is not None
-    assert t_proj.feature_shape == d_proj.feature_shape == OpenCVFeatures().feature_shape
+    assert t_proj.feature_shape == d_proj.feature_shape == ObjectFeatures().feature_shape
     assert t_proj.hidden_size == target.config.hidden_size
     assert parameter_count(draft, d_proj) <= parameter_count(target, t_proj) / 10
     size = sum(f.stat().st_size for f in DEFAULT_MODELS_DIR.rglob("*") if f.is_file())
@@ -128,11 +128,13 @@ def test_committed_target_captions_held_out_scenes() -> None:
         folder.tokenizer.eos_token_id,
         64,
     )
+    # The target says what the device measured: kind, colour and direction of every object.
     correct = objects = 0
-    for scene, row in zip(scenes, ids, strict=True):
-        score = score_caption(folder.tokenizer.decode(row), scene)
-        correct, objects = correct + score.all_three, objects + score.objects
-    assert correct / objects >= 0.8
+    for feats, row in zip(features, ids, strict=True):
+        score = score_caption(folder.tokenizer.decode(row), decode_facts(feats))
+        right = min(score.kind, score.colour, score.direction)
+        correct, objects = correct + right, objects + score.objects
+    assert objects > 20 and correct / objects >= 0.95
 
 
 @needs_pair
@@ -184,7 +186,7 @@ def test_training_smoke_run_and_eval(tmp_path: Path) -> None:
         tmp_path, replace(eval_default.EvalConfig(), scenes=2, max_new_tokens=6), progress=False
     )
     assert set(result["models"]) == {"target", "draft"} and len(result["speculative"]) == 2
-    assert "c+s+m" in eval_default.format_report(result)
+    assert "faithful" in eval_default.format_report(result)
 
 
 def test_commands_register() -> None:

@@ -80,11 +80,9 @@ def test_real_footage_fires() -> None:
 
 
 def _expected_events(source: SyntheticSource, episodes: int) -> list[int]:
-    """Episodes that contain motion: any moving object, or a new scene replacing the last."""
-    return [
-        i for i in range(episodes)
-        if i > 0 or any(o.motion != "still" for o in source.scene_at(0).objects)
-    ]
+    """Every episode's objects come in and move: one event each; from the second episode on
+    a scene change (the new empty scene replacing the last) comes first."""
+    return [e for i in range(episodes) for e in ([i] if i == 0 else [i, i])]
 
 
 # Seed 11: episode 0 holds only still objects (no event); seed 10: episode 1 does (its event
@@ -103,15 +101,18 @@ def test_synthetic_fires_once_per_episode(seed: int) -> None:
         assert event.reason is EndReason.STILL
         assert src.episode_at(event.end_index) == episode
         assert event.scene == scenes.random_scene(seed + episode)
-        if any(o.motion != "still" for o in event.scene.objects):
-            # Ends in the still part, and `last` is the held final frame: the settled scene.
-            assert not src.is_moving(event.end_index)
+        if not src.is_moving(event.start_index):
+            continue  # the scene change at the start of an episode
+        # Things come into an empty, settled scene: `before` shows it, and the samples
+        # cover the motion up to its last moving frame.
+        assert event.before_settled and event.before is not None
+        assert np.array_equal(event.before, frames[event.start_index - 1].image)
+        assert 2 <= len(event.samples) <= MotionConfig().max_samples
+        assert all(event.start_t <= f.t <= event.end_t for f in event.samples)
+        if not src.is_moving(event.end_index):
+            # Ended in the still part: `last` is the held final frame, the settled scene.
             held = frames[(episode + 1) * src.episode_frames - 1].image
             assert np.array_equal(event.last, held)
-        if episode > 0:  # `before` is the previous episode's settled scene
-            assert event.before is not None
-            previous = frames[episode * src.episode_frames - 1].image
-            assert np.array_equal(event.before, previous)
 
 
 def test_synthetic_events_with_mog2() -> None:
@@ -120,7 +121,11 @@ def test_synthetic_events_with_mog2() -> None:
         frames = list(src)
         expected = _expected_events(src, 4)
     events = detect_events(frames, MotionConfig(method="mog2"))
-    assert [src.episode_at(e.start_index) for e in events] == expected
+    # MOG2 learns the new empty scene as it comes, so the scene change may not fire; every
+    # episode's objects do.
+    assert sorted({src.episode_at(e.start_index) for e in events}) == sorted(set(expected))
+    assert all(any(src.is_moving(i) for i in range(e.start_index, e.end_index + 1)) or
+               src.episode_at(e.start_index) > 0 for e in events)
 
 
 def test_max_duration_and_cooldown() -> None:

@@ -47,8 +47,9 @@ def test_parse_names(tmp_path):
 
 def test_camera_applies_privacy_before_the_session(monkeypatch):
     """What describe_event hands to the session (i.e. what goes on the wire) is the private form."""
-    from camera_node.events import EndReason, MotionEvent
-    from camera_node.scene import MOTION_SECONDS, random_scene, render
+    from camera_node.events import detect_events
+    from camera_node.scene import random_scene
+    from edgespec.defaultpair.data import scene_frames
 
     sent = {}
 
@@ -62,14 +63,12 @@ def test_camera_applies_privacy_before_the_session(monkeypatch):
             return [1]
 
     monkeypatch.setattr(node, "run_edge_session", fake_session)
-    scene = random_scene(4)
-    first, last = render(scene, 0.0), render(scene, MOTION_SECONDS)
-    event = MotionEvent(0.0, 1.0, 0, 10, first, last, first, 11, 0.1, EndReason.STILL, scene)
+    event = detect_events(scene_frames(random_scene(4)))[0]
     cfg = node.CameraConfig(device_id="cam-p", prompt="describe: carol@example.com",
                             privacy=PrivacyConfig(True, (), 0.5, 1e-5, 2.0))
-    clean = node.OpenCVFeatures().extract(first, last)
+    clean = node.ObjectFeatures().extract(event)
     with pytest.raises(RuntimeError, match="stop here"):
-        asyncio.run(node.describe_event(None, FakeLM(), node.OpenCVFeatures(), event, cfg, 0))
+        asyncio.run(node.describe_event(None, FakeLM(), node.ObjectFeatures(), event, cfg, 0))
     assert "carol" not in sent["prompt"] and "[email]" in sent["prompt"]
     assert not np.allclose(sent["req"].features, clean)
 

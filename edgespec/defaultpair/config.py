@@ -31,10 +31,10 @@ class TrainConfig:
     """What ``edgespec train-default`` does; the defaults are the shipped pair's recipe."""
 
     seed: int = 0
-    train_scenes: int = 4000
+    train_scenes: int = 2000
     target: LMSpec = field(default_factory=lambda: LMSpec(192, 512, 4, 4, 384))
     draft: LMSpec = field(default_factory=lambda: LMSpec(64, 160, 2, 4, 128))
-    max_positions: int = 96  # 4 vision slots + 2 prompt tokens + the longest caption (47) + eos
+    max_positions: int = 96  # 3 vision slots + 2 prompt tokens + the longest caption + eos
     max_new_tokens: int = 64  # written to generation_config.json
     bucket_batches: int = 16  # batches drawn at once and bucketed by length
     batch_size: int = 64

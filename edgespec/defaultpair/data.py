@@ -10,8 +10,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for
-from camera_node.features import FeatureExtractor, OpenCVFeatures
+from camera_node.capture import Frame
+from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for_facts
+from camera_node.events import detect_events
+from camera_node.features import FeatureExtractor, ObjectFeatures, decode_facts
 from camera_node.scene import MOTION_SECONDS, Scene, random_scene, render
 from edgespec.defaultpair.config import EVAL_SEED_BASE, SEED_STRIDE, TRAIN_SEED_BASE
 
@@ -59,9 +61,32 @@ def eval_seeds(count: int) -> list[int]:
     return list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + count))
 
 
+SCENE_FPS = 10.0  # what a synthetic camera source shows by default
+LEAD_FRAMES = 3  # empty scene before the objects appear (the event's `before` frame)
+STILL_FRAMES = 10  # still frames after the motion, enough to end the event
+
+
+def scene_frames(scene: Scene, fps: float = SCENE_FPS) -> list[Frame]:
+    """The frames a camera would see: the empty scene, the motion, then the scene still."""
+    moving = int(MOTION_SECONDS * fps + 1e-9) + 1
+    times = [(k - LEAD_FRAMES) / fps for k in range(LEAD_FRAMES + moving)]
+    frames = [Frame(render(scene, t), t, k) for k, t in enumerate(times)]
+    last, n = frames[-1].image, len(frames)
+    frames += [Frame(last.copy(), times[-1] + (k + 1) / fps, n + k) for k in range(STILL_FRAMES)]
+    return frames
+
+
 def scene_features(scene: Scene, extractor: FeatureExtractor) -> np.ndarray:
-    """Features [S, D] of the scene's event clip: frames at t=0 and t=MOTION_SECONDS."""
-    return extractor.extract(render(scene, 0.0), render(scene, MOTION_SECONDS))
+    """Features [S, D] of the scene's first motion event, exactly as a camera computes them
+    (motion detector, then the extractor); zeros when the detector finds no event."""
+    events = detect_events(scene_frames(scene))
+    if not events:
+        return np.zeros(extractor.feature_shape, np.float32)
+    return extractor.extract(events[0])
+
+
+def _features_of_seed(seed: int) -> np.ndarray:
+    return scene_features(random_scene(seed), ObjectFeatures())
 
 
 def compute_features(
@@ -69,10 +94,21 @@ def compute_features(
     extractor: FeatureExtractor | None = None,
     progress: bool = True,
     desc: str = "features",
+    workers: int = 1,
 ) -> tuple[list[Scene], np.ndarray]:
-    """Scenes of ``seeds`` and their features [N, S, D] float32 (computed once, kept in memory)."""
-    extractor = extractor or OpenCVFeatures()
+    """Scenes of ``seeds`` and their features [N, S, D] float32 (computed once, kept in memory).
+
+    ``workers`` > 1 spreads the default extractor over processes (same results, in order).
+    """
     scenes = [random_scene(s) for s in seeds]
+    if extractor is None and workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            rows = list(tqdm(pool.imap(_features_of_seed, seeds, chunksize=8), total=len(seeds),
+                             desc=desc, disable=not progress, leave=False))
+        return scenes, np.stack(rows).astype(np.float32)
+    extractor = extractor or ObjectFeatures()
     out = np.zeros((len(scenes), *extractor.feature_shape), np.float32)
     for i, scene in enumerate(tqdm(scenes, desc=desc, disable=not progress, leave=False)):
         out[i] = scene_features(scene, extractor)
@@ -82,8 +118,9 @@ def compute_features(
 class CaptionBatches:
     """Endless shuffled batches of (features, token ids, loss mask) over cached scenes.
 
-    Each time a scene comes up it gets a freshly drawn caption, so the models see the
-    grammar's variety rather than one wording per scene. Token layout of one row:
+    Each time a scene comes up it gets a freshly drawn caption of what its features say
+    (:func:`camera_node.features.decode_facts`), so the models learn to put the device's
+    measurements into words, in the grammar's variety rather than one wording per scene. Token layout of one row:
     ``prompt + caption + <eos>`` right-padded with ``<pad>``; the mask marks the positions
     whose *next* token is a caption token or ``<eos>`` (what the loss is computed on).
     Rows are bucketed by length: ``bucket_batches`` batches are drawn at once, sorted by
@@ -101,6 +138,7 @@ class CaptionBatches:
     ) -> None:
         self.scenes = scenes
         self.features = torch.from_numpy(features)  # [N, S, D]
+        self.facts = [decode_facts(f) for f in features]
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.bucket_batches = bucket_batches
@@ -134,7 +172,7 @@ class CaptionBatches:
     def _refill(self) -> None:
         """Draw, caption and bucket the next ``bucket_batches`` batches."""
         pool = [self._next_index() for _ in range(self.batch_size * self.bucket_batches)]
-        rows = [self.token_row(caption_for(self.scenes[i], self.rng)) for i in pool]
+        rows = [self.token_row(caption_for_facts(self.facts[i], self.rng)) for i in pool]
         by_length = sorted(range(len(pool)), key=lambda k: (len(rows[k]), k))
         chunks = [by_length[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
         for c in self.rng.permutation(len(chunks)).tolist():
