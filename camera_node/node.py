@@ -22,6 +22,7 @@ from .captions import CAPTION_PROMPT
 from .capture import open_source
 from .events import MotionConfig, MotionDetector, MotionEvent
 from .features import FeatureExtractor, ObjectFeatures, encode_facts
+from .objects import ObjectFacts
 from .link import EdgeLink
 from .privacy import PrivacyConfig
 from .session import EdgeRequest, result_message, run_edge_session
@@ -78,6 +79,7 @@ class CameraRun:
 
     frames: int = 0
     events: int = 0
+    nothing_followed: int = 0  # events with no moving object to caption
     stalls: int = 0  # times the source gave no frame for ``stall_s``
     captions: list[Caption] = field(default_factory=list)
 
@@ -88,7 +90,8 @@ class CameraRun:
             return f"{frames}, no motion found"
         events = f"{self.events} event{'s' if self.events != 1 else ''}"
         captions = f"{len(self.captions)} caption{'s' if len(self.captions) != 1 else ''}"
-        return f"{frames}, {events}, {captions}"
+        skipped = f" ({self.nothing_followed} with no moving object)" if self.nothing_followed else ""
+        return f"{frames}, {events}, {captions}{skipped}"
 
 
 def jpeg_size(frame: np.ndarray) -> int:
@@ -103,11 +106,15 @@ def event_jpeg_bytes(event: MotionEvent) -> tuple[int, int]:
 
 
 async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtractor, event: MotionEvent,
-                         cfg: CameraConfig, seed: int) -> Caption:
-    """One caption session for one event, published on the result topic."""
+                         cfg: CameraConfig, seed: int, facts: list[ObjectFacts] | None = None) -> Caption | None:
+    """One caption session for one event, published on the result topic; None (no session)
+    when the device followed no moving object in it (a flicker, a change of the whole view).
+    ``facts``: the event's objects when already measured (ObjectFeatures only)."""
     objects: list[dict[str, object]] = []
     if isinstance(extractor, ObjectFeatures):
-        facts = extractor.facts(event)
+        facts = extractor.facts(event) if facts is None else facts
+        if not facts:
+            return None
         features = encode_facts(facts, extractor.slots)  # [S, D], computed on the device
         objects = [{"kind": f.kind, "colour": f.colour, "direction": f.direction, "entry": f.entry,
                     "exit": f.exit, "stopped": f.stopped} for f in facts[: extractor.slots]]
@@ -140,7 +147,8 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
     Frames are read on a worker thread, so the MQTT link stays served while a source blocks.
     An event still open when the source ends is captioned, and so is one whose source gives
     no frame for ``cfg.stall_s`` seconds (the camera then keeps waiting for frames).
-    ``on_event(event, number)`` is called as each event ends, ``on_caption(caption)`` as each
+    ``on_event(event, number, facts)`` is called as each event ends (``facts``: the moving
+    objects measured, or None for other extractors), ``on_caption(caption)`` as each
     caption is published; ``run`` (a :class:`CameraRun`) is filled in as it goes.
     """
     extractor = extractor or ObjectFeatures()
@@ -151,9 +159,14 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
     async def caption(event: MotionEvent) -> bool:
         """Caption one event; True when max_events is reached."""
         run.events += 1
+        facts = extractor.facts(event) if isinstance(extractor, ObjectFeatures) else None
         if on_event is not None:
-            on_event(event, run.events)
-        result = await describe_event(link, lm, extractor, event, cfg, cfg.seed + len(run.captions))
+            on_event(event, run.events, facts)
+        result = await describe_event(link, lm, extractor, event, cfg, cfg.seed + len(run.captions), facts)
+        if result is None:
+            run.nothing_followed += 1
+            log.info("event %d: no moving object followed, not captioned", run.events)
+            return False
         run.captions.append(result)
         if on_caption is not None:
             on_caption(result)

@@ -151,9 +151,14 @@ def format_caption(c) -> str:
 ENDED_BY = {"still": "motion stopped", "max_duration": "longest event reached", "flush": "end of source"}
 
 
-def format_event(device_id: str, event, number: int) -> str:
-    return (f"[{device_id}] event {number}: {event.start_t:.1f}-{event.end_t:.1f} s, {event.frame_count} frames, "
+def format_event(device_id: str, event, number: int, facts=None) -> str:
+    line = (f"[{device_id}] event {number}: {event.start_t:.1f}-{event.end_t:.1f} s, {event.frame_count} frames, "
             f"ended by {ENDED_BY.get(event.reason.value, event.reason.value)}")
+    if facts is None:
+        return line
+    if not facts:
+        return line + "; no moving object followed, not captioned"
+    return line + "; " + ", ".join(f"{f.kind} ({f.colour}, {f.direction})" for f in facts)
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
@@ -183,7 +188,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
     run = CameraRun()
     try:
         asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True),
-                               on_event=lambda e, n: print(format_event(cfg.device_id, e, n), flush=True),
+                               on_event=lambda e, n, f: print(format_event(cfg.device_id, e, n, f), flush=True),
                                run=run))
     except SourceError as exc:
         print(f"edgespec camera: {exc}", file=sys.stderr)
