@@ -123,11 +123,14 @@ class EdgeLink:
         self._sending: set[asyncio.Task] = set()  # publishes not waited for (see `send`)
         self._unacked: collections.deque = collections.deque()  # paho infos of messages `send` wrote
         self.rejected_downlink = 0
+        self._followed: dict[str, object] = {}  # topic -> handler(payload), see `follow`
 
     async def _connect(self) -> None:
         await self._client.__aenter__()
         await self._client.subscribe(self._down, qos=1)
         await self._client.subscribe(self.topics.all_verifier_status(), qos=1)
+        for topic in self._followed:
+            await self._client.subscribe(topic, qos=1)
         await self._client.publish(self._status, ONLINE, qos=1, retain=True)
         self._connected.set()
 
@@ -197,6 +200,9 @@ class EdgeLink:
         """Deliver one downlink message to its session's inbox (runs in the read callback)."""
         payload = message.payload if isinstance(message.payload, bytes) else b""
         topic = str(message.topic)
+        if self._followed and topic in self._followed:
+            self._followed[topic](payload)  # type: ignore[operator]
+            return
         # The common case first: the downlink topic ({p}/dev/{id}/down) is never a status topic.
         status = None if topic == self._down else self.topics.parse_status(topic)
         if status is not None:
@@ -219,6 +225,17 @@ class EdgeLink:
             self.rejected_downlink += 1  # for no session of ours (a stale reply, or not for us)
         elif isinstance(msg, ErrorMsg):
             log.warning("verifier error for no open session: %s", msg.message)
+
+    async def follow(self, topic: str, handler) -> None:
+        """Subscribe to one exact `topic` (no wildcards) beside the downlink, now and after every
+        reconnect; `handler(payload)` runs in the read callback for each message, so it must not
+        block (schedule a task for any publishing). For topics outside the session protocol,
+        such as Home Assistant's `homeassistant/status`."""
+        if any(c in topic for c in "+#"):
+            raise ValueError(f"follow() takes an exact topic, not {topic!r}")
+        self._followed[topic] = handler
+        if self._connected.is_set():
+            await self._client.subscribe(topic, qos=1)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Publish, waiting for a reconnect first when the connection is down."""

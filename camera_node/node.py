@@ -25,7 +25,7 @@ from .features import FeatureExtractor, ObjectFeatures, encode_facts
 from .objects import ObjectFacts
 from .link import EdgeLink
 from .privacy import PrivacyConfig
-from .session import EdgeRequest, result_message, run_edge_session
+from .session import EdgeOutcome, EdgeRequest, result_message, run_edge_session
 
 log = logging.getLogger("edgespec.camera")
 JPEG_QUALITY = 80  # what a cloud-only captioner would be sent, for the bandwidth comparison
@@ -71,6 +71,7 @@ class Caption:
     jpeg_bytes_clip: int
     seconds: float
     objects: list[dict[str, object]] = field(default_factory=list)
+    session: EdgeOutcome | None = field(default=None, repr=False, compare=False)  # rounds, timings, traffic
 
 
 @dataclass
@@ -133,7 +134,8 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
     await link.publish_result(result_message(link.device_id, outcome, text, extra))
     r = outcome.result
     return Caption(link.device_id, text, event, r.acceptance_rate, r.mean_accepted, r.rounds, outcome.traffic.up,
-                   outcome.traffic.down, outcome.feature_bytes, key_bytes, clip_bytes, r.seconds, objects)
+                   outcome.traffic.down, outcome.feature_bytes, key_bytes, clip_bytes, r.seconds, objects,
+                   session=outcome)
 
 
 def _next_frame(frames):
@@ -141,7 +143,8 @@ def _next_frame(frames):
 
 
 async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtractor | None = None,
-                     on_caption=None, on_event=None, run: CameraRun | None = None) -> list[Caption]:
+                     on_caption=None, on_event=None, run: CameraRun | None = None,
+                     announce=None) -> list[Caption]:
     """Watch `cfg.source` until it ends or `max_events` captions were made.
 
     Frames are read on a worker thread, so the MQTT link stays served while a source blocks.
@@ -150,6 +153,8 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
     ``on_event(event, number, facts)`` is called as each event ends (``facts``: the moving
     objects measured, or None for other extractors), ``on_caption(caption)`` as each
     caption is published; ``run`` (a :class:`CameraRun`) is filled in as it goes.
+    ``announce`` (a :class:`camera_node.announce.CameraAnnouncer`, optional) publishes the
+    camera's state, events and Home Assistant discovery as the run goes.
     """
     extractor = extractor or ObjectFeatures()
     detector = MotionDetector(cfg.motion)
@@ -162,12 +167,18 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
         facts = extractor.facts(event) if isinstance(extractor, ObjectFeatures) else None
         if on_event is not None:
             on_event(event, run.events, facts)
+        if announce is not None:
+            await announce.event_ended(event, run.events, facts)
         result = await describe_event(link, lm, extractor, event, cfg, cfg.seed + len(run.captions), facts)
         if result is None:
             run.nothing_followed += 1
             log.info("event %d: no moving object followed, not captioned", run.events)
+            if announce is not None:
+                await announce.event_done(None)
             return False
         run.captions.append(result)
+        if announce is not None:
+            await announce.event_done(result)
         if on_caption is not None:
             on_caption(result)
         return cfg.max_events is not None and len(run.captions) >= cfg.max_events
@@ -179,6 +190,8 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
             started, t0 = time.monotonic(), None
             pending: asyncio.Future | None = None
             try:
+                if announce is not None:
+                    await announce.attach(link, run)
                 while True:
                     if pending is None:
                         pending = loop.run_in_executor(None, _next_frame, frames)
@@ -202,6 +215,8 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
                     event = detector.feed(frame)
                     if event is not None and await caption(event):
                         return run.captions
+                    if announce is not None and detector.in_event:
+                        await announce.motion()
                 tail = detector.flush()  # motion that lasted to the source's last frame
                 if tail is not None:
                     await caption(tail)
@@ -209,4 +224,6 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
                 if pending is not None and not pending.done():
                     # Let the reader thread finish its frame before the source is released.
                     await asyncio.wait({pending}, timeout=cfg.stall_s)
+                if announce is not None:
+                    await announce.detach()
     return run.captions

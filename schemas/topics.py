@@ -6,6 +6,9 @@ such as `pattern read edgespec/v1/dev/%u/down` isolate devices.
     {p}/dev/{device}/down               verifier -> device
     {p}/dev/{device}/result             device -> dashboards (JSON, not retained)
     {p}/dev/{device}/status             retained Last Will: "online" / "offline"
+    {p}/dev/{device}/state              device -> home automation (retained JSON: idle/motion/captioning)
+    {p}/dev/{device}/events             device -> home automation (Frigate-style new/update/end)
+    {p}/dev/{device}/tracked_object_update  device -> home automation (an event's caption)
     {p}/verifier/{verifier}/status      retained Last Will: "online" / "offline"
 """
 
@@ -64,6 +67,18 @@ class Topics:
 
     def device_status(self, device: str) -> str:
         return f"{self.prefix}/dev/{check_id(device)}/status"
+
+    def device_state(self, device: str) -> str:
+        """The camera's retained state JSON (status, last event and caption, counters)."""
+        return f"{self.prefix}/dev/{check_id(device)}/state"
+
+    def device_events(self, device: str) -> str:
+        """Frigate-style event messages (`new` / `update` / `end`), not retained."""
+        return f"{self.prefix}/dev/{check_id(device)}/events"
+
+    def device_description(self, device: str) -> str:
+        """An event's caption, like Frigate's `tracked_object_update` description."""
+        return f"{self.prefix}/dev/{check_id(device)}/tracked_object_update"
 
     def verifier_status(self, verifier: str) -> str:
         return f"{self.prefix}/verifier/{check_id(verifier, 'verifier id')}/status"
