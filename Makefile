@@ -3,25 +3,43 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# torch, CPU build. On PyPI `torch==2.13.0` for Linux x86_64 is the multi-GB CUDA build; this
+# machine's pip finds a CPU wheel locally. Elsewhere pass the CPU wheel index:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# or another build: make setup TORCH_SPEC='torch==2.13.0+cpu' TORCH_INDEX=...
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup demo test bench lint clean browser vendor
+.PHONY: setup demo test bench lint clean browser vendor mosquitto compose-tools
 
-setup: $(STAMP) mosquitto browser
+setup: $(STAMP) mosquitto browser compose-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# The CPU wheel (TORCH_SPEC, TORCH_INDEX above); an unpinned torch would pull a CUDA build.
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH_SPEC)'
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Never stops a Mosquitto the user runs: the project starts its own brokers on free ports. Only
+# when this step installs the package, and Debian's package started its service, is that
+# fresh service stopped again.
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto with apt"; \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
-	@# Debian's package enables a system service; the project runs its own broker processes.
-	@(systemctl disable --now mosquitto >/dev/null 2>&1 || true)
+	  (apt-get update -qq || true) && $(APT_INSTALL) mosquitto && { \
+	    echo "stopping the mosquitto service the package just started (the project runs its own)"; \
+	    (systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true); }; }
+
+# docker-compose (Debian's 1.29, without the Docker engine it recommends, a few MB of Python):
+# tests/test_compose.py validates compose.yaml with it. Optional: without it that check skips.
+compose-tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose with apt (no engine)"; \
+	  $(APT_INSTALL) --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	  echo "docker-compose not installed: tests/test_compose.py will skip its config check"; }
 
 # The dashboard test (tests/test_dashboard.py) drives Debian's Chromium with npm playwright-core,
 # installed in tests/browser/node_modules from the committed package-lock.json.
