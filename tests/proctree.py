@@ -83,16 +83,18 @@ class Command:
     """`python -m edgespec.cli ARGS` with its own TMPDIR (so its temp folders can be counted);
     its output is read on a thread and lines can be awaited."""
 
-    def __init__(self, args: list[str], tmp: Path, env: dict | None = None):
+    def __init__(self, args: list[str], tmp: Path, env: dict | None = None, *, argv: list[str] | None = None,
+                 base_env: dict | None = None):
+        """`argv` instead of `edgespec ARGS`: run that; `base_env` instead of this process's."""
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.lines: list[str] = []
         self._new = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgespec.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+            argv or [sys.executable, "-m", "edgespec.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1", "TMPDIR": str(tmp),
-                 **(env or {})})
+            env={**(os.environ if base_env is None else base_env), "PYTHONUNBUFFERED": "1",
+                 "EDGESPEC_THREADS": "1", "TMPDIR": str(tmp), **(env or {})})
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
