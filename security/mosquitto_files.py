@@ -37,6 +37,7 @@ DEFAULT_ITERATIONS = 101  # mosquitto_passwd's default for $7$
 SALT_LEN = 12  # the only salt length Mosquitto 2.0 accepts
 HASH_LEN = 64  # SHA-512 output
 DEFAULT_PREFIX = "edgespec/v1"
+DEFAULT_HA_PREFIX = "homeassistant"  # Home Assistant's MQTT discovery prefix
 FILE_MODE = 0o600  # new files; an existing file keeps its mode (the broker may need group read)
 
 
@@ -225,13 +226,18 @@ class AclPolicy:
     verifiers: tuple[str, ...] = ()
     dashboards: tuple[str, ...] = ()
     verifier_writes_results: bool = False
+    ha_prefix: str = DEFAULT_HA_PREFIX  # devices write <ha_prefix>/device/<own id>/config
+    home_assistants: tuple[str, ...] = ()  # Home Assistant accounts (birth message, reads cameras)
 
     def __post_init__(self) -> None:
         validate_topic_prefix(self.prefix)
+        validate_topic_prefix(self.ha_prefix)
         object.__setattr__(self, "verifiers", tuple(self.verifiers))
         object.__setattr__(self, "dashboards", tuple(self.dashboards))
+        object.__setattr__(self, "home_assistants", tuple(self.home_assistants))
         seen: dict[str, str] = {}
-        for role, names in (("verifier", self.verifiers), ("dashboard", self.dashboards)):
+        for role, names in (("verifier", self.verifiers), ("dashboard", self.dashboards),
+                            ("homeassistant", self.home_assistants)):
             for name in names:
                 validate_username(name, role=role)
                 if name in seen:
@@ -243,7 +249,7 @@ class AclPolicy:
     @property
     def service_users(self) -> frozenset[str]:
         """Usernames that are not devices; provisioning must refuse these as device ids."""
-        return frozenset(self.verifiers) | frozenset(self.dashboards)
+        return frozenset(self.verifiers) | frozenset(self.dashboards) | frozenset(self.home_assistants)
 
 
 _BLOCK = re.compile(r"(?ms)^@BEGIN (\w+)\n(.*?)^@END \1\n")
@@ -254,7 +260,8 @@ def render_acl(policy: AclPolicy, template: str | None = None) -> str:
     """ACL file text for `policy` from `broker/acl.template` (or `template`)."""
     text = ACL_TEMPLATE.read_text(encoding="utf-8") if template is None else template
     flags = {"results": policy.verifier_writes_results}
-    users = {"verifier": policy.verifiers, "dashboard": policy.dashboards}
+    users = {"verifier": policy.verifiers, "dashboard": policy.dashboards,
+             "homeassistant": policy.home_assistants}
 
     def keep_if(match: re.Match[str]) -> str:
         if match.group(1) not in flags:
@@ -269,7 +276,8 @@ def render_acl(policy: AclPolicy, template: str | None = None) -> str:
 
     text = _IF.sub(keep_if, text)
     text = _BLOCK.sub(expand, text)
-    text = "".join(line if line.startswith("#") else line.replace("@PREFIX@", policy.prefix)
+    text = "".join(line if line.startswith("#") else
+                   line.replace("@PREFIX@", policy.prefix).replace("@HA@", policy.ha_prefix)
                    for line in text.splitlines(keepends=True))
     leftover = [line for line in text.splitlines() if line.startswith("@") or
                 ("@" in line and not line.startswith("#"))]

@@ -46,6 +46,7 @@ BAD_CREDENTIALS = 0x86
 NO_MATCHING_SUBSCRIBERS = 0x10
 VERIFIER = "verifier-1"
 DASHBOARD = "dashboard"
+HOME_ASSISTANT = "home-assistant"
 DEVICES = ("cam-a", "cam-b")
 
 
@@ -232,12 +233,12 @@ def prod(tmp_path: Path, pki: dict[str, Any]) -> Iterator[ProdBroker]:
                         keyfile=pki["dir"] / "server.key", crlfile=d / "ca.crl",
                         persistence_dir=d / "data")
     files.persistence_dir.mkdir()
-    passwords = {name: f"pw-{name}-{uuid.uuid4().hex}" for name in (*DEVICES, VERIFIER, DASHBOARD)}
+    passwords = {name: f"pw-{name}-{uuid.uuid4().hex}" for name in (*DEVICES, VERIFIER, DASHBOARD, HOME_ASSISTANT)}
     ensure_password_file(files.password_file)
     for name, password in passwords.items():
         set_password(files.password_file, name, password)
     write_acl_file(files.acl_file, AclPolicy(prefix=P, verifiers=(VERIFIER,),
-                                             dashboards=(DASHBOARD,)))
+                                             dashboards=(DASHBOARD,), home_assistants=(HOME_ASSISTANT,)))
     ca_mod.write_crl(files.crlfile, ca_mod.make_crl(pki["ca"]))
     ports = {"mqtts": free_port(), "client_cert": free_port(), "wss": free_port()}
     conf = write_prod_config(d / "mosquitto.conf", files, mqtts_port=ports["mqtts"],
@@ -349,6 +350,36 @@ def test_device_writes_its_own_topics_and_reads_verifier_status(prod: ProdBroker
     for topic in (f"{P}/dev/cam-a/up/open", f"{P}/dev/cam-a/up/v/{VERIFIER}",
                   f"{P}/dev/cam-a/result", f"{P}/dev/cam-a/status"):
         assert cam_a.publish(topic, b"ok") == 0, topic
+
+
+def test_device_writes_its_own_home_automation_topics_only(prod: ProdBroker) -> None:
+    dashboard = prod.connected(DASHBOARD)
+    assert dashboard.subscribe("#") == [1]
+    cam_a = prod.connected("cam-a")
+    assert cam_a.subscribe("homeassistant/status") == [1]
+    own = (f"{P}/dev/cam-a/state", f"{P}/dev/cam-a/events", f"{P}/dev/cam-a/tracked_object_update",
+           "homeassistant/device/cam-a/config")
+    for topic in own:
+        assert cam_a.publish(topic, b"{}") == 0, topic
+    for forged in (f"{P}/dev/cam-b/state", f"{P}/dev/cam-b/events", f"{P}/dev/cam-b/tracked_object_update",
+                   "homeassistant/device/cam-b/config", "homeassistant/sensor/cam-a/config",
+                   "homeassistant/status"):
+        assert cam_a.publish(forged, b"forged") == NOT_AUTHORIZED, forged
+    # The dashboard reads them all; the device hears Home Assistant's birth message.
+    got = dashboard.expect("homeassistant/device/cam-a/config") + dashboard.quiet()
+    assert {topic for topic, _ in got} == set(own), got
+    assert all(payload != b"forged" for _, payload in got)
+    assert dashboard.publish(f"{P}/dev/cam-a/state", b"x") == NOT_AUTHORIZED
+    assert dashboard.publish("homeassistant/status", b"online") == NOT_AUTHORIZED
+    # Home Assistant's account says `online` (the device hears it) and reads the cameras.
+    home_assistant = prod.connected(HOME_ASSISTANT)
+    assert home_assistant.subscribe("#") == [1]
+    assert home_assistant.publish("homeassistant/status", b"online") == 0
+    cam_a.expect("homeassistant/status", b"online")
+    assert cam_a.publish(f"{P}/dev/cam-a/state", b"{}") == 0
+    home_assistant.expect(f"{P}/dev/cam-a/state", b"{}")
+    assert home_assistant.publish("homeassistant/device/cam-a/config", b"x") == NOT_AUTHORIZED
+    assert home_assistant.publish(f"{P}/dev/cam-a/up/open", b"x") == NOT_AUTHORIZED
 
 
 def test_last_will_is_subject_to_the_acl(prod: ProdBroker) -> None:

@@ -124,11 +124,16 @@ def test_acl_rules_per_role() -> None:
     text = render_acl(AclPolicy(prefix="edgespec/v1", verifiers=("ver-1", "ver-2"),
                                 dashboards=("dash",)))
     lines = _lines(text)
-    assert lines[:5] == ["pattern write edgespec/v1/dev/%u/up/#",
-                         "pattern write edgespec/v1/dev/%u/result",
-                         "pattern write edgespec/v1/dev/%u/status",
-                         "pattern read edgespec/v1/dev/%u/down",
-                         "pattern read edgespec/v1/verifier/+/status"]
+    assert lines[:10] == ["pattern write edgespec/v1/dev/%u/up/#",
+                          "pattern write edgespec/v1/dev/%u/result",
+                          "pattern write edgespec/v1/dev/%u/status",
+                          "pattern read edgespec/v1/dev/%u/down",
+                          "pattern read edgespec/v1/verifier/+/status",
+                          "pattern write edgespec/v1/dev/%u/state",
+                          "pattern write edgespec/v1/dev/%u/events",
+                          "pattern write edgespec/v1/dev/%u/tracked_object_update",
+                          "pattern write homeassistant/device/%u/config",
+                          "pattern read homeassistant/status"]
     for vid in ("ver-1", "ver-2"):
         block = lines[lines.index(f"user {vid}"):][:6]
         assert block == [f"user {vid}",
@@ -141,11 +146,24 @@ def test_acl_rules_per_role() -> None:
                                                 "topic read edgespec/v1/dev/+/result",
                                                 "topic read edgespec/v1/verifier/+/stats",
                                                 "topic read edgespec/v1/dev/+/status",
-                                                "topic read edgespec/v1/verifier/+/status"]
+                                                "topic read edgespec/v1/verifier/+/status",
+                                                "topic read edgespec/v1/dev/+/state",
+                                                "topic read edgespec/v1/dev/+/events",
+                                                "topic read edgespec/v1/dev/+/tracked_object_update",
+                                                "topic read homeassistant/device/+/config"]
     assert not any("@" in line for line in lines)
     assert "topic write edgespec/v1/dev/+/result" not in lines
     with_results = _lines(render_acl(AclPolicy(verifiers=("v",), verifier_writes_results=True)))
     assert "topic write edgespec/v1/dev/+/result" in with_results
+    # A device writes its own discovery config only, under the policy's Home Assistant prefix.
+    site = _lines(render_acl(AclPolicy(ha_prefix="site/ha", dashboards=("d",))))
+    assert "pattern write site/ha/device/%u/config" in site and "pattern read site/ha/status" in site
+    assert "topic read site/ha/device/+/config" in site and not any("homeassistant" in x for x in site)
+    with_ha = _lines(render_acl(AclPolicy(home_assistants=("hass",))))
+    assert with_ha[with_ha.index("user hass"):][:3] == ["user hass", "topic write homeassistant/status",
+                                                        "topic read homeassistant/status"]
+    with pytest.raises(MosquittoFileError, match="one role"):
+        AclPolicy(dashboards=("hass",), home_assistants=("hass",))
 
 
 def test_acl_policy_validation(tmp_path: Path) -> None:
@@ -155,6 +173,8 @@ def test_acl_policy_validation(tmp_path: Path) -> None:
         AclPolicy(verifiers=("bad/name",))
     with pytest.raises(InvalidTopicPrefix):
         AclPolicy(prefix="edgespec/+")
+    with pytest.raises(InvalidTopicPrefix):
+        AclPolicy(ha_prefix="homeassistant/#")
     assert AclPolicy(verifiers=("v",), dashboards=("d",)).service_users == {"v", "d"}
     with pytest.raises(MosquittoFileError, match="unknown role"):
         render_acl(AclPolicy(), template="@BEGIN admin\nuser @USER@\n@END admin\n")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 
 from security import ca as ca_mod
 from security.keys import write_secret_file
-from security.mosquitto_files import (DEFAULT_PREFIX, AclPolicy, BrokerFiles,
+from security.mosquitto_files import (DEFAULT_HA_PREFIX, DEFAULT_PREFIX, AclPolicy, BrokerFiles,
                                       ensure_password_file, generate_password, locked,
                                       read_password_file, remove_user, set_password,
                                       write_acl_file, write_prod_config)
@@ -131,7 +131,10 @@ def cmd_broker_files_init(args: argparse.Namespace) -> int:
         dashboards=pick(args.dashboard, old.policy.dashboards if old else None,
                         DEFAULT_DASHBOARDS),
         verifier_writes_results=(args.verifier_writes_results
-                                 or (old.policy.verifier_writes_results if old else False)))
+                                 or (old.policy.verifier_writes_results if old else False)),
+        ha_prefix=getattr(args, "ha_prefix", None) or (old.policy.ha_prefix if old else DEFAULT_HA_PREFIX),
+        home_assistants=pick(getattr(args, "home_assistant", None), old.policy.home_assistants if old else None,
+                             ()))
     previous_services = old.policy.service_users if old else frozenset()
     ensure_password_file(files.password_file)
     entries = read_password_file(files.password_file)

@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
     q.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
     q.add_argument("--verifier-writes-results", action="store_true",
                    help="let verifiers publish on <prefix>/dev/+/result")
+    q.add_argument("--home-assistant", action="append", metavar="NAME",
+                   help="a Home Assistant account: writes <ha-prefix>/status, reads the cameras' topics "
+                        "(repeatable; default none)")
+    q.add_argument("--ha-prefix", help="Home Assistant discovery prefix devices may write their own config "
+                                       "under (default homeassistant)")
     q.add_argument("--mqtts-port", type=int, help="TLS + password listener (default 8883)")
     q.add_argument("--client-cert-port", type=int,
                    help="TLS + client certificate listener (default 8885)")

@@ -11,7 +11,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from security import ca as ca_mod
-from security.mosquitto_files import AclPolicy, atomic_write_text, locked
+from security.mosquitto_files import DEFAULT_HA_PREFIX, AclPolicy, atomic_write_text, locked
 
 from .common import (BROKER_SETTINGS, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError, _load_ca,
                      _read_json, _write_json)
@@ -115,7 +115,8 @@ class BrokerSettings:
         p = self.policy
         return {"version": 1, "prefix": p.prefix, "verifiers": list(p.verifiers),
                 "dashboards": list(p.dashboards),
-                "verifier_writes_results": p.verifier_writes_results,
+                "verifier_writes_results": p.verifier_writes_results, "ha_prefix": p.ha_prefix,
+                "home_assistants": list(p.home_assistants),
                 "ca_dir": str(self.ca_dir), "mqtts_port": self.mqtts_port,
                 "client_cert_port": self.client_cert_port, "wss_port": self.wss_port,
                 "bind": self.bind, "user": self.user}
@@ -129,7 +130,9 @@ class BrokerSettings:
         try:
             policy = AclPolicy(prefix=doc["prefix"], verifiers=tuple(doc["verifiers"]),
                                dashboards=tuple(doc["dashboards"]),
-                               verifier_writes_results=bool(doc.get("verifier_writes_results")))
+                               verifier_writes_results=bool(doc.get("verifier_writes_results")),
+                               ha_prefix=doc.get("ha_prefix", DEFAULT_HA_PREFIX),
+                               home_assistants=tuple(doc.get("home_assistants", ())))
             return cls(policy=policy, ca_dir=Path(doc["ca_dir"]),
                        mqtts_port=int(doc["mqtts_port"]),
                        client_cert_port=int(doc["client_cert_port"]),
