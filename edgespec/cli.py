@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import json
-import logging
 import signal
 import sys
 
@@ -32,6 +31,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", help=f"topic prefix (env EDGESPEC_PREFIX, default {DEFAULTS.prefix})")
     p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="torch threads in this process")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--log-json", action="store_true",
+                   help="log one JSON object per line (time, level, logger, message) instead of text")
+
+
+def add_metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, metavar="P",
+                   help="serve Prometheus metrics on http://HOST:P/metrics (default: off)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint listens on")
+
+
+async def start_metrics(args: argparse.Namespace, collector, who: str):
+    """The metrics endpoint when --metrics-port is given (else None), announced on stdout."""
+    if args.metrics_port is None:
+        return None
+    from .metrics import metrics_url, registry_for, serve_metrics
+
+    server = await serve_metrics(registry_for(collector), args.metrics_port, args.metrics_host)
+    print(f"{who}: metrics on {metrics_url(server)}", flush=True)
+    return server
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -88,10 +106,17 @@ def cmd_verifier(args: argparse.Namespace) -> int:
             mode = "plaintext allowed" if args.allow_plaintext else "encrypted sessions only"
             print(f"verifier {args.verifier_id} ready on {broker} ({mode})", flush=True)
 
+        from .metrics import VerifierCollector
+
+        metrics = await start_metrics(args, VerifierCollector(core), f"verifier {args.verifier_id}")
         announcer = asyncio.create_task(announce())
-        await serve_reconnecting(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
-                                 max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000)
-        announcer.cancel()
+        try:
+            await serve_reconnecting(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
+                                     max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000)
+        finally:
+            announcer.cancel()
+            if metrics is not None:
+                metrics.close()
 
     asyncio.run(main())
     return 0
@@ -162,6 +187,7 @@ def format_event(device_id: str, event, number: int, facts=None) -> str:
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
+    from camera_node.announce import CameraAnnouncer
     from camera_node.capture import SourceError
     from camera_node.node import CameraConfig, CameraRun, run_camera
     from speculative.models import load_lm
@@ -169,6 +195,8 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
     from .identity import resolve_device
 
+    # State, events and captions for home automation; Home Assistant discovery unless turned off.
+    announce = CameraAnnouncer(ha_discovery=args.ha_discovery, ha_prefix=args.ha_prefix)
     set_threads(args.threads)
     ident = resolve_device(args)
     lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
@@ -186,10 +214,21 @@ def cmd_camera(args: argparse.Namespace) -> int:
         stall_s=args.stall,
     )
     run = CameraRun()
+
+    async def main() -> None:
+        from .metrics import CameraCollector
+
+        metrics = await start_metrics(args, CameraCollector(run), f"[{cfg.device_id}]")
+        try:
+            await run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True),
+                             on_event=lambda e, n, f: print(format_event(cfg.device_id, e, n, f), flush=True),
+                             run=run, announce=announce)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
     try:
-        asyncio.run(run_camera(cfg, lm, extractor, on_caption=lambda c: print(format_caption(c), flush=True),
-                               on_event=lambda e, n, f: print(format_event(cfg.device_id, e, n, f), flush=True),
-                               run=run))
+        asyncio.run(main())
     except SourceError as exc:
         print(f"edgespec camera: {exc}", file=sys.stderr)
         return 2
@@ -246,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="while several sessions are held, wait this long for more drafts before a batched forward")
     p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
+    add_metrics_args(p)
     p.add_argument("--busy-poll-ms", type=float, default=20.0,
                    help="after each reply keep polling the socket this long instead of sleeping, so the next "
                         "round's forward runs on a warm CPU (0: off; see docs/benchmarks.md)")
@@ -276,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall", type=float, default=5.0, metavar="S",
                    help="a source that gives no frame for S seconds ends the open event (default 5)")
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s)
+    p.add_argument("--ha-discovery", action=argparse.BooleanOptionalAction, default=True,
+                   help="announce the camera to Home Assistant (MQTT device discovery; default on)")
+    p.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's discovery prefix")
+    add_metrics_args(p)
     add_sampling_args(p)
     add_privacy_args(p)
     p.set_defaults(func=cmd_camera)
@@ -296,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sigterm_as_interrupt()  # SIGTERM stops every command the way Ctrl-C does (children, temp folders)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .logs import configure_logging
+
+    configure_logging(verbose=getattr(args, "verbose", False), json_lines=getattr(args, "log_json", False))
     from .errors import friendly_errors
 
     try:

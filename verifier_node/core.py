@@ -150,6 +150,11 @@ class VerifierCore:
         self.rejected: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
+        # Per verified block: how many drafts were accepted, and per draft position how often
+        # it was judged (every position up to the first rejection) and accepted.
+        self.accepted_lengths: Counter[int] = Counter()
+        self.position_judged: Counter[int] = Counter()
+        self.position_accepted: Counter[int] = Counter()
         self.batch_times = BatchTimes()
         self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
         self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
@@ -174,7 +179,12 @@ class VerifierCore:
         """Process messages that arrived together; their drafted blocks are verified in one
         batched target forward (one block per session per forward, in arrival order)."""
         with self.batch_times.batch(len(messages)):
-            return self._handle_batch(messages)
+            replies = self._handle_batch(messages)
+        self.stats["messages_in"] += len(messages)
+        self.stats["bytes_in"] += sum(len(payload) for _, payload in messages)
+        self.stats["messages_out"] += len(replies)
+        self.stats["bytes_out"] += sum(len(payload) for _, payload in replies)
+        return replies
 
     def _handle_batch(self, messages: list[tuple[str, bytes]]) -> list[Reply]:
         # Replies keep the order of the messages (a device sees its answers in the order it
@@ -570,6 +580,10 @@ class VerifierCore:
         self.stats["verified_blocks"] += 1
         self.stats["accepted_tokens"] += verdict.n_accepted
         self.stats["drafted_tokens"] += len(msg.tokens)
+        self.accepted_lengths[verdict.n_accepted] += 1
+        for position in range(min(verdict.n_accepted + 1, len(msg.tokens))):
+            self.position_judged[position] += 1
+            self.position_accepted[position] += position < verdict.n_accepted
         return reply
 
     def _finish(self, session: Session) -> None:

@@ -13,6 +13,7 @@ them to say where a round through the broker loses time against the in-process l
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 
 KEPT_BATCHES = 4096
+# Upper bounds (seconds) of the cumulative batch-duration histogram the metrics endpoint exports.
+DURATION_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class BatchTimes:
@@ -30,6 +33,11 @@ class BatchTimes:
         self._rows: deque[tuple[int, float, float, float]] = deque(maxlen=keep)
         self._model_s = 0.0
         self._model_cpu_s = 0.0
+        # Every batch since the start, not only the kept ones: per bucket of DURATION_BUCKETS_S
+        # (the last entry: slower than all of them), and the count and sum of seconds.
+        self.bucket_counts = [0] * (len(DURATION_BUCKETS_S) + 1)
+        self.count = 0
+        self.total_s = 0.0
 
     @contextmanager
     def model(self):
@@ -49,7 +57,11 @@ class BatchTimes:
         try:
             yield
         finally:
-            self._rows.append((messages, time.perf_counter() - started, self._model_s, self._model_cpu_s))
+            seconds = time.perf_counter() - started
+            self._rows.append((messages, seconds, self._model_s, self._model_cpu_s))
+            self.bucket_counts[bisect.bisect_left(DURATION_BUCKETS_S, seconds)] += 1
+            self.count += 1
+            self.total_s += seconds
 
     def summary(self) -> dict:
         """For all kept batches and for the single-message ones: how many, and the mean and
