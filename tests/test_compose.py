@@ -26,7 +26,6 @@ from edgespec.lifecycle import stop_children
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"
 RESULTS = "edgespec/v1/dev/+/result"
-CAMERAS = 3  # docker compose up --scale camera=3
 
 
 def docker_compose() -> str:
@@ -176,6 +175,8 @@ def stack(tmp_path, mosquitto_store):
 
 def test_compose_services_caption_as_local_processes(stack):
     spec = stack.spec["services"]
+    cameras = spec["camera"].get("scale", 1)  # `docker compose up` starts this many
+    assert cameras == 3
     assert spec["camera"]["depends_on"]["verifier"]["condition"] == "service_healthy"
     assert spec["verifier"]["depends_on"]["provision"]["condition"] == "service_completed_successfully"
     assert spec["verifier"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
@@ -196,7 +197,7 @@ def test_compose_services_caption_as_local_processes(stack):
         health = stack.healthcheck("verifier", "verifier-1")
         assert health is not None and health.returncode == 0, health.stdout + health.stderr
 
-        cams = [stack.start("camera", f"c0ffee00000{i}") for i in range(1, CAMERAS + 1)]
+        cams = [stack.start("camera", f"c0ffee00000{i}") for i in range(1, cameras + 1)]
         web_port = str(free_port())
         web = stack.start("dashboard", "dashboard-1", {"8080": web_port})
 
@@ -215,7 +216,7 @@ def test_compose_services_caption_as_local_processes(stack):
         assert "Traceback" not in cmd.output, cmd.output
     # each camera registered itself in the shared fleet volume, nowhere else
     registered = {p.stem for p in (stack.volumes["fleet"] / "devices").glob("*.pub")}
-    assert {f"cam-c0ffee00000{i}" for i in range(1, CAMERAS + 1)} <= registered
+    assert {f"cam-c0ffee00000{i}" for i in range(1, cameras + 1)} <= registered
 
 
 def test_compose_through_testcontainers():
