@@ -39,7 +39,7 @@ SUBJECTS: dict[str, str] = {
     "person": "a person in {colour}",
     "vehicle": "{a} {colour} vehicle",
     "small object": "a small {colour} object",
-    "animal": "{a} {colour} animal-sized object",
+    "animal": "{a} {colour} object the size of an animal",
     "object": "{a} {colour} object",
 }
 VERBS: dict[str, tuple[str, ...]] = {
@@ -143,7 +143,7 @@ def _kind_of(words: list[str]) -> str | None:
         return "person"
     if "vehicle" in words:
         return "vehicle"
-    if "animal-sized" in words:
+    if "animal" in words:
         return "animal"
     if "small" in words:
         return "small object"
@@ -174,7 +174,9 @@ def _direction_of(text: str) -> str | None:
 
 def parse_caption(caption: str) -> list[Mention]:
     """Split a caption into clauses (at ``while``) and read each clause."""
-    mentions = []
+    mentions: list[Mention] = []
+    if caption.strip().lower() == EMPTY_CAPTION:
+        return mentions
     for clause in caption.lower().split(f" {JOINER} "):
         words = clause.split()
         kind = _kind_of(words)

@@ -183,9 +183,10 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
             on_caption(result)
         return cfg.max_events is not None and len(run.captions) >= cfg.max_events
 
-    async with EdgeLink(cfg.broker, cfg.device_id, topics=Topics(cfg.prefix), auth=cfg.auth,
-                        timeout_s=cfg.timeout_s, keys=cfg.keys) as link:
-        with open_source(cfg.source) as source:
+    # The source first: a wrong path or URL fails before anything connects.
+    with open_source(cfg.source) as source:
+        async with EdgeLink(cfg.broker, cfg.device_id, topics=Topics(cfg.prefix), auth=cfg.auth,
+                            timeout_s=cfg.timeout_s, keys=cfg.keys) as link:
             frames = iter(source)
             started, t0 = time.monotonic(), None
             pending: asyncio.Future | None = None

@@ -54,13 +54,17 @@ class TrackConfig:
     scale_over_travel: float = 1.5  # ... when it is this many times the travel (frame heights)
     stop_share: float = 0.34  # the last share of observations that must be still for "stopped"
     stop_travel: float = 0.03
+    fragment_share: float = 0.08  # a track smaller than this share of the largest is a fragment
+    fragment_inside: float = 0.6  # ... and so is one lying this much inside a larger one
     # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
     person_aspect: float = 1.5
     person_area: float = 0.01
     vehicle_aspect: float = 0.75
+    vehicle_min_aspect: float = 0.3  # flatter than a bus seen side-on: a strip, not a vehicle
     vehicle_area: float = 0.028
     small_area: float = 0.008
     animal_area: float = 0.028
+    vehicle_extent: float = 0.6  # foreground pixels / box area
     animal_aspect: tuple[float, float] = (0.55, 1.3)
 
 
@@ -159,8 +163,26 @@ class ObjectTracker:
         needed = max(2, math.ceil(cfg.min_observations * len(frames)))
         kept = [tr for tr in tracks if len(tr.observations) >= needed]
         kept.sort(key=lambda tr: -sum(o.area for o in tr.observations))
-        kept = kept[: 2 * cfg.max_objects]
+        kept = self._distinct(kept)[: 2 * cfg.max_objects]
         self._people(kept, frames, times)
+        return kept
+
+    def _distinct(self, tracks: list[Track]) -> list[Track]:
+        """Drop fragments (tracks sorted largest first): a track far smaller than the largest,
+        or one whose box lies mostly inside a larger track's box (a part of the same thing:
+        a vest apart from the trousers, a shadow)."""
+        cfg = self.config
+        if not tracks:
+            return tracks
+        largest = float(np.median([o.box[2] * o.box[3] for o in tracks[0].observations]))
+        kept: list[Track] = []
+        for tr in tracks:
+            size = float(np.median([o.box[2] * o.box[3] for o in tr.observations]))
+            if size < cfg.fragment_share * largest:
+                continue
+            if any(_inside_share(tr, bigger) >= cfg.fragment_inside for bigger in kept):
+                continue
+            kept.append(tr)
         return kept
 
     def _observe(self, image: np.ndarray, sharp: np.ndarray, backgrounds: list[np.ndarray],
@@ -240,6 +262,7 @@ class ObjectTracker:
         pixel_aspect = shape[0] / shape[1]  # frame height / width in pixels
         boxes = np.array([o.box for o in obs])  # [N, 4]
         area = float(np.median(boxes[:, 2] * boxes[:, 3]))
+        extent = float(np.median([o.area / max(o.box[2] * o.box[3], 1e-9) for o in obs]))
         aspect = float(np.median(boxes[:, 3] / np.maximum(boxes[:, 2], 1e-6))) * pixel_aspect
         x1, y1 = last.centre
         # Change from the first third of the track to the last third, as the median over
@@ -260,7 +283,7 @@ class ObjectTracker:
         checks = self.people.checks if self.people.available else 0
         support = track.people_hits / checks if checks else 0.0
         return ObjectFacts(
-            kind=self._kind(area, aspect, track.people_hits),
+            kind=self._kind(area, aspect, extent, track.people_hits),
             colour=dominant_colour(colours) or "grey",
             direction=direction,
             entry=entry,
@@ -337,7 +360,10 @@ class ObjectTracker:
             return "inside"
         return min(touching, key=lambda s: touching[s])
 
-    def _kind(self, area: float, aspect: float, people_hits: int) -> str:
+    def _kind(self, area: float, aspect: float, extent: float, people_hits: int) -> str:
+        """The kind the measurements support: a tall upright thing the people detector
+        confirms or of a person's proportions; a wide, solid, large thing (a reaching arm is
+        wide but fills little of its box); small; animal-sized; else "object"."""
         cfg = self.config
         if people_hits > 0 and area >= cfg.person_area * 0.5:
             return "person"
@@ -345,12 +371,20 @@ class ObjectTracker:
             return "small object"
         if aspect >= cfg.person_aspect and area >= cfg.person_area:
             return "person"
-        if aspect <= cfg.vehicle_aspect and area >= cfg.vehicle_area:
+        wide = cfg.vehicle_min_aspect <= aspect <= cfg.vehicle_aspect
+        if wide and area >= cfg.vehicle_area and extent >= cfg.vehicle_extent:
             return "vehicle"
         low, high = cfg.animal_aspect
         if area < cfg.animal_area and low <= aspect <= high:
             return "animal"
         return "object"
+
+
+def _inside_share(small: Track, big: Track) -> float:
+    """Mean share of ``small``'s box inside ``big``'s box, over the samples both are in."""
+    boxes = {o.t: o.box for o in big.observations}
+    shares = [_overlap_share(o.box, boxes[o.t]) for o in small.observations if o.t in boxes]
+    return float(np.mean(shares)) if shares else 0.0
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -230,7 +230,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except SourceError as exc:
-        print(f"edgespec camera: {exc}", file=sys.stderr)
+        print(f"edgespec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"[{cfg.device_id}] stopped: {run.summary()}", flush=True)

@@ -4,7 +4,8 @@ For each clip named in a labels file (JSON, see ``defaultpair/footage_labels.jso
 
 1. every frame through the camera's motion detector (an event still open at the end of the
    clip is flushed, as the camera does);
-2. per event, the device's object features, rounded to fp16 as they go on the wire;
+2. per event, the device's object features, rounded to fp16 as they go on the wire (an event
+   in which no moving object was followed is counted and, as on the camera, not captioned);
 3. the caption by speculative decoding at T = 0 (the draft proposes ``gamma`` tokens a
    round, the target verifies), checked token for token against the target's own greedy
    caption;
@@ -28,7 +29,7 @@ import cv2
 from camera_node.capture import open_source
 from camera_node.captions import CAPTION_PROMPT, parse_caption
 from camera_node.events import detect_events
-from camera_node.features import ObjectFeatures
+from camera_node.features import ObjectFeatures, encode_facts
 from camera_node.session import wire_features
 
 LABELS_FILE = Path(__file__).resolve().parent / "defaultpair" / "footage_labels.json"
@@ -125,9 +126,14 @@ def evaluate_footage(footage_dir: str | Path, labels: dict[str, dict[str, Any]],
             events = detect_events(source)
             frames = source.frames_read
         entry: dict[str, Any] = {"clip": name, "frames": frames, "events": len(events),
-                                 "motion_labelled": bool(label.get("motion", True)), "captions": []}
+                                 "motion_labelled": bool(label.get("motion", True)), "captions": [],
+                                 "events_without_objects": 0}
         for k, event in enumerate(events[: cfg.max_events_per_clip]):
-            _, feats = wire_features(extractor.extract(event))
+            facts = extractor.facts(event)
+            if not facts:  # the camera does not caption an event with no moving object
+                entry["events_without_objects"] += 1
+                continue
+            _, feats = wire_features(encode_facts(facts, extractor.slots))
             result = run_local(target, draft, prompt, feats, greedy, cfg.gamma, cfg.max_new_tokens)
             reference = generate_autoregressive(target, prompt, feats, greedy, cfg.max_new_tokens)
             text = target.decode(result.token_ids)

@@ -217,7 +217,8 @@ def train_default(
     target = build_lm(cfg.target, tokenizer, cfg.max_positions)
     target_projector = build_projector(extractor.feature_shape, cfg.target, metadata)
     target_batches = CaptionBatches(
-        scenes, features, tokenizer, cfg.batch_size, cfg.seed, cfg.bucket_batches
+        scenes, features, tokenizer, cfg.batch_size, cfg.seed, cfg.bucket_batches,
+        cfg.shuffled_words,
     )
     target_deadline = started + (deadline - started) * TARGET_TIME_SHARE
     target_result = train_target(
@@ -228,7 +229,8 @@ def train_default(
     draft = build_lm(cfg.draft, tokenizer, cfg.max_positions)
     draft_projector = build_projector(extractor.feature_shape, cfg.draft, metadata)
     draft_batches = CaptionBatches(
-        scenes, features, tokenizer, cfg.batch_size, cfg.seed + 1, cfg.bucket_batches
+        scenes, features, tokenizer, cfg.batch_size, cfg.seed + 1, cfg.bucket_batches,
+        cfg.shuffled_words,
     )
     draft_result = distil_draft(
         draft, draft_projector, target, target_projector, draft_batches, cfg, deadline, progress

@@ -37,6 +37,7 @@ class TrainConfig:
     max_positions: int = 96  # 3 vision slots + 2 prompt tokens + the longest caption + eos
     max_new_tokens: int = 64  # written to generation_config.json
     bucket_batches: int = 16  # batches drawn at once and bucketed by length
+    shuffled_words: float = 0.5  # share of rows whose features say other words (data.shuffle_words)
     batch_size: int = 64
     # Target: teacher forcing on ground-truth captions.
     target_steps: int = 900

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from camera_node.capture import Frame
 from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for_facts
 from camera_node.events import detect_events
+from camera_node import features as F
 from camera_node.features import FeatureExtractor, ObjectFeatures, decode_facts
 from camera_node.scene import MOTION_SECONDS, Scene, random_scene, render
 from edgespec.defaultpair.config import EVAL_SEED_BASE, SEED_STRIDE, TRAIN_SEED_BASE
@@ -104,15 +105,40 @@ def compute_features(
     if extractor is None and workers > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        try:
             rows = list(tqdm(pool.imap(_features_of_seed, seeds, chunksize=8), total=len(seeds),
                              desc=desc, disable=not progress, leave=False))
+        finally:
+            pool.close()  # the workers finish and exit (terminate would signal them)
+            pool.join()
         return scenes, np.stack(rows).astype(np.float32)
     extractor = extractor or ObjectFeatures()
     out = np.zeros((len(scenes), *extractor.feature_shape), np.float32)
     for i, scene in enumerate(tqdm(scenes, desc=desc, disable=not progress, leave=False)):
         out[i] = scene_features(scene, extractor)
     return scenes, out
+
+
+_WORD_GROUPS = (F.F_KIND, F.F_COLOUR, F.F_DIRECTION, F.F_ENTRY, F.F_EXIT)
+
+
+def shuffle_words(features: np.ndarray, rng: np.random.Generator, noise: float = 0.3) -> np.ndarray:
+    """A copy of features [S, D] whose occupied slots say other words: each one-hot group
+    (kind, colour, direction, entry, exit) and the stop flag drawn afresh, the measurements
+    jittered. Real cameras meet combinations the synthetic world rarely makes (one thing
+    that stops, a vehicle going away): the models must word any of them, not guess from
+    the measurements (tests: the committed pair says what its features say)."""
+    out = features.copy()
+    for row in out:
+        if row[F.F_PRESENT] < 0.5:
+            continue
+        for group in _WORD_GROUPS:
+            row[group] = 0.0
+            row[group.start + int(rng.integers(group.stop - group.start))] = 1.0
+        row[F.F_STOPPED] = float(rng.random() < 0.3)
+        row[F.F_MEASURED] += rng.normal(0.0, noise, row[F.F_MEASURED].shape).astype(np.float32)
+    return out
 
 
 class CaptionBatches:
@@ -125,6 +151,7 @@ class CaptionBatches:
     whose *next* token is a caption token or ``<eos>`` (what the loss is computed on).
     Rows are bucketed by length: ``bucket_batches`` batches are drawn at once, sorted by
     length, cut into batches and served in random order, so little compute goes on padding.
+    A share ``shuffled`` of the rows get :func:`shuffle_words` features (and their caption).
     """
 
     def __init__(
@@ -135,10 +162,11 @@ class CaptionBatches:
         batch_size: int,
         seed: int,
         bucket_batches: int = 16,
+        shuffled: float = 0.0,
     ) -> None:
         self.scenes = scenes
-        self.features = torch.from_numpy(features)  # [N, S, D]
-        self.facts = [decode_facts(f) for f in features]
+        self.features = features  # [N, S, D]
+        self.shuffled = shuffled
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.bucket_batches = bucket_batches
@@ -172,12 +200,18 @@ class CaptionBatches:
     def _refill(self) -> None:
         """Draw, caption and bucket the next ``bucket_batches`` batches."""
         pool = [self._next_index() for _ in range(self.batch_size * self.bucket_batches)]
-        rows = [self.token_row(caption_for_facts(self.facts[i], self.rng)) for i in pool]
+        feats = [
+            shuffle_words(self.features[i], self.rng) if self.rng.random() < self.shuffled
+            else self.features[i]
+            for i in pool
+        ]
+        rows = [self.token_row(caption_for_facts(decode_facts(f), self.rng)) for f in feats]
         by_length = sorted(range(len(pool)), key=lambda k: (len(rows[k]), k))
         chunks = [by_length[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
         for c in self.rng.permutation(len(chunks)).tolist():
             ids, mask = self.collate([rows[k] for k in chunks[c]])
-            self._ready.append((self.features[[pool[k] for k in chunks[c]]], ids, mask))
+            batch = torch.from_numpy(np.stack([feats[k] for k in chunks[c]]))  # [B, S, D]
+            self._ready.append((batch, ids, mask))
 
     def __iter__(self) -> CaptionBatches:
         return self
