@@ -8,6 +8,7 @@ stays exact (truncating after sampling would not be).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -122,8 +123,22 @@ def sample_probs(probs: torch.Tensor, generator: torch.Generator) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def make_generator(seed: int, stream: int) -> torch.Generator:
-    """A CPU generator for one role of a session (stream 0: draft, 1: verifier)."""
+def make_generator(seed: int, stream: int, resumed_at: int = 0) -> torch.Generator:
+    """A CPU generator for one role of a session (stream 0: draft, 1: verifier).
+
+    `resumed_at`: 0 for a session's first open; for a re-open (after a RESYNC, an eviction or
+    a failover, with tokens already generated) the committed length it resumes from. A
+    re-opened verifier must not draw the uniforms it drew before: the device's stream goes
+    on, and uniforms used twice would bias the output (issue 18, item 8). Each committed
+    length gets its own stream (a hash of seed, stream and length). The committed length
+    only grows with every verdict a device applies, so a stream whose draws reached the
+    output never starts again; one restarted at the same length only repeats draws whose
+    verdict the device never applied.
+    """
     gen = torch.Generator()
-    gen.manual_seed((int(seed) * 1_000_003 + stream) % (2**63))
+    if resumed_at:
+        digest = hashlib.sha256(f"edgespec/v1 stream {int(seed)} {stream} {int(resumed_at)}".encode()).digest()
+        gen.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
+    else:
+        gen.manual_seed((int(seed) * 1_000_003 + stream) % (2**63))
     return gen

@@ -19,11 +19,14 @@ class TargetSession:
     the k drafts, so one forward yields p for all k drafts and for the bonus position.
     """
 
-    def __init__(self, lm: LoadedLM, params: SamplingParams, *, seed: int = 0):
+    def __init__(self, lm: LoadedLM, params: SamplingParams, *, seed: int = 0, resumed_at: int = 0):
+        """`resumed_at`: for a session re-opened with generated tokens, its committed length
+        (prompt + generated); its generator then continues with fresh randomness instead of
+        starting the seed's stream again (see `make_generator`)."""
         self.lm = lm
         self.params = params.validate()
         self.state = CachedLM(lm)
-        self._gen = make_generator(seed, VERIFIER_STREAM)
+        self._gen = make_generator(seed, VERIFIER_STREAM, resumed_at)
         self.committed: list[int] = []
 
     @property

@@ -502,7 +502,9 @@ class VerifierCore:
                 f"prompt + max_new_tokens need {needed} positions, the target has {self.lm.max_positions}",
             )
         params = SamplingParams(msg.temperature, msg.top_k, msg.top_p)
-        target = TargetSession(self.lm, params, seed=msg.seed)
+        # A re-open (tokens already generated) continues with fresh randomness: the seed's
+        # stream from its start would repeat the uniforms of the rounds already committed.
+        target = TargetSession(self.lm, params, seed=msg.seed, resumed_at=len(context) if msg.generated_ids else 0)
         target.committed = list(context)  # its prefill comes with the batch's (`_prefill`)
         session = Session(
             device_id=device_id,
