@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
     WireError,
 )
-from schemas.messages import decode, encode
+from schemas.messages import decode, encode, now_ms
 from schemas.topics import OFFLINE, ONLINE
 
 log = logging.getLogger("edgespec.camera")
@@ -393,7 +394,9 @@ class SessionChannel:
         return await self.wait_opened()
 
     async def send_open(self, msg: SessionOpen) -> None:
-        """Send the OPEN (sealed under fresh keys when the link has device keys)."""
+        """Send the OPEN (sealed under fresh keys when the link has device keys), stamped with
+        the time it is sent: a verifier refuses a sealed OPEN outside its freshness window."""
+        msg = dataclasses.replace(msg, sent_at_ms=now_ms())
         topic = self.link.topics.open(self.link.device_id)
         self.open_pending = True
         keys = self.link.keys

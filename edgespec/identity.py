@@ -60,4 +60,8 @@ def resolve_verifier_crypto(args: argparse.Namespace):
         registry = FleetRegistry(default_home())
     elif not registry.has_verifier_keys():
         raise ValueError(f"no verifier keys in {args.home}: run `edgespec keys init --home {args.home}`")
-    return VerifierCrypto(registry, require=not args.allow_plaintext)
+    from security.freshness import OpenFreshness
+
+    # Seen sealed OPENs, kept across restarts and shared by the verifiers given this home.
+    freshness = OpenFreshness(registry.home / "replay" / "opens.log")
+    return VerifierCrypto(registry, require=not args.allow_plaintext, freshness=freshness)

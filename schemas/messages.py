@@ -9,6 +9,7 @@ little-endian bytes with an explicit dtype and shape; pickle is never used.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable
@@ -23,6 +24,14 @@ SESSION_ID_BYTES = 16
 FINGERPRINT_BYTES = 16
 MAX_TOKEN_ID = 2**31 - 1
 MAX_SEED = 2**64 - 1
+MAX_SENT_AT_MS = 2**63 - 1
+
+
+def now_ms() -> int:
+    """The wall clock in Unix milliseconds (an OPEN's `sent_at_ms`)."""
+    return time.time_ns() // 1_000_000
+
+
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -121,6 +130,10 @@ class SessionOpen:
     # with an OPENED holding its VERDICT; None: the OPEN carries no block (drafts follow OPENED).
     first_block: list[int] | None = None
     first_q: SparseQWire | None = None
+    # When the device sent it (Unix ms): the freshness a verifier checks on a sealed OPEN (it
+    # refuses one outside its window, and one it has seen, across restarts). A device sets it
+    # on every send (`SessionChannel.send_open`); None: an OPEN from before this field.
+    sent_at_ms: int | None = field(default_factory=now_ms)
     type = MsgType.OPEN
 
     def first_draft(self) -> "DraftMsg | None":
@@ -231,7 +244,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
         m.session_id, list(m.prompt_ids), _features_out(m.features), float(m.temperature), m.top_k,
         float(m.top_p), m.seed, m.gamma, m.q_top, m.max_new_tokens, list(m.stop_token_ids),
         m.tokenizer_fp, list(m.generated_ids),
-        None if m.first_block is None else list(m.first_block), _q_out(m.first_q),
+        None if m.first_block is None else list(m.first_block), _q_out(m.first_q), m.sent_at_ms,
     ],
     Opened: lambda m: [m.session_id, m.verifier_id, m.committed_len,
                        *([] if m.first_verdict is None else [_verdict_fields(m.first_verdict)])],
@@ -405,6 +418,7 @@ def _decode_open(f: _Fields) -> SessionOpen:
         generated_ids=f.tokens(14, "generated_ids", lim.max_new_tokens, default=[]),
         first_block=first,
         first_q=first_q,
+        sent_at_ms=f.opt_int(17, "sent_at_ms", 0, MAX_SENT_AT_MS),
     )
 
 

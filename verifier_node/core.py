@@ -35,6 +35,7 @@ from schemas import (
 from edgespec.kvmem import kv_bytes_per_token
 from schemas.messages import DEFAULT_LIMITS, MsgType, unpack_array
 from security.channel import verifier_open
+from security.freshness import OpenFreshness, StaleOpen
 from security.keys import UnknownKeyId
 from security.registry import RegistryError
 from speculative.batch import KVPool, verify_batch
@@ -71,6 +72,9 @@ class VerifierCrypto:
 
     registry: Any
     require: bool = True
+    # Sealed OPENs' freshness (security/freshness.py): their timestamp window and the record of
+    # opens seen, a file shared across restarts and a pool when given one. None: in memory.
+    freshness: Any = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ class VerifierCore:
         self.position_accepted: Counter[int] = Counter()
         self.batch_times = BatchTimes()
         self._seen_opens: OrderedDict[bytes, None] = OrderedDict()  # sealed OPENs accepted (replay guard)
+        self.freshness = crypto.freshness if crypto is not None and crypto.freshness is not None \
+            else OpenFreshness()
         self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
         self.finished = FinishedSessions(FINISHED_KEPT)
 
@@ -439,6 +445,11 @@ class VerifierCore:
         open_msg = decode(inner, self.config.limits)
         if not isinstance(open_msg, SessionOpen) or open_msg.session_id != msg.session_id:
             raise WireError(ErrorCode.MALFORMED, "a sealed OPEN must hold an OPEN for the same session id")
+        try:  # fresh: inside the time window and never seen, also before a restart or by a peer
+            self.freshness.check(device_id, msg.ephemeral_pub, open_msg.sent_at_ms)
+        except StaleOpen as exc:
+            self.stats[f"opens_refused_{exc.reason}"] += 1
+            raise WireError(ErrorCode.REPLAY, str(exc)) from None
         return self._open(device_id, open_msg, cipher)
 
     def _sealed(self, uplink: Uplink, topic: str, msg: Sealed, session: "Session | FinishedSession | None") -> list[Reply]:

@@ -29,6 +29,7 @@ SESSION_EXPIRY_S = 60  # how long the broker queues a disconnected verifier's se
 # network blip, a broker restart) keeps its sessions and gets their queued drafts, and its
 # devices never hear it was gone; one that stays away is announced offline after it.
 WILL_DELAY_S = 2
+RETAINED_REASON = "retained"  # rejection counter of uplinks that arrive with the retain flag
 
 
 def _will_delay(seconds: int):
@@ -77,6 +78,11 @@ async def serve(
     inbox: asyncio.Queue = asyncio.Queue(maxsize=max_inbox)
 
     def route(message: aiomqtt.Message) -> None:  # in the socket's read callback: no extra loop turns
+        if message.retain:
+            # A retained uplink is the broker replaying a stored message to a new subscription
+            # (a device may publish retained; Mosquitto 2.0's ACL cannot forbid it): never acted on.
+            core.rejected[RETAINED_REASON] += 1
+            return
         try:
             inbox.put_nowait((str(message.topic), message.payload if isinstance(message.payload, bytes) else b""))
         except asyncio.QueueFull:  # a flood: shed it here, counted, rather than grow without bound
