@@ -396,6 +396,20 @@ def _q_in(f: _Fields, index: int, k: int, name: str = "q") -> SparseQWire | None
     return q
 
 
+# Sampled temperatures below this are refused (out_of_range; 0 means greedy): tiny ones
+# overflow logits / temperature to inf and the target's warp to NaN, which failed every
+# session of the batch (issue 18, item 9). Equal to speculative.sampling.MIN_TEMPERATURE.
+MIN_TEMPERATURE = 0.01
+
+
+def _temperature_in(f: _Fields, index: int) -> float:
+    value = f.float(index, "temperature", 0.0, 100.0)
+    if 0.0 < value < MIN_TEMPERATURE:
+        raise f._bad("temperature", f"must be 0 (greedy) or in [{MIN_TEMPERATURE}, 100], got {value}",
+                     ErrorCode.OUT_OF_RANGE)
+    return value
+
+
 def _decode_open(f: _Fields) -> SessionOpen:
     lim = f.limits
     first = None if f.get(15, "first_block", None) is None else f.tokens(15, "first_block", lim.max_gamma)
@@ -406,7 +420,7 @@ def _decode_open(f: _Fields) -> SessionOpen:
         session_id=f.bytes(2, "session_id", SESSION_ID_BYTES),
         prompt_ids=f.tokens(3, "prompt_ids", lim.max_prompt_tokens),
         features=_features_in(f, 4),
-        temperature=f.float(5, "temperature", 0.0, 100.0),
+        temperature=_temperature_in(f, 5),
         top_k=f.int(6, "top_k", 0, MAX_TOKEN_ID),
         top_p=f.float(7, "top_p", 1e-6, 1.0),
         seed=f.int(8, "seed", 0, MAX_SEED),

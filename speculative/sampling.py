@@ -15,6 +15,12 @@ import torch
 
 Q_WEIGHT_MAX = 65535  # weights travel as uint16
 DEFAULT_Q_TOP = 16
+# The smallest sampled temperature (0 is greedy). Tiny ones (about 1e-36 and below for logits
+# near 100) overflow logits / temperature to inf in float32: the warp gives NaN and
+# torch.multinomial raises, for every session of a batch (issue 18, item 9). At 0.01 even the
+# largest half-precision logit stays finite (x 100); greedy decoding is temperature 0.
+# The wire decoder refuses the same range (schemas.messages.MIN_TEMPERATURE).
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,8 @@ class SamplingParams:
         return self.temperature <= 0.0
 
     def validate(self) -> "SamplingParams":
-        if not (0.0 <= self.temperature <= 100.0):
-            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 100.0):
+            raise ValueError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 100], got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):

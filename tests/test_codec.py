@@ -46,7 +46,7 @@ def opens(draw):
     first_q = draw(st.none() | sparse_q(len(first))) if first else None
     return SessionOpen(
         session_id=draw(sid), prompt_ids=draw(st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=64)),
-        features=feats, temperature=draw(st.floats(0, 5)), top_k=draw(st.integers(0, 100)),
+        features=feats, temperature=draw(st.just(0.0) | st.floats(0.01, 5)), top_k=draw(st.integers(0, 100)),
         top_p=draw(st.floats(0.01, 1.0)), seed=draw(st.integers(0, 2**64 - 1)), gamma=draw(st.integers(0, 32)),
         q_top=draw(st.integers(1, 64)), max_new_tokens=draw(st.integers(1, 4096)),
         stop_token_ids=draw(st.lists(st.integers(0, 1000), max_size=8)), tokenizer_fp=draw(sid),
