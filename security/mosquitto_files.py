@@ -261,7 +261,7 @@ def render_acl(policy: AclPolicy, template: str | None = None) -> str:
     text = ACL_TEMPLATE.read_text(encoding="utf-8") if template is None else template
     flags = {"results": policy.verifier_writes_results}
     users = {"verifier": policy.verifiers, "dashboard": policy.dashboards,
-             "homeassistant": policy.home_assistants}
+             "homeassistant": policy.home_assistants, "verifier_uplink": policy.verifiers}
 
     def keep_if(match: re.Match[str]) -> str:
         if match.group(1) not in flags:

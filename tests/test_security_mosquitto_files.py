@@ -124,7 +124,10 @@ def test_acl_rules_per_role() -> None:
     text = render_acl(AclPolicy(prefix="edgespec/v1", verifiers=("ver-1", "ver-2"),
                                 dashboards=("dash",)))
     lines = _lines(text)
-    assert lines[:10] == ["pattern write edgespec/v1/dev/%u/up/#",
+    # A device's writable topics are a finite list (no wildcard): an uplink per verifier.
+    assert lines[:12] == ["pattern write edgespec/v1/dev/%u/up/open",
+                          "pattern write edgespec/v1/dev/%u/up/v/ver-1",
+                          "pattern write edgespec/v1/dev/%u/up/v/ver-2",
                           "pattern write edgespec/v1/dev/%u/result",
                           "pattern write edgespec/v1/dev/%u/status",
                           "pattern read edgespec/v1/dev/%u/down",
@@ -135,15 +138,23 @@ def test_acl_rules_per_role() -> None:
                           "pattern write homeassistant/device/%u/config",
                           "pattern read homeassistant/status"]
     for vid in ("ver-1", "ver-2"):
-        block = lines[lines.index(f"user {vid}"):][:6]
+        block = lines[lines.index(f"user {vid}"):][:11]
         assert block == [f"user {vid}",
+                         f"topic deny edgespec/v1/dev/{vid}/#",  # never a device (checked first)
+                         f"topic deny homeassistant/device/{vid}/#",
                          "topic read edgespec/v1/dev/+/up/#",
                          "topic read edgespec/v1/dev/+/status",
                          "topic read edgespec/v1/verifier/+/status",
+                         "topic read edgespec/v1/verifier/+/stats",
                          "topic write edgespec/v1/dev/+/down",
-                         f"topic write edgespec/v1/verifier/{vid}/status"]
+                         "topic write edgespec/v1/dev/+/verified",
+                         f"topic write edgespec/v1/verifier/{vid}/status",
+                         f"topic write edgespec/v1/verifier/{vid}/stats"]
     assert lines[lines.index("user dash"):] == ["user dash",
+                                                "topic deny edgespec/v1/dev/dash/#",
+                                                "topic deny homeassistant/device/dash/#",
                                                 "topic read edgespec/v1/dev/+/result",
+                                                "topic read edgespec/v1/dev/+/verified",
                                                 "topic read edgespec/v1/verifier/+/stats",
                                                 "topic read edgespec/v1/dev/+/status",
                                                 "topic read edgespec/v1/verifier/+/status",
@@ -160,7 +171,9 @@ def test_acl_rules_per_role() -> None:
     assert "pattern write site/ha/device/%u/config" in site and "pattern read site/ha/status" in site
     assert "topic read site/ha/device/+/config" in site and not any("homeassistant" in x for x in site)
     with_ha = _lines(render_acl(AclPolicy(home_assistants=("hass",))))
-    assert with_ha[with_ha.index("user hass"):][:3] == ["user hass", "topic write homeassistant/status",
+    assert with_ha[with_ha.index("user hass"):][:5] == ["user hass", "topic deny edgespec/v1/dev/hass/#",
+                                                        "topic deny homeassistant/device/hass/#",
+                                                        "topic write homeassistant/status",
                                                         "topic read homeassistant/status"]
     with pytest.raises(MosquittoFileError, match="one role"):
         AclPolicy(dashboards=("hass",), home_assistants=("hass",))

@@ -1,8 +1,9 @@
 """The verifier's MQTT edge: subscribe to uplinks, hand messages to `VerifierCore`, publish replies.
 
 Presence: a retained Last Will marks the verifier `offline` if it dies; it publishes
-`online` (retained) once subscribed. Session opens arrive through a shared subscription so a
-pool of verifiers can split them; each verifier's session traffic has its own topic.
+`online` (retained) once subscribed. Every verifier hears every session open (a plain
+subscription: no other account can take a share of them) and answers those it owns in the
+pool (verifier_node/membership.py); each verifier's session traffic has its own topic.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publis
                           routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
-from .core import VerifierCore
+from .core import VerifierCore, _peek_ids
+from .membership import PoolMembership
 
 log = logging.getLogger("edgespec.verifier")
 STATS_INTERVAL_S = 5.0
@@ -61,7 +63,6 @@ async def serve(
     broker_url: str,
     *,
     auth: ClientAuth = ClientAuth(),
-    share_group: str | None = "verifiers",
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     batch_window_s: float = 0.002,
@@ -76,15 +77,31 @@ async def serve(
     status_topic = topics.verifier_status(vid)
     will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True, properties=_will_delay(WILL_DELAY_S))
     inbox: asyncio.Queue = asyncio.Queue(maxsize=max_inbox)
+    pool = PoolMembership(vid)
+    greet = asyncio.Event()  # a peer just started: tell it at once that this verifier is alive
+    status_prefix, open_suffix = f"{topics.prefix}/verifier/", "/up/open"
 
     def route(message: aiomqtt.Message) -> None:  # in the socket's read callback: no extra loop turns
+        topic = str(message.topic)
+        if topic.startswith(status_prefix):  # peers' availability and stats: the pool's members
+            _, peer, kind = topic.rsplit("/", 2)
+            if kind == "stats":
+                pool.alive(peer)
+            elif kind == "status" and pool.status(peer, message.payload if isinstance(message.payload, bytes)
+                                                   else b"", retained=bool(message.retain)):
+                greet.set()
+            return
         if message.retain:
             # A retained uplink is the broker replaying a stored message to a new subscription
             # (a device may publish retained; Mosquitto 2.0's ACL cannot forbid it): never acted on.
             core.rejected[RETAINED_REASON] += 1
             return
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if topic.endswith(open_suffix) and not pool.owns(_owner_key(topic, payload)):
+            core.stats["opens_for_peers"] += 1  # another member of the pool answers it
+            return
         try:
-            inbox.put_nowait((str(message.topic), message.payload if isinstance(message.payload, bytes) else b""))
+            inbox.put_nowait((topic, payload))
         except asyncio.QueueFull:  # a flood: shed it here, counted, rather than grow without bound
             core.rejected["overloaded"] += 1
 
@@ -99,13 +116,13 @@ async def serve(
             clean_start=False, session_expiry_s=session_expiry_s))
         opens = await stack.enter_async_context(make_client(
             broker_url, client_id=f"edgespec-{vid}-opens", auth=auth, queue_type=routing_queue(route)))
-        await _serve_connected(core, client, opens, inbox, share_group=share_group, ready=ready, stop=stop,
+        await _serve_connected(core, client, opens, inbox, greet=greet, ready=ready, stop=stop,
                                batch_window_s=batch_window_s, max_batch=max_batch, busy_poll_s=busy_poll_s,
                                broker_url=broker_url)
 
 
 async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: aiomqtt.Client, inbox: asyncio.Queue, *,
-                           share_group: str | None, ready: asyncio.Event | None, stop: asyncio.Event | None,
+                           greet: asyncio.Event, ready: asyncio.Event | None, stop: asyncio.Event | None,
                            batch_window_s: float, max_batch: int, busy_poll_s: float, broker_url: str) -> None:
     """`serve`'s work once both connections are up: subscribe, announce, verify, say goodbye."""
     topics = core.topics
@@ -119,7 +136,9 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
                 log.warning("reply to %s queued: the connection is down (it goes out if the session resumes)", topic)
 
     await client.subscribe(topics.session_subscription(vid), qos=1)
-    await opens.subscribe(topics.open_subscription(share_group), qos=1)
+    await client.subscribe(topics.all_verifier_status(), qos=1)
+    await client.subscribe(topics.all_verifier_stats(), qos=1)
+    await opens.subscribe(topics.open_subscription(None), qos=1)
     await client.publish(status_topic, ONLINE, qos=1, retain=True)
     log.info("verifier %s serving on %s (model %s)", vid, broker_url, core.lm.path)
     if ready is not None:
@@ -127,7 +146,9 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
 
     async def housekeeping() -> None:
         while True:
-            await asyncio.sleep(STATS_INTERVAL_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(greet.wait(), STATS_INTERVAL_S)
+            greet.clear()
             core.sessions.expire()
             stats = json.dumps(stats_snapshot(core)).encode()
             publish([(topics.verifier_stats(vid), stats)])
@@ -189,6 +210,12 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
             await client.publish(status_topic, OFFLINE, qos=1, retain=True)
         except aiomqtt.MqttError:
             pass
+
+
+def _owner_key(topic: str, payload: bytes) -> bytes:
+    """What decides an OPEN's owner: its session id, else the device id in its topic."""
+    session_id, _ = _peek_ids(payload)
+    return session_id if session_id is not None else topic.encode()
 
 
 RECONNECT_BACKOFF_S = mqtt.RECONNECT_BACKOFF_S

@@ -1,0 +1,90 @@
+"""Issue 18, items 1, 4 and 7 against a production-config Mosquitto (the `prod` fixture of
+tests/test_security_broker.py): nobody can take another device's session opens by joining a
+shared subscription; service accounts are never devices and only verifiers write verified
+results; a device can leave only a bounded amount of retained data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+
+from edgespec.mqtt import ClientAuth
+from schemas import ErrorMsg, Opened, SessionOpen, Topics, decode, encode
+from test_security_broker import (DASHBOARD, HOME_ASSISTANT, NOT_AUTHORIZED, P, VERIFIER,  # noqa: F401
+                                  ProdBroker, pki, prod)
+from verifier_node import service
+from schemas.topics import OFFLINE, ONLINE
+from verifier_node.core import VerifierConfig, VerifierCore
+from verifier_node.membership import PoolMembership
+
+pytestmark = [pytest.mark.security]
+SHARE = f"$share/verifiers/{P}/dev/+/up/open"
+
+
+def serving(prod: ProdBroker, core: VerifierCore, body):
+    """Run `body()` while `core` serves on the production broker as the verifier account."""
+    url = f"mqtt://127.0.0.1:{prod.ports['plain']}"
+    auth = ClientAuth(VERIFIER, prod.passwords[VERIFIER])
+
+    async def main():
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(service.serve(core, url, auth=auth, ready=ready, stop=stop))
+        try:
+            await asyncio.wait_for(ready.wait(), 20)
+            return await asyncio.to_thread(body)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    return asyncio.run(main())
+
+
+def test_pool_members_split_opens_and_ignore_stale_online() -> None:
+    now = [0.0]
+    a, b = (PoolMembership(v, ttl_s=15, clock=lambda: now[0]) for v in ("va", "vb"))
+    assert a.status("vb", ONLINE, retained=True) is False  # a stored `online` proves nothing
+    assert a.members() == ["va"]
+    assert a.status("vb", ONLINE, retained=False) is True  # a live one does: greet it back
+    b.alive("va")
+    keys = [os.urandom(16) for _ in range(400)]
+    owned_a, owned_b = sum(map(a.owns, keys)), sum(map(b.owns, keys))
+    assert owned_a + owned_b == 400 and 120 < owned_a < 280  # each OPEN once, spread
+    now[0] = 16.0  # a peer not heard for longer than the TTL is gone (a stale view heals)
+    assert a.members() == ["va"] and all(map(a.owns, keys))
+    b.status("va", OFFLINE, retained=False)
+    assert all(map(b.owns, keys))
+
+
+@pytest.mark.broker
+def test_accounts_that_join_the_share_take_no_opens(prod: ProdBroker, loaded_pair) -> None:
+    """Item 1. Before: each extra member of the share swallowed its part of cam-a's opens."""
+    target = loaded_pair[0]
+    core = VerifierCore(target, VerifierConfig(verifier_id=VERIFIER), Topics(P))  # plaintext allowed
+    joiners = [prod.connected(name) for name in ("cam-b", "cam-b", "cam-b", DASHBOARD, DASHBOARD,
+                                                  HOME_ASSISTANT)]
+    for joiner in joiners:
+        assert joiner.subscribe(SHARE) == [1]  # Mosquitto 2.0 grants it: the design must not care
+    n_opens = 12
+
+    def device() -> list:
+        cam_a = prod.connected("cam-a")
+        assert cam_a.subscribe(f"{P}/dev/cam-a/down") == [1]
+        for _ in range(n_opens):
+            msg = SessionOpen(os.urandom(16), target.encode("a red car"), tokenizer_fp=target.fingerprint,
+                              max_new_tokens=4)
+            assert cam_a.publish(f"{P}/dev/cam-a/up/open", encode(msg)) == 0
+        answers = []
+        for _ in range(n_opens):
+            try:
+                answers.append(decode(cam_a.inbox.get(timeout=3)[1]))
+            except Exception:  # noqa: BLE001 - queue.Empty: an open nobody answered
+                break
+        return answers
+
+    answers = serving(prod, core, device)
+    opened = sum(isinstance(a, Opened) for a in answers)
+    assert opened == n_opens, f"{opened} of {n_opens} opens answered with {len(joiners)} accounts in the share"
+    assert all(not j.inbox.qsize() for j in joiners)  # and none of them read an open
