@@ -6,7 +6,9 @@ the features (once per session, fp16), token ids and the truncated q do.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -41,7 +43,10 @@ class CameraConfig:
     sampling: SamplingParams = SamplingParams()
     gamma: int = 4
     max_new_tokens: int = 48
-    seed: int = 0
+    # Sampling seed: None (the default) derives each caption's from the device id, the event and
+    # a nonce drawn at every start (`caption_seed`), so cameras, events and restarts never share
+    # a random stream; a number makes runs reproducible: caption n uses seed + n.
+    seed: int | None = None
     max_events: int | None = None  # stop after this many captions
     realtime: bool = False  # pace file/synthetic sources at their frame rate
     timeout_s: float = 10.0
@@ -138,6 +143,15 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
                    session=outcome)
 
 
+def caption_seed(device_id: str, boot_nonce: bytes, number: int, start_t: float) -> int:
+    """The sampling seed (uint64) of one caption session when none was configured: a hash of
+    the device id, `boot_nonce` (random, drawn at each start of the camera), the event's
+    number and its start time. Seeds `cfg.seed + n` made every camera's n-th caption draw the
+    same random numbers, so the fleet's sampled captions were correlated (issue 18, item 10)."""
+    text = f"edgespec/v1 caption seed\0{device_id}\0{boot_nonce.hex()}\0{number}\0{start_t!r}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
 def _next_frame(frames):
     return next(frames, None)
 
@@ -160,6 +174,7 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
     detector = MotionDetector(cfg.motion)
     run = run if run is not None else CameraRun()
     loop = asyncio.get_running_loop()
+    boot_nonce = os.urandom(16)  # fresh per start: seeds never repeat across restarts
 
     async def caption(event: MotionEvent) -> bool:
         """Caption one event; True when max_events is reached."""
@@ -169,7 +184,9 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
             on_event(event, run.events, facts)
         if announce is not None:
             await announce.event_ended(event, run.events, facts)
-        result = await describe_event(link, lm, extractor, event, cfg, cfg.seed + len(run.captions), facts)
+        seed = cfg.seed + len(run.captions) if cfg.seed is not None \
+            else caption_seed(cfg.device_id, boot_nonce, run.events, event.start_t)
+        result = await describe_event(link, lm, extractor, event, cfg, seed, facts)
         if result is None:
             run.nothing_followed += 1
             log.info("event %d: no moving object followed, not captioned", run.events)

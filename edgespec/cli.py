@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import signal
 import sys
 
@@ -56,7 +57,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed, for reproducible runs (a camera's n-th caption uses SEED + n); default: a fresh "
+                        "seed per session (a camera derives it from its device id, the event and a per-start nonce)")
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
     p.add_argument("--q-top", type=int, default=16, help="entries of q sent per drafted token")
     p.add_argument("--draft-ahead", action=argparse.BooleanOptionalAction, default=True,
@@ -139,7 +142,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     req = EdgeRequest(
         prompt_ids=prompt_ids,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(),
-        gamma=args.gamma, max_new_tokens=args.max_new_tokens, seed=args.seed, q_top=args.q_top,
+        gamma=args.gamma, max_new_tokens=args.max_new_tokens,
+        seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little"), q_top=args.q_top,
         draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
     )
 

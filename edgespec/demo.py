@@ -186,8 +186,7 @@ def cmd_demo(args) -> int:
                 "camera", "--broker", broker.url, "--device-id", f"cam-{i + 1}",
                 "--source", f"synthetic:{args.seed + 100 * i}", "--draft-model", args.draft_model,
                 "--max-events", str(args.events), "--realtime", "--temperature", str(args.temperature),
-                "--seed", str(args.seed + i),
-            ], procs)))
+            ], procs)))  # no --seed: each camera derives its own per caption (never shared)
         print(f"cameras: {args.cameras} synthetic cameras, {args.events} events each\n", flush=True)
         seen = asyncio.run(dashboard(broker.url, "edgespec/v1", expected, args.timeout, tally, procs[1:]))
         failures = _wait_cameras(procs[1:], tails)
@@ -216,7 +215,7 @@ def register(sub) -> None:
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the synthetic scenes")
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--dashboard-port", type=int, help="also serve the live web dashboard on this port (0: a free one)")
     p.set_defaults(func=cmd_demo)
