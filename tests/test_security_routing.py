@@ -88,3 +88,48 @@ def test_accounts_that_join_the_share_take_no_opens(prod: ProdBroker, loaded_pai
     opened = sum(isinstance(a, Opened) for a in answers)
     assert opened == n_opens, f"{opened} of {n_opens} opens answered with {len(joiners)} accounts in the share"
     assert all(not j.inbox.qsize() for j in joiners)  # and none of them read an open
+
+
+@pytest.mark.broker
+def test_service_accounts_are_never_devices_and_only_verifiers_write_verified(prod: ProdBroker) -> None:
+    """Item 4. Before: the `%u` patterns let the dashboard and verifier accounts publish uplinks
+    and results as devices named like them (the dashboard opened a session)."""
+    verifier = prod.connected(VERIFIER)
+    assert verifier.subscribe(f"{P}/dev/+/up/#") == [1]
+    for name in (VERIFIER, DASHBOARD, HOME_ASSISTANT):
+        peer = prod.connected(name)
+        for topic in (f"{P}/dev/{name}/up/open", f"{P}/dev/{name}/up/v/{VERIFIER}", f"{P}/dev/{name}/result",
+                      f"{P}/dev/{name}/status", f"{P}/dev/{name}/state", f"homeassistant/device/{name}/config"):
+            assert peer.publish(topic, b"as a device") == NOT_AUTHORIZED, (name, topic)
+    # Verified results: verifiers write them, dashboards read them, a device cannot forge one.
+    dashboard = prod.connected(DASHBOARD)
+    assert dashboard.subscribe(f"{P}/dev/+/verified") == [1]
+    cam_a = prod.connected("cam-a")
+    assert cam_a.publish(f"{P}/dev/cam-a/verified", b'{"forged": true}') == NOT_AUTHORIZED
+    assert verifier.publish(f"{P}/dev/cam-a/verified", b'{"v": 1}') == 0
+    got = dashboard.expect(f"{P}/dev/cam-a/verified") + dashboard.quiet()
+    assert got == [(f"{P}/dev/cam-a/verified", b'{"v": 1}')]
+    assert cam_a.publish(f"{P}/dev/cam-a/up/open", b"own open") == 0  # positive control
+    got = verifier.expect(f"{P}/dev/cam-a/up/open", b"own open")
+    assert all(payload != b"as a device" for _, payload in got), got
+
+
+@pytest.mark.broker
+def test_a_device_can_leave_only_bounded_retained_data(prod: ProdBroker) -> None:
+    """Item 7. Before: a device kept ten 256 KiB retained messages on ten topics of its own
+    (`up/#`), and up to 1 MiB each. Now its writable topics are a finite list and a packet is at
+    most 520 KiB."""
+    cam_a = prod.connected("cam-a")
+    blob = b"r" * (256 * 1024)
+    stored = [f"{P}/dev/cam-a/up/x{i}" for i in range(5)] + [f"{P}/dev/cam-a/up/v/fake-{i}" for i in range(5)]
+    refused = [cam_a.publish(topic, blob, retain=True) for topic in stored]
+    assert refused == [NOT_AUTHORIZED] * 10, refused
+    verifier = prod.connected(VERIFIER)
+    assert verifier.subscribe(f"{P}/dev/cam-a/up/#") == [1]
+    assert verifier.quiet() == []  # nothing was stored
+    # The largest wire message (512 KiB) still passes; a larger packet ends the connection.
+    assert cam_a.publish(f"{P}/dev/cam-a/up/open", b"o" * (512 * 1024)) == 0
+    verifier.expect(f"{P}/dev/cam-a/up/open")
+    cam_a.client.publish(f"{P}/dev/cam-a/up/open", b"o" * (600 * 1024), qos=1, retain=True)
+    assert cam_a.disconnected.wait(5), "an oversize packet did not end the connection"
+    assert verifier.quiet() == []
