@@ -4,7 +4,8 @@ such as `pattern read edgespec/v1/dev/%u/down` isolate devices.
     {p}/dev/{device}/up/open            device -> verifier pool (shared subscription)
     {p}/dev/{device}/up/v/{verifier}    device -> the verifier holding its session
     {p}/dev/{device}/down               verifier -> device
-    {p}/dev/{device}/result             device -> dashboards (JSON, not retained)
+    {p}/dev/{device}/result             device -> dashboards (JSON, not retained): its claim
+    {p}/dev/{device}/verified           verifier -> dashboards (JSON): what the verifier verified
     {p}/dev/{device}/status             retained Last Will: "online" / "offline"
     {p}/dev/{device}/state              device -> home automation (retained JSON: idle/motion/captioning)
     {p}/dev/{device}/events             device -> home automation (Frigate-style new/update/end)
@@ -64,6 +65,10 @@ class Topics:
 
     def result(self, device: str) -> str:
         return f"{self.prefix}/dev/{check_id(device)}/result"
+
+    def verified(self, device: str) -> str:
+        """What a verifier verified of the device's finished session (only verifiers write it)."""
+        return f"{self.prefix}/dev/{check_id(device)}/verified"
 
     def device_status(self, device: str) -> str:
         return f"{self.prefix}/dev/{check_id(device)}/status"

@@ -133,3 +133,46 @@ def test_a_device_can_leave_only_bounded_retained_data(prod: ProdBroker) -> None
     cam_a.client.publish(f"{P}/dev/cam-a/up/open", b"o" * (600 * 1024), qos=1, retain=True)
     assert cam_a.disconnected.wait(5), "an oversize packet did not end the connection"
     assert verifier.quiet() == []
+
+
+@pytest.mark.broker
+def test_verifier_publishes_what_it_verified(mosquitto, loaded_pair) -> None:
+    """Item 4. A dashboard tells a verified result from a device's claim: the verifier itself
+    publishes the token ids it committed and their text on `dev/<id>/verified` (a topic only
+    verifiers may write, see the test above); a claim with no such record is only a claim."""
+    from camera_node.link import EdgeLink
+    from camera_node.session import EdgeRequest, result_message, run_edge_session
+    from edgespec.mqtt import make_client
+    from schemas import ResultMsg
+    from schemas.results import VerifiedMsg
+
+    target, draft = loaded_pair
+    topics = Topics(f"verified-{os.getpid()}/v1")
+    core = VerifierCore(target, VerifierConfig(verifier_id="vv"), topics)
+
+    async def main():
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(service.serve(core, mosquitto.url, ready=ready, stop=stop))
+        try:
+            await asyncio.wait_for(ready.wait(), 20)
+            async with make_client(mosquitto.url, client_id=f"dash-{os.getpid()}") as dash:
+                await dash.subscribe(f"{topics.prefix}/dev/+/result", qos=1)
+                await dash.subscribe(f"{topics.prefix}/dev/+/verified", qos=1)
+                async with EdgeLink(mosquitto.url, "cam-v", topics=topics, timeout_s=20) as link:
+                    outcome = await run_edge_session(link, draft, EdgeRequest(target.encode("a red car"),
+                                                                              max_new_tokens=12))
+                    await link.publish_result(result_message("cam-v", outcome, draft.decode(outcome.result.token_ids)))
+                got = {}
+                async for message in dash.messages:
+                    got[str(message.topic).rsplit("/", 1)[1]] = (str(message.topic), message.payload)
+                    if len(got) == 2:
+                        return got
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    got = asyncio.run(asyncio.wait_for(main(), 60))
+    claim, verified = ResultMsg.from_json(got["result"][1]), VerifiedMsg.from_json(got["verified"][1])
+    assert got["verified"][0] == topics.verified("cam-v") and verified.device_id == "cam-v"
+    assert verified.session_id == claim.session_id and verified.verifier_id == "vv" and verified.resumed == 0
+    assert verified.token_ids == claim.token_ids and verified.text == claim.text

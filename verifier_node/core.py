@@ -8,6 +8,7 @@ device id is known. Nothing a device sends can raise out of `handle`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +35,7 @@ from schemas import (
 )
 from edgespec.kvmem import kv_bytes_per_token
 from schemas.messages import DEFAULT_LIMITS, MsgType, unpack_array
+from schemas.results import VerifiedMsg
 from security.channel import verifier_open
 from security.freshness import OpenFreshness, StaleOpen
 from security.keys import UnknownKeyId
@@ -165,6 +167,7 @@ class VerifierCore:
             else OpenFreshness()
         self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
         self.finished = FinishedSessions(FINISHED_KEPT)
+        self._verified: list[Reply] = []  # VerifiedMsg of sessions finished since `take_verified`
 
     def _drop_cache(self, session: Session) -> None:
         """A session leaves the table. One that has ended (closed, finished, failed, resynced)
@@ -525,6 +528,7 @@ class VerifierCore:
             prompt_len=len(msg.prompt_ids),
             gamma=msg.gamma,
             cipher=cipher,
+            resumed=len(msg.generated_ids),
         )
         down = self.topics.down(device_id)
         first = msg.first_draft()
@@ -606,6 +610,17 @@ class VerifierCore:
         self.sessions.remove(session.session_id)  # its cache is freed without a copy (`_drop_cache`)
         self.finished.add(session)
         self.stats["finished"] += 1
+        tokens, _ = session.stop.clip(session.generated)
+        if len(self._verified) < FINISHED_KEPT:  # taken after every batch by the service
+            verified = VerifiedMsg(session.device_id, session.session_id.hex(), self.config.verifier_id, time.time(),
+                                   list(tokens), self.lm.decode(list(tokens)), session.resumed)
+            self._verified.append((self.topics.verified(session.device_id), verified.to_json()))
+
+    def take_verified(self) -> list[Reply]:
+        """The verified results (`schemas.results.VerifiedMsg`) of sessions finished since the
+        last call, to publish on their device's `verified` topic."""
+        out, self._verified = self._verified, []
+        return out
 
     def _close(self, uplink: Uplink, msg: Close, session: Session | None) -> list[Reply]:
         if session is not None and session.device_id == uplink.device_id:

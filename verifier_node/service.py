@@ -185,7 +185,7 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
                 read_sockets = False
                 read_waiting(client)
                 read_waiting(opens)
-            publish(core.handle_batch(batch))
+            publish(core.handle_batch(batch) + core.take_verified())
             poller.kick()
             await asyncio.sleep(0)  # let the replies go out and new messages come in
 

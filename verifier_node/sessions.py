@@ -28,6 +28,7 @@ class Session:
     opened_reply: bytes | None = None  # that answer as sent (with the first verdict when the OPEN carried a block)
     opened_with_block: bool = False  # the OPEN carried the first block (seq 0)
     cipher: Any = None  # security.channel.SessionCipher for an encrypted session
+    resumed: int = 0  # generated tokens the device supplied at its OPEN (a re-open), not verified here
     done: bool = False
     ended: bool = False  # closed by its device, or answered with RESYNC or an error, by this verifier
     last_used: float = field(default_factory=time.monotonic)

@@ -17,6 +17,7 @@
     cameras: new Map(),    // id -> {status, results: [], tokens: [[recv_s, n]], firstSeen, el}
     verifiers: new Map(),  // id -> {status, stats, prevStats, rate, el}
     rejected: 0,
+    verified: new Map(),   // "<device>/<session id>" -> what a verifier verified
     captions: 0,
     points: [],            // chart: {t, device, acceptance}
     fleetRate: [],         // chart: [t, tokens/s]
@@ -64,6 +65,31 @@
     if (!Array.isArray(body.token_ids)) throw new Error("field token_ids");
     if (body.extra !== undefined && !isObj(body.extra)) throw new Error("field extra");
     return body;
+  }
+
+  // What a verifier verified (dev/<id>/verified, a topic only verifiers may write): a result
+  // shows as verified only when one matches it exactly; otherwise it is the device's claim.
+  function checkVerified(body, device) {
+    if (!isObj(body) || body.v !== 1) throw new Error("not a v1 verified object");
+    if (body.device_id !== device) throw new Error("device_id differs from the topic's");
+    for (const k of ["session_id", "verifier_id", "text"]) if (typeof body[k] !== "string") throw new Error(`field ${k}`);
+    if (!Array.isArray(body.token_ids) || !isInt(body.resumed)) throw new Error("field token_ids or resumed");
+    return body;
+  }
+
+  function setVerified(id, v) {
+    state.verified.set(`${id}/${v.session_id}`, v);
+    if (state.verified.size > 1000) state.verified.delete(state.verified.keys().next().value);
+    const c = state.cameras.get(id);
+    if (c && c.results.length && c.results[0].session_id === v.session_id) markVerified(c, c.results[0]);
+  }
+
+  function markVerified(c, r) {
+    const v = state.verified.get(`${c.id}/${r.session_id}`);
+    const ok = !!v && v.resumed === 0 && v.text === r.text && v.token_ids.length === r.token_ids.length
+      && v.token_ids.every((t, i) => t === r.token_ids[i]);
+    c.parts.caption.dataset.verified = ok ? "yes" : "no";
+    c.parts.when.textContent = eventTime(r) + (ok ? ` · verified by ${v.verifier_id}` : " · not verified (the device's claim)");
   }
 
   function checkStats(body, verifier) {
@@ -163,7 +189,7 @@
     if (r.text.length === 0) p.caption.textContent = "(empty caption)";
     p.caption.dataset.session = r.session_id;
     p.caption.dataset.receivedAt = String(received);
-    p.when.textContent = eventTime(r) + (r.extra && typeof r.extra.verifier_id === "string" ? ` · by ${r.extra.verifier_id}` : "");
+    markVerified(c, r);
     p.values[0].textContent = `${Math.round(r.acceptance_rate * 100)}%`;
     p.values[1].textContent = (r.mean_accepted + 1).toFixed(2);
     const seconds = isNum(r.seconds) ? r.seconds : r.extra && isNum(r.extra.seconds) ? r.extra.seconds : null;
@@ -327,7 +353,7 @@
   }
 
   // ------------------------------------------------------------------ MQTT
-  function onMessage(prefix, topic, payload) {
+  function onMessage(prefix, topic, payload, retained) {
     if (!topic.startsWith(prefix + "/")) return;
     const [kind, id, leaf, ...rest] = topic.slice(prefix.length + 1).split("/");
     if (rest.length || !ID_RE.test(id || "")) return reject("unexpected topic", topic);
@@ -337,6 +363,7 @@
       if (text !== "online" && text !== "offline") return reject("status is neither online nor offline", topic);
       return kind === "dev" ? setCameraStatus(id, text) : kind === "verifier" ? setVerifierStatus(id, text) : reject("unexpected topic", topic);
     }
+    if (retained && (leaf === "result" || leaf === "verified")) return reject("a retained result (stored, not an event)", topic);
     let body;
     try {
       body = parseJson(payload);
@@ -345,6 +372,7 @@
     }
     try {
       if (kind === "dev" && leaf === "result") return addResult(id, checkResult(body, id));
+      if (kind === "dev" && leaf === "verified") return setVerified(id, checkVerified(body, id));
       if (kind === "verifier" && leaf === "stats") return setVerifierStats(id, checkStats(body, id));
       return reject("unexpected topic", topic);
     } catch (err) {
@@ -367,16 +395,16 @@
     if (cfg.password) opts.password = cfg.password;
     setConn("connecting", `connecting to ${url}…`);
     const client = mqtt.connect(url, opts);
-    const topics = [`${prefix}/dev/+/result`, `${prefix}/dev/+/status`, `${prefix}/verifier/+/status`, `${prefix}/verifier/+/stats`];
+    const topics = [`${prefix}/dev/+/result`, `${prefix}/dev/+/verified`, `${prefix}/dev/+/status`, `${prefix}/verifier/+/status`, `${prefix}/verifier/+/stats`];
     client.on("connect", () => {
       client.subscribe(topics, { qos: 1 }, (err) => {
         if (err) setConn("offline", `subscribe failed: ${err.message}`);
         else setConn("connected", `${url} · ${prefix}`);
       });
     });
-    client.on("message", (topic, payload) => {
+    client.on("message", (topic, payload, packet) => {
       try {
-        onMessage(prefix, topic, payload);
+        onMessage(prefix, topic, payload, !!(packet && packet.retain));
       } catch (err) {  // nothing a message holds may break the page
         reject(`page error: ${err && err.message}`, topic);
       }
