@@ -13,18 +13,24 @@ import sys
 from .config import DEFAULTS, resolve_model_dir, set_threads
 from .identity import add_device_identity_args
 
-# Modules that add their own subcommands with `register(subparsers)`.
-PLUGIN_COMMANDS = (
-    "edgespec.bench",
-    "edgespec.demo",
-    "edgespec.train_default",
-    "edgespec.eval_default",
-    "edgespec.provisioning",
-    "edgespec.loadtest",
-    "edgespec.fuzz",
-    "edgespec.serving",
-    "edgespec.dashboard",
-)
+# Modules that add their own subcommands with `register(subparsers)`, with the commands each
+# adds and their one-line help. Only the module of the command being run is imported: most of
+# them import torch (seconds), which `edgespec revoke`, `flash`, `--help` and friends never need.
+PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
+    "edgespec.bench": {"bench": "benchmark the target alone, in-process, HF assisted and via Mosquitto"},
+    "edgespec.demo": {"demo": "broker + verifier + three synthetic cameras, captions as they arrive"},
+    "edgespec.train_default": {"train-default": "train the built-in target/draft model pair"},
+    "edgespec.eval_default": {"eval-default": "measure the built-in model pair on held-out scenes"},
+    "edgespec.provisioning": {"ca": "the project's certificate authority",
+                              "broker-files": "a production Mosquitto folder",
+                              "keys": "the verifier's key ring (end-to-end encryption)",
+                              "flash": "provision a device: keys, credentials, bundle",
+                              "revoke": "remove a device: it can no longer connect, live connections are cut"},
+    "edgespec.loadtest": {"loadtest": "simulated devices against verifier processes through a local broker"},
+    "edgespec.fuzz": {"fuzz": "hostile payloads on a verifier's uplinks while well-behaved devices generate"},
+    "edgespec.serving": {"serving": "verifier serving with edge drafts vs the target alone (cloud-only)"},
+    "edgespec.dashboard": {"dashboard": "a live web page of the fleet (captions, availability, verifiers)"},
+}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -262,7 +268,16 @@ def privacy_from_args(args: argparse.Namespace):
                          getattr(args, "feature_clip", 4.0))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on a command line (its first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `edgespec` parser. With `argv`, only the plugin module of the command it names is
+    imported; the other plugin commands are listed (for --help) from PLUGIN_COMMANDS without
+    importing their modules. Without `argv`, every plugin module is imported."""
+    wanted = None if argv is None else _command_of(argv)
     parser = argparse.ArgumentParser(prog="edgespec", description="Edge-cloud speculative decoding over MQTT")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -328,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_privacy_args(p)
     p.set_defaults(func=cmd_camera)
 
-    for name in PLUGIN_COMMANDS:
+    for name, commands in PLUGIN_COMMANDS.items():
+        if argv is not None and wanted not in commands:
+            for command, text in commands.items():  # listed only; never run from here
+                sub.add_parser(command, help=text)
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -343,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     from .lifecycle import die_with_parent, finish, sigterm_as_interrupt
 
     sigterm_as_interrupt()  # SIGTERM stops every command the way Ctrl-C does (children, temp folders)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     from .logs import configure_logging
 
     configure_logging(verbose=getattr(args, "verbose", False), json_lines=getattr(args, "log_json", False))
