@@ -129,11 +129,12 @@ def locked(path: Path) -> Iterator[None]:
 def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> Path:
     """Replace `path` with `text` atomically; keeps an existing file's mode, else `FILE_MODE`."""
     path = Path(path)
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
     if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = FILE_MODE
+        mode = old.st_mode & 0o777 if old is not None else FILE_MODE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -143,6 +144,10 @@ def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)  # the umask may have narrowed os.open's mode
+        if old is not None and os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
+            # root rewriting a file the broker's account owns (mode 0600): keep it the owner,
+            # or Mosquitto could no longer read it at its next SIGHUP and would exit.
+            os.chown(tmp, old.st_uid, old.st_gid)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -326,12 +331,19 @@ PROD_LISTENERS = ("loopback", "mqtts", "mqtts_client_cert", "wss")
 def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
                        client_cert_port: int = 8885, wss_port: int = 8884,
                        tls_bind: str | None = None, user: str | None = None,
-                       template: str | None = None) -> str:
+                       template: str | None = None, loopback_port: int | None = None,
+                       websockets: bool = True, dynsec_file: str | Path | None = None,
+                       dynsec_plugin: str | Path | None = None) -> str:
     """Production config text with `files` and ports filled in.
 
     The first (loopback) listener keeps its port for `broker.runner.render_config` to rewrite.
     `tls_bind` binds the TLS listeners to one address (tests use 127.0.0.1); None keeps them on
-    every interface. `user` is the account Mosquitto switches to when started as root (its
+    every interface. `loopback_port` moves the first listener (None keeps the template's 1883).
+    `websockets=False` leaves out the websockets listener (Mosquitto 2.0.11 built with
+    libwebsockets binds it on every interface whatever address its `listener` line names).
+    `dynsec_file` loads the dynamic-security plugin (`dynsec_plugin`, else `find_dynsec_plugin()`)
+    with that config: it holds only the admin account `edgespec revoke` uses to cut a revoked
+    device's live connections (see `write_dynsec_config`). `user` is the account Mosquitto switches to when started as root (its
     default is `mosquitto`); that account must be able to read the password, ACL and key files,
     also on SIGHUP, so pass the files' owner (e.g. the current user) when they are mode 0600.
     """
@@ -351,18 +363,89 @@ def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
     for index in sorted(ports, reverse=True):  # back to front keeps earlier offsets valid
         match = listeners[index]
         line = f"listener {ports[index]}" + (f" {tls_bind}" if tls_bind else "")
+        if index == 3 and not websockets:
+            # The whole block (to the next blank line) goes: no websockets listener at all.
+            end = text.find("\n\n", match.end())
+            start = text.rfind("\n\n", 0, match.start())
+            text = (text[:start + 1] + "# 4) No websockets listener (`broker-files init --websockets` adds one for "
+                    "dashboards;\n#    Mosquitto 2.0.11 binds it on every interface, whatever address it names).\n"
+                    + text[end + 1:])
+            continue
+        if index == 3 and tls_bind:
+            line = (f"# Mosquitto 2.0.11 (libwebsockets) binds this listener on EVERY interface: the "
+                    f"address below is\n# ignored. Firewall port {ports[index]} if it must stay on "
+                    f"{tls_bind}.\n" + line)
         text = text[:match.start()] + line + text[match.end():]
+    if loopback_port is not None:
+        match = listeners[0]
+        text = (text[:match.start()] + f"listener {int(loopback_port)} 127.0.0.1" + text[match.end():])
     if user is not None:
         validate_username(user, role="system user")
         text = re.sub(r"(?m)^user\s+.*\n?", "", text)
         text += f"\n# The account to run as when started as root.\nuser {user}\n"
+    if dynsec_file is not None:
+        plugin = Path(dynsec_plugin) if dynsec_plugin else find_dynsec_plugin()
+        if plugin is None:
+            raise MosquittoFileError("Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) "
+                                     "was not found: install Mosquitto 2.0 with it")
+        text += ("\n# Dynamic security: only the admin account `edgespec revoke` uses to cut a revoked device's "
+                 "live\n# connections (a kick by username; SIGHUP alone does not drop a client-certificate "
+                 "device).\n# Every other account is deferred to password_file and acl_file above.\n"
+                 f"plugin {plugin}\nplugin_opt_config_file {dynsec_file}\n")
     return text if text.endswith("\n") else text + "\n"
 
 
 def write_prod_config(path: str | Path, files: BrokerFiles, *, mqtts_port: int = 8883,
                       client_cert_port: int = 8885, wss_port: int = 8884,
-                      tls_bind: str | None = None, user: str | None = None) -> Path:
+                      tls_bind: str | None = None, user: str | None = None, **options) -> Path:
     """`render_prod_config` written to `path` (mode 0644: it holds paths, not secrets)."""
     text = render_prod_config(files, mqtts_port=mqtts_port, client_cert_port=client_cert_port,
-                              wss_port=wss_port, tls_bind=tls_bind, user=user)
+                              wss_port=wss_port, tls_bind=tls_bind, user=user, **options)
     return atomic_write_text(path, text, mode=0o644)
+
+
+# ---------------------------------------------------------------- dynamic security (kick)
+
+DYNSEC_PLUGIN_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                            "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+                            "/usr/lib/mosquitto_dynamic_security.so",
+                            "/usr/local/lib/mosquitto_dynamic_security.so")
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+
+
+def find_dynsec_plugin() -> Path | None:
+    """Mosquitto's dynamic-security plugin, where Debian and the eclipse image install it."""
+    for candidate in DYNSEC_PLUGIN_CANDIDATES:
+        if os.path.isfile(candidate):
+            return Path(candidate)
+    return None
+
+
+def dynsec_config(admin: str, password: str, *, iterations: int = DEFAULT_ITERATIONS) -> dict:
+    """A dynamic-security config with one client, `admin`, allowed only the plugin's control
+    topic. Mosquitto 2.0.11 defers every other username to password_file and acl_file."""
+    salt = secrets.token_bytes(SALT_LEN)
+    digest = hashlib.pbkdf2_hmac("sha512", _check_password(password), salt, iterations)
+    control = "$CONTROL/dynamic-security/#"
+    return {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": [{"username": _check_user(admin), "textname": "edgespec revoke",
+                     "roles": [{"rolename": "edgespec-admin"}],
+                     "password": base64.b64encode(digest).decode(),
+                     "salt": base64.b64encode(salt).decode(), "iterations": iterations}],
+        "groups": [],
+        "roles": [{"rolename": "edgespec-admin", "acls": [
+            {"acltype": kind, "topic": control, "priority": 0, "allow": True}
+            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]}],
+    }
+
+
+def write_dynsec_config(path: str | Path, admin: str, password: str) -> Path:
+    """Write `dynsec_config` (mode 0600); the broker rewrites it itself after each change."""
+    import json
+
+    path = Path(path)
+    with locked(path):
+        return atomic_write_text(path, json.dumps(dynsec_config(admin, password), indent=2) + "\n",
+                                 mode=FILE_MODE)

@@ -503,13 +503,15 @@ def live(tmp_path: Path) -> Iterator[LiveFleet]:
         pytest.skip("mosquitto is not installed")
     d, home = tmp_path / "broker", tmp_path / "home"
     ports = {"mqtts": free_port(), "client_cert": free_port(), "wss": free_port()}
+    plain = free_port()
     assert run_cmd("ca", "init", "--dir", str(d)) == 0
     assert run_cmd("broker-files", "init", "--dir", str(d), "--verifier", "verifier-1",
                    "--mqtts-port", str(ports["mqtts"]), "--client-cert-port",
-                   str(ports["client_cert"]), "--wss-port", str(ports["wss"]),
+                   str(ports["client_cert"]), "--wss-port", str(ports["wss"]), "--websockets",
+                   "--loopback-port", str(plain),
                    "--bind", "127.0.0.1", "--user", getpass.getuser()) == 0
     assert run_cmd("keys", "init", "--home", str(home)) == 0
-    broker = MosquittoBroker(port=0, config=d / "mosquitto.conf").start()
+    broker = MosquittoBroker(port=plain, config=d / "mosquitto.conf").start()
     ports["plain"] = broker.port
     try:
         for port in ports.values():  # the runner waits for the first listener only

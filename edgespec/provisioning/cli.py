@@ -22,8 +22,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("ca", help="the project's certificate authority")
     ca_sub = p.add_subparsers(dest="ca_command", required=True)
     q = ca_sub.add_parser("init", help="make the CA and the broker's server certificate")
-    q.add_argument("--dir", default=str(DEFAULT_BROKER_DIR),
-                   help=f"CA folder (default ./{DEFAULT_BROKER_DIR}, also the broker folder)")
+    q.add_argument("--dir", help="CA folder (default $EDGESPEC_HOME/ca, else ~/.edgespec/dev/ca; keep it "
+                                 "apart from the broker folder: it holds the CA signing key)")
     q.add_argument("--dns", action="append", default=[], metavar="NAME",
                    help="a DNS name of the broker (repeatable; localhost is always included)")
     q.add_argument("--ip", action="append", default=[], metavar="IP",
@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     q.add_argument("--force", action="store_true", help="replace an existing CA")
     q.set_defaults(func=cmd_ca_init)
     q = ca_sub.add_parser("crl", help=f"reissue the CRL (it is valid {ca_mod.CRL_DAYS} days)")
-    q.add_argument("--dir", default=str(DEFAULT_BROKER_DIR), help="CA folder")
+    q.add_argument("--dir", help="CA folder (default $EDGESPEC_HOME/ca)")
     q.add_argument("--broker-dir", help="also write it into this broker folder")
     _add_reload_args(q)
     q.set_defaults(func=cmd_ca_crl)
@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
     bf_sub = p.add_subparsers(dest="broker_files_command", required=True)
     q = bf_sub.add_parser("init", help="password file, ACL, CRL and mosquitto.conf in one folder")
     q.add_argument("--dir", default=str(DEFAULT_BROKER_DIR), help="the broker folder")
-    q.add_argument("--ca-dir", help="where `edgespec ca init` wrote the CA (default: --dir)")
+    q.add_argument("--ca-dir", help="where `edgespec ca init` wrote the CA (default: the folder's earlier "
+                                    "choice, else $EDGESPEC_HOME/ca)")
     q.add_argument("--verifier", action="append", metavar="NAME",
                    help=f"a verifier account (repeatable; default {DEFAULT_VERIFIERS[0]})")
     q.add_argument("--dashboard", action="append", metavar="NAME",
@@ -57,9 +58,14 @@ def register(subparsers: Any) -> None:
     q.add_argument("--client-cert-port", type=int,
                    help="TLS + client certificate listener (default 8885)")
     q.add_argument("--wss-port", type=int, help="TLS websockets listener (default 8884)")
-    q.add_argument("--bind", help="bind the TLS listeners to this address (default: all)")
-    q.add_argument("--user", help="account Mosquitto runs as when started as root "
-                                  "(default: the current user, who owns the files)")
+    q.add_argument("--bind", help="bind the TLS listeners to this address (default: all; the websockets "
+                                  "listener ignores it, see --websockets)")
+    q.add_argument("--loopback-port", type=int, help="plain MQTT listener on 127.0.0.1 (default 1883)")
+    q.add_argument("--websockets", action=argparse.BooleanOptionalAction, default=None,
+                   help="open the TLS websockets listener for dashboards (default off; Mosquitto 2.0.11 binds it "
+                        "on every interface whatever --bind says)")
+    q.add_argument("--user", help="account Mosquitto runs as when started as root (default: `mosquitto` "
+                                  "when run as root, which then owns the broker's files; else the current user)")
     _add_reload_args(q)
     q.set_defaults(func=cmd_broker_files_init)
 

@@ -31,6 +31,15 @@ CONFIG_FILE = "mosquitto.conf"
 DEFAULT_VERIFIERS = ("verifier-1",)  # `edgespec verifier`'s default --verifier-id
 DEFAULT_DASHBOARDS = ("dashboard",)
 DEFAULT_PORTS = {"mqtts_port": 8883, "client_cert_port": 8885, "wss_port": 8884}
+DEFAULT_LOOPBACK_PORT = 1883
+ADMIN_USER = "edgespec-admin"  # dynamic-security account: cuts revoked devices' connections
+DYNSEC_DIR = "dynsec"  # its config, in a folder the broker's account may write (it saves it)
+
+
+def default_ca_dir() -> Path:
+    """`$EDGESPEC_HOME/ca` (else ~/.edgespec/dev/ca): the CA signing key stays out of the broker
+    folder unless `--dir`/`--ca-dir` put it there."""
+    return default_home() / "ca"
 
 
 class ProvisioningError(ValueError):

@@ -14,8 +14,8 @@ from security.mosquitto_files import (DEFAULT_PREFIX, BrokerFiles, generate_pass
                                       write_acl_file)
 from security.registry import FleetRegistry
 
-from .common import (ISSUED_INDEX, ProvisioningError, _command, _home, _load_ca, _read_pid,
-                     _reload, _say)
+from .common import (CREDENTIALS_DIR, ISSUED_INDEX, ProvisioningError, _command, _home, _load_ca,
+                     _read_pid, _reload, _say)
 from .state import (BrokerSettings, IssuedRecord, _active_certs, _broker_settings,
                     _refuse_service_name, _revoke_certs)
 
@@ -170,6 +170,82 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     _say(f"revoked {device_id}: {'; '.join(done)}")
     if files is not None or ca_dir is not None:
         _say(_reload(pid))
+    if broker_dir is not None and settings is not None and settings.admin:
+        _say(_kick(broker_dir, settings, device_id))
     else:
         _say("no --broker-dir: only the registry changed (a broker without authentication)")
     return 0
+
+
+# ---------------------------------------------------------------- cutting live connections
+
+KICK_TIMEOUT_S = 2.0
+
+
+def _kick(broker_dir: Path, settings: BrokerSettings, username: str) -> str:
+    """Cut every live connection of `username` through the dynamic-security plugin: create a
+    client of that name and delete it again, which kicks all connections by that username
+    (mosquitto_kick_client_by_username), password and client-certificate devices alike. SIGHUP
+    drops a password device whose entry is gone, but keeps a client-certificate device connected
+    (Mosquitto 2.0.11 re-derives its username from the certificate and never re-checks the CRL
+    for an open connection). The files changed before this, so a reconnect is refused."""
+    import json
+    import threading
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    assert settings.admin is not None
+    cred = broker_dir / CREDENTIALS_DIR / f"{settings.admin}.password"
+    try:
+        password = cred.read_text().strip()
+    except OSError as exc:
+        return f"warning: live connections not cut: cannot read {cred} ({exc.strerror})"
+    done = threading.Event()
+    replies: list[dict] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgespec-revoke-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+    client.username_pw_set(settings.admin, password)
+    subscribed = threading.Event()
+    failure: list[str] = []
+
+    def on_connect(c, _u, _f, rc, _p):
+        if rc != 0:
+            failure.append(f"the broker refused {settings.admin} ({rc})")
+            done.set()
+            return
+        c.subscribe("$CONTROL/dynamic-security/v1/response", qos=1)
+
+    def on_subscribe(c, _u, _mid, _rcs, _p):
+        subscribed.set()
+        commands = [{"command": "createClient", "username": username},
+                    {"command": "deleteClient", "username": username}]
+        c.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}), qos=1)
+
+    def on_message(_c, _u, msg):
+        try:
+            replies.extend(json.loads(msg.payload).get("responses", []))
+        except (ValueError, AttributeError):
+            pass
+        done.set()
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    where = f"127.0.0.1:{settings.loopback_port}"
+    try:
+        client.connect("127.0.0.1", settings.loopback_port, keepalive=10)
+    except OSError as exc:
+        return (f"warning: live connections not cut: the broker is not reachable on {where} ({exc}); "
+                "they end at the broker's next restart")
+    client.loop_start()
+    try:
+        done.wait(KICK_TIMEOUT_S)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if failure:
+        return f"warning: live connections not cut: {failure[0]}"
+    errors = [r.get("error") for r in replies if r.get("command") == "deleteClient" and r.get("error")]
+    if not replies or errors:
+        return f"warning: live connections not cut: no answer from the dynamic-security plugin on {where}" + (
+            f" ({errors[0]})" if errors else "")
+    return f"cut {username}'s live connections (dynamic-security kick on {where})"

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from security import ca as ca_mod
 from security.mosquitto_files import DEFAULT_HA_PREFIX, AclPolicy, atomic_write_text, locked
 
-from .common import (BROKER_SETTINGS, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError, _load_ca,
+from .common import (ADMIN_USER, BROKER_SETTINGS, DEFAULT_LOOPBACK_PORT, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError, _load_ca,
                      _read_json, _write_json)
 
 # ---------------------------------------------------------------- issued certificates and CRL
@@ -110,6 +110,9 @@ class BrokerSettings:
     wss_port: int = DEFAULT_PORTS["wss_port"]
     bind: str | None = None
     user: str | None = None
+    loopback_port: int = DEFAULT_LOOPBACK_PORT
+    websockets: bool = True  # folders made before --websockets had the listener
+    admin: str | None = None  # the dynamic-security account `revoke` kicks with (None: none)
 
     def to_json(self) -> dict[str, Any]:
         p = self.policy
@@ -119,7 +122,8 @@ class BrokerSettings:
                 "home_assistants": list(p.home_assistants),
                 "ca_dir": str(self.ca_dir), "mqtts_port": self.mqtts_port,
                 "client_cert_port": self.client_cert_port, "wss_port": self.wss_port,
-                "bind": self.bind, "user": self.user}
+                "bind": self.bind, "user": self.user, "loopback_port": self.loopback_port,
+                "websockets": self.websockets, "admin": self.admin}
 
     @classmethod
     def load(cls, broker_dir: Path) -> "BrokerSettings | None":
@@ -136,7 +140,9 @@ class BrokerSettings:
             return cls(policy=policy, ca_dir=Path(doc["ca_dir"]),
                        mqtts_port=int(doc["mqtts_port"]),
                        client_cert_port=int(doc["client_cert_port"]),
-                       wss_port=int(doc["wss_port"]), bind=doc.get("bind"), user=doc.get("user"))
+                       wss_port=int(doc["wss_port"]), bind=doc.get("bind"), user=doc.get("user"),
+                       loopback_port=int(doc.get("loopback_port", DEFAULT_LOOPBACK_PORT)),
+                       websockets=bool(doc.get("websockets", True)), admin=doc.get("admin"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProvisioningError(f"{path} is damaged ({exc}): re-run `edgespec broker-files "
                                     f"init --dir {broker_dir}` with the same options") from None
@@ -151,6 +157,9 @@ def _broker_settings(broker_dir: Path) -> BrokerSettings:
 
 
 def _refuse_service_name(device_id: str, settings: BrokerSettings | None) -> None:
+    if device_id == ADMIN_USER:
+        raise ProvisioningError(f"{device_id!r} is the broker's admin account (dynamic security), not a "
+                                "device: choose another id")
     if settings is not None and device_id in settings.policy.service_users:
         role = "verifier" if device_id in settings.policy.verifiers else "dashboard"
         raise ProvisioningError(
