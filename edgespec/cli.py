@@ -9,9 +9,10 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 from .config import DEFAULTS, resolve_model_dir, set_threads
-from .identity import add_device_identity_args
+from .identity import add_client_auth_args, add_device_identity_args
 
 # Modules that add their own subcommands with `register(subparsers)`, with the commands each
 # adds and their one-line help. Only the module of the command being run is imported: most of
@@ -90,11 +91,16 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     from verifier_node.core import VerifierConfig, VerifierCore
     from verifier_node.service import serve_reconnecting
 
-    from .identity import resolve_verifier_crypto
+    from .identity import client_auth_from_args, resolve_verifier_crypto, warn_password_in_url
     from .lifecycle import note
+    from .mqtt import redact_url
 
-    set_threads(args.threads)
     broker = args.broker or DEFAULTS.broker
+    warn_password_in_url(broker)
+    auth = client_auth_from_args(args, account=args.verifier_id)
+    if args.broker_dir and args.broker is None and "EDGESPEC_BROKER" not in os.environ:
+        broker = _broker_dir_url(args.broker_dir)
+    set_threads(args.threads)
     lm = load_lm(resolve_model_dir(args.target_model, "target"), dtype=args.dtype, device=args.device,
                  device_map=args.device_map)
     core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions,
@@ -113,14 +119,14 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         async def announce() -> None:
             await ready.wait()
             mode = "plaintext allowed" if args.allow_plaintext else "encrypted sessions only"
-            print(f"verifier {args.verifier_id} ready on {broker} ({mode})", flush=True)
+            print(f"verifier {args.verifier_id} ready on {redact_url(broker)} ({mode})", flush=True)
 
         from .metrics import VerifierCollector
 
         metrics = await start_metrics(args, VerifierCollector(core), f"verifier {args.verifier_id}")
         announcer = asyncio.create_task(announce())
         try:
-            await serve_reconnecting(core, broker, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
+            await serve_reconnecting(core, broker, auth=auth, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
                                      max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000)
         finally:
             announcer.cancel()
@@ -129,6 +135,12 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _broker_dir_url(broker_dir: str) -> str:
+    """mqtt://127.0.0.1:<loopback port> of a broker folder (a verifier on the broker's host)."""
+    doc = json.loads((Path(broker_dir) / "broker.json").read_text(encoding="utf-8"))
+    return f"mqtt://127.0.0.1:{int(doc.get('loopback_port', 1883))}"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -301,6 +313,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device-burst", type=int, default=2000)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
+    add_client_auth_args(p, broker_dir=True)
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="while several sessions are held, wait this long for more drafts before a batched forward")
     p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
@@ -316,6 +329,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=32)
     add_device_identity_args(p, device_id_default="dev-1")
+    add_client_auth_args(p)
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s, help="seconds to wait for the verifier")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_sampling_args(p)
@@ -325,6 +339,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("camera", help="a camera node: capture, motion events, features, drafted captions")
     _add_common(p)
     add_device_identity_args(p, device_id_default=None)
+    add_client_auth_args(p)
     p.add_argument("--source", default="synthetic",
                    help="device index, /dev/videoN, video file, image folder, rtsp/http URL, or synthetic[:SEED]")
     p.add_argument("--draft-model", default="default", help="model folder, or `default`")

@@ -67,6 +67,16 @@ class ClientAuth:
     key_file: str | None = None
 
 
+def redact_url(url: str) -> str:
+    """`url` with any password in it replaced by `***`: what may be printed or logged."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.password is None:
+        return url
+    host = parsed.netloc.rsplit("@", 1)[1]
+    user = parsed.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    return parsed._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def make_client(
     url: str,
     *,

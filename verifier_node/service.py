@@ -17,7 +17,7 @@ import time
 import aiomqtt
 
 from edgespec import mqtt
-from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_many, read_waiting, reconnect_delay,
+from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_many, read_waiting, reconnect_delay, redact_url,
                           routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
 
@@ -140,7 +140,7 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
     await client.subscribe(topics.all_verifier_stats(), qos=1)
     await opens.subscribe(topics.open_subscription(None), qos=1)
     await client.publish(status_topic, ONLINE, qos=1, retain=True)
-    log.info("verifier %s serving on %s (model %s)", vid, broker_url, core.lm.path)
+    log.info("verifier %s serving on %s (model %s)", vid, redact_url(broker_url), core.lm.path)
     if ready is not None:
         ready.set()
 
