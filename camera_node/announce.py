@@ -99,9 +99,16 @@ class CameraAnnouncer:
         await self._publish_state("idle")
 
     async def detach(self) -> None:
-        """Before the link closes: let a discovery re-send in flight finish."""
+        """Before the link closes: let a discovery re-send in flight finish, and leave the
+        retained state idle (a camera stopped in the middle of an event is not in motion)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.link.timeout_s if self.link else 5.0)
+        if self.link is not None and self.state.status != "idle":
+            self._open = None
+            try:
+                await self._publish_state("idle")
+            except Exception as exc:  # the link may be gone already; the Last Will says offline
+                log.warning("final idle state not published: %s", exc)
 
     # ------------------------------------------------------------ publishing
 

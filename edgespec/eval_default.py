@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -236,6 +238,8 @@ def _run(args: argparse.Namespace) -> int:
     from speculative.models import load_lm
 
     cfg = replace(EvalConfig(), scenes=args.scenes, gamma=args.gamma)
+    argv = sys.argv[sys.argv.index("eval-default") + 1 :] if "eval-default" in sys.argv else []
+    args.argv_echo = [a for a in argv if a != "--quiet"]
     labels = None
     if args.footage is not None:
         if not args.footage.is_dir():
@@ -251,6 +255,14 @@ def _run(args: argparse.Namespace) -> int:
         report["footage"] = evaluate_footage(args.footage, labels, target, draft,
                                              FootageConfig(gamma=args.gamma), keyframes=args.keyframes)
         print(("\n" if args.scenes > 0 else "") + format_footage(report["footage"]))
+        if args.markdown:
+            from edgespec.eval_footage import footage_markdown
+
+            rel = None
+            if args.keyframes is not None:
+                rel = os.path.relpath(args.keyframes, args.markdown.parent)
+            command = "edgespec eval-default " + " ".join(args.argv_echo)
+            args.markdown.write_text(footage_markdown(report["footage"], rel, command) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -284,6 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labels of the clips (default: DIR/labels.json, else the built-in labels)")
     parser.add_argument("--keyframes", type=Path, default=None, metavar="DIR",
                         help="save a key frame of each captioned event here (JPEG)")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                        help="write the footage captions as a Markdown page (key frames linked)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -214,5 +214,58 @@ def format_footage(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def footage_markdown(report: dict[str, Any], keyframes: str | None, command: str) -> str:
+    """A page of the captions per clip, each beside its event's key frame (if saved)."""
+    s = report["summary"]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        "# Captions on real footage",
+        "",
+        "What the camera pipeline says about the sample clips (Sample videos by Intel IoT DevKit,",
+        "CC BY 4.0), with the built-in pair, speculative decoding at T = 0 (each caption is the",
+        "target's own greedy caption, token for token). Made by:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Clips with motion captioned: {s['clips_with_motion_captioned']} of {s['clips_with_motion']}; "
+        f"{s['captions']} captions with {s['clauses']} clauses, each scored against the clip's labels "
+        "(`edgespec/defaultpair/footage_labels.json`).",
+        "",
+        "| per clause | kind | kind, or honestly \"object\" | colour | direction | false \"stays still\" |",
+        "|---|---|---|---|---|---|",
+        f"| share right | {pct(s['kind'])} | {pct(s['kind_or_unsure'])} | {pct(s['colour'])} | "
+        f"{pct(s['direction'])} | {s['false_still_claims']} |",
+        "",
+        f"Acceptance of the draft's tokens {pct(s['acceptance_rate'])}, {pct(s['tokens_per_round'])} tokens "
+        "per round (gamma 4).",
+        "",
+    ]
+    for clip in report["clips"]:
+        if clip.get("missing"):
+            continue
+        lines += [f"## {clip['clip']}", "",
+                  f"{clip['frames']} frames, {clip['events']} motion events, {len(clip['captions'])} captioned "
+                  f"({clip.get('events_without_objects', 0)} with no moving object followed).", ""]
+        if not clip["captions"]:
+            lines += ["No caption.", ""]
+            continue
+        lines += ["| key frame | time | caption | right (kind / colour / direction) |", "|---|---|---|---|"]
+        for cap in clip["captions"]:
+            image = f"![]({keyframes}/{cap['keyframe']})" if keyframes and cap.get("keyframe") else ""
+            marks = "; ".join(
+                "/".join("yes" if r.get(k) else "no" for k in ("kind_right_or_unsure", "colour_right",
+                                                              "direction_right"))
+                for r in cap["clauses"] if r["labelled"]
+            )
+            lines.append(f"| {image} | {cap['start_t']:.1f}-{cap['end_t']:.1f} s | {cap['text']} | {marks} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 __all__ = ["LABELS_FILE", "FootageConfig", "LabelsError", "evaluate_footage", "format_footage",
-           "load_labels", "score_clauses", "summarise"]
+           "footage_markdown", "load_labels", "score_clauses", "summarise"]

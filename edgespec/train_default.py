@@ -13,8 +13,10 @@ Steps (all deterministic from ``--seed``):
    ``OUT/train_report.json``.
 
 The recipe is fixed steps, so two runs with the same seed give the same weights on the same
-machine and thread count. ``--minutes`` is a hard cap: if the machine is too slow to finish
-the steps in time, training stops early (and says so), which makes the result depend on speed.
+machine and thread count. ``--minutes`` is a hard cap on the two training phases (features
+are computed first and do not count; ``--features-cache FILE`` keeps them for the next run):
+if the machine is too slow to finish the steps in time, training stops early (and says so,
+exit 2), which makes the result depend on speed.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from camera_node.captions import CAPTION_PROMPT
 from camera_node.features import ObjectFeatures
+from camera_node.scene import random_scene
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, TrainConfig
 from edgespec.defaultpair.data import CaptionBatches, build_tokenizer, compute_features, train_seeds
 from edgespec.defaultpair.modeling import (
@@ -193,21 +197,31 @@ def _folder_bytes(path: Path) -> int:
 
 
 def train_default(
-    out_dir: str | Path = DEFAULT_MODELS_DIR, cfg: TrainConfig | None = None, progress: bool = True
+    out_dir: str | Path = DEFAULT_MODELS_DIR, cfg: TrainConfig | None = None, progress: bool = True,
+    features_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole recipe and write ``out_dir/{target,draft}``; returns the report dict."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
-    deadline = started + cfg.max_minutes * 60.0
 
     tokenizer = build_tokenizer()
     extractor = ObjectFeatures()
-    scenes, features = compute_features(
-        train_seeds(cfg.seed, cfg.train_scenes), None, progress, workers=cfg.threads
-    )
+    seeds = train_seeds(cfg.seed, cfg.train_scenes)
+    scenes, features = None, None
+    if features_cache is not None and features_cache.is_file():
+        cached = np.load(features_cache)
+        if cached["seeds"].tolist() == seeds and cached["features"].shape[1:] == extractor.feature_shape:
+            scenes, features = [random_scene(s) for s in seeds], cached["features"]
+    if features is None:
+        scenes, features = compute_features(seeds, None, progress, workers=cfg.threads)
+        if features_cache is not None:
+            np.savez_compressed(features_cache, seeds=np.array(seeds), features=features)
     feature_seconds = time.monotonic() - started
+    # The cap counts from here: how long features took (or a cache hit) does not eat into
+    # the models' share.
+    deadline = time.monotonic() + cfg.max_minutes * 60.0
     metadata = {
         "feature_extractor": "camera_node.features.ObjectFeatures",
         "caption_prompt": CAPTION_PROMPT,
@@ -220,7 +234,8 @@ def train_default(
         scenes, features, tokenizer, cfg.batch_size, cfg.seed, cfg.bucket_batches,
         cfg.shuffled_words,
     )
-    target_deadline = started + (deadline - started) * TARGET_TIME_SHARE
+    phase_start = time.monotonic()
+    target_deadline = phase_start + (deadline - phase_start) * TARGET_TIME_SHARE
     target_result = train_target(
         target, target_projector, target_batches, cfg, target_deadline, progress
     )
@@ -267,7 +282,7 @@ def train_default(
 def _run(args: argparse.Namespace) -> int:
     """The ``train-default`` command: train, print a summary, exit 0 (2 if cut short)."""
     cfg = replace(TrainConfig(), seed=args.seed, max_minutes=args.minutes)
-    report = train_default(args.out, cfg, progress=not args.quiet)
+    report = train_default(args.out, cfg, progress=not args.quiet, features_cache=args.features_cache)
     seconds, params, sizes = report["seconds"], report["parameters"], report["folder_bytes"]
     print(
         f"wrote {args.out}/target and {args.out}/draft in {seconds['total']:.0f} s "
@@ -314,6 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=defaults.seed, help="run seed (default %(default)s)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--features-cache", type=Path, default=None, metavar="FILE",
+                        help="keep the training scenes' features in this .npz and reuse them when the "
+                             "seeds and shape match (computing them is most of a run on 2 cores)")
 
 
 def register(subparsers: Any) -> None:
