@@ -1,8 +1,8 @@
 """On-device motion events: turn a stream of frames into finished :class:`MotionEvent` s.
 
-A :class:`MotionDetector` looks at a small, blurred grey copy of each frame and measures the
-*changed area*: the fraction of its pixels that differ from a reference by more than
-``pixel_threshold`` grey levels. Two references are available (``MotionConfig.method``):
+A :class:`MotionDetector` looks at a small, blurred copy of each frame and measures the
+*changed area*: the fraction of its pixels whose colour differs from a reference by more than
+``pixel_threshold`` levels in some channel. Two references are available (``MotionConfig.method``):
 
 * ``"diff"`` (default): the frame ``reference_gap_s`` seconds earlier. A gap of a few frames
   rather than one lets slow movers (a person crossing a hallway at 12 fps) add up to a
@@ -70,7 +70,7 @@ class MotionConfig:
         process_width: frames are shrunk to this width (aspect kept, never enlarged)
             before measuring: cheaper, and sensor noise averages out.
         blur_kernel: side of the Gaussian blur on the small grey image (odd pixels).
-        pixel_threshold: grey-level difference (0..255) at which a pixel counts as changed.
+        pixel_threshold: difference (0..255) in any colour channel at which a pixel counts as changed.
         min_area: changed fraction of the frame (0..1) at which a frame counts as moving.
         reference_gap_s: ``diff``: seconds between a frame and the frame it is compared with.
         end_still_frames: an event ends at this many consecutive still frames.
@@ -277,18 +277,19 @@ class MotionDetector:
             before_settled=event.settled and event.before is not None,
         )
 
-    def _small_grey(self, image: np.ndarray) -> np.ndarray:
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        """The frame shrunk and blurred, in colour (a red car on a grey road of the same
+        brightness differs in colour, not in grey level)."""
         height, width = image.shape[:2]
         target = min(width, self.config.process_width)
         size = (target, max(1, round(height * target / width)))
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if target < width else image
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         kernel = self.config.blur_kernel
-        return cv2.GaussianBlur(grey, (kernel, kernel), 0) if kernel > 1 else grey
+        return cv2.GaussianBlur(small, (kernel, kernel), 0) if kernel > 1 else small
 
     def _measure(self, frame: Frame) -> float:
         """Changed fraction of ``frame`` (0..1); updates the reference history or model."""
-        grey = self._small_grey(frame.image)
+        grey = self._small(frame.image)
         restarted = self._history and frame.t < self._history[-1][0]
         if grey.shape != self._shape or restarted:
             # A new camera, size or clock: old references mean nothing; keep any open event.
@@ -309,7 +310,10 @@ class MotionDetector:
         area = 0.0
         if history:
             reference = history[0][1]
-            changed = cv2.absdiff(grey, reference) > self.config.pixel_threshold
+            diff = cv2.absdiff(grey, reference)
+            if diff.ndim == 3:
+                diff = diff.max(axis=2)  # the channel that changed most
+            changed = diff > self.config.pixel_threshold
             area = float(np.count_nonzero(changed)) / changed.size
         history.append((t, grey))
         return area
@@ -321,7 +325,7 @@ class MotionDetector:
                 varThreshold=self.config.mog2_var_threshold,
                 detectShadows=False,
             )
-        mask = self._mog2.apply(grey)
+        mask = self._mog2.apply(cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY) if grey.ndim == 3 else grey)
         self._mog2_frames += 1
         if self._mog2_frames <= self.config.mog2_warmup_frames:
             return 0.0

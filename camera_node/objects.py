@@ -54,8 +54,9 @@ class TrackConfig:
     scale_over_travel: float = 1.5  # ... when it is this many times the travel (frame heights)
     stop_share: float = 0.34  # the last share of observations that must be still for "stopped"
     stop_travel: float = 0.03
-    fragment_share: float = 0.08  # a track smaller than this share of the largest is a fragment
-    fragment_inside: float = 0.6  # ... and so is one lying this much inside a larger one
+    secondary_observations: float = 0.6  # share of samples a track after the largest must be in
+    fragment_share: float = 0.25  # ... when its box is also smaller than this share of the largest
+    fragment_inside: float = 0.6  # a track lying this much inside a larger one is part of it
     # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
     person_aspect: float = 1.5
     person_area: float = 0.01
@@ -163,22 +164,24 @@ class ObjectTracker:
         needed = max(2, math.ceil(cfg.min_observations * len(frames)))
         kept = [tr for tr in tracks if len(tr.observations) >= needed]
         kept.sort(key=lambda tr: -sum(o.area for o in tr.observations))
-        kept = self._distinct(kept)[: 2 * cfg.max_objects]
+        kept = self._distinct(kept, len(frames))[: 2 * cfg.max_objects]
         self._people(kept, frames, times)
         return kept
 
-    def _distinct(self, tracks: list[Track]) -> list[Track]:
-        """Drop fragments (tracks sorted largest first): a track far smaller than the largest,
-        or one whose box lies mostly inside a larger track's box (a part of the same thing:
-        a vest apart from the trousers, a shadow)."""
+    def _distinct(self, tracks: list[Track], samples: int) -> list[Track]:
+        """Drop fragments (tracks sorted largest first): after the largest, a small track
+        (under ``fragment_share`` of the largest box) seen in fewer than
+        ``secondary_observations`` of the samples (a flicker, a piece of a thing that split
+        off for a while), or one whose box lies mostly inside a larger track's box (a part of
+        the same thing: a vest apart from the trousers, a shadow)."""
         cfg = self.config
-        if not tracks:
-            return tracks
-        largest = float(np.median([o.box[2] * o.box[3] for o in tracks[0].observations]))
+        needed = max(2, math.ceil(cfg.secondary_observations * samples))
         kept: list[Track] = []
+        largest = 0.0
         for tr in tracks:
             size = float(np.median([o.box[2] * o.box[3] for o in tr.observations]))
-            if size < cfg.fragment_share * largest:
+            largest = largest or size
+            if kept and len(tr.observations) < needed and size < cfg.fragment_share * largest:
                 continue
             if any(_inside_share(tr, bigger) >= cfg.fragment_inside for bigger in kept):
                 continue
@@ -274,7 +277,9 @@ class ObjectTracker:
         scale = float(np.median([self._scale(a, b) for a, b in pairs]))
         duration = max(last.t - first.t, 1e-6)
         travel = math.hypot(dx / pixel_aspect, dy)  # in frame heights
-        direction = self._direction(dx / pixel_aspect, dy, scale, first, last)
+        third = max(1, len(obs) // 3)
+        whole = all(self._side(o.box) == "inside" for o in (*obs[:third], *obs[-third:]))
+        direction = self._direction(dx / pixel_aspect, dy, scale if whole else 0.0, first, last)
         entry, exit_ = self._side(first.box), self._side(last.box)
         tail = obs[-max(2, math.ceil(cfg.stop_share * len(obs))):]
         tail_travel = math.dist(tail[0].centre, tail[-1].centre)
@@ -343,7 +348,9 @@ class ObjectTracker:
         travel = math.hypot(dx, dy)
         if travel < cfg.still_travel and abs(scale) < cfg.scale_travel:
             return "still"
-        # Growth that outweighs sideways travel is motion along the camera's axis.
+        # Growth that outweighs sideways travel is motion along the camera's axis. Only a
+        # thing seen whole at both ends says so: one cut by a border grows or shrinks in view
+        # as it comes in or goes out (the caller passes scale 0 then).
         if abs(scale) >= cfg.scale_travel and abs(scale) >= cfg.scale_over_travel * travel:
             return "towards" if scale > 0 else "away"
         if abs(dx) >= abs(dy):
