@@ -248,9 +248,11 @@ def footage_markdown(report: dict[str, Any], keyframes: str | None, command: str
     for clip in report["clips"]:
         if clip.get("missing"):
             continue
+        events, skipped = clip["events"], clip.get("events_without_objects", 0)
         lines += [f"## {clip['clip']}", "",
-                  f"{clip['frames']} frames, {clip['events']} motion events, {len(clip['captions'])} captioned "
-                  f"({clip.get('events_without_objects', 0)} with no moving object followed).", ""]
+                  f"{clip['frames']} frames, {events} motion event{'s' if events != 1 else ''}, "
+                  f"{len(clip['captions'])} captioned"
+                  + (f" ({skipped} with no moving object followed)." if skipped else "."), ""]
         if not clip["captions"]:
             lines += ["No caption.", ""]
             continue
