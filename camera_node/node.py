@@ -91,13 +91,16 @@ class CameraRun:
 
     def summary(self) -> str:
         """One line: ``41 frames, 1 event, 1 caption`` or ``41 frames, no motion found``."""
-        frames = f"{self.frames} frame{'s' if self.frames != 1 else ''}"
+        frames = _count(self.frames, "frame")
         if not self.events:
             return f"{frames}, no motion found"
-        events = f"{self.events} event{'s' if self.events != 1 else ''}"
-        captions = f"{len(self.captions)} caption{'s' if len(self.captions) != 1 else ''}"
         skipped = f" ({self.nothing_followed} with no moving object)" if self.nothing_followed else ""
-        return f"{frames}, {events}, {captions}{skipped}"
+        return f"{frames}, {_count(self.events, 'event')}, {_count(len(self.captions), 'caption')}{skipped}"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 event``, ``2 events``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def jpeg_size(frame: np.ndarray) -> int:

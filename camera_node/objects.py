@@ -149,8 +149,8 @@ class ObjectTracker:
         cfg = self.config
         if len(frames) == 0:
             return []
-        small = [cv2.GaussianBlur(_resize(f, cfg.work_width), (cfg.blur_kernel,) * 2, 0) for f in frames]
         raw = [_resize(f, cfg.work_width) for f in frames]
+        small = [cv2.GaussianBlur(f, (cfg.blur_kernel,) * 2, 0) for f in raw]
         if before is not None and before.shape == frames[0].shape:
             background = cv2.GaussianBlur(_resize(before, cfg.work_width), (cfg.blur_kernel,) * 2, 0)
         else:
@@ -277,7 +277,6 @@ class ObjectTracker:
         scale = float(np.median([self._scale(a, b) for a, b in pairs]))
         duration = max(last.t - first.t, 1e-6)
         travel = math.hypot(dx / pixel_aspect, dy)  # in frame heights
-        third = max(1, len(obs) // 3)
         whole = all(self._side(o.box) == "inside" for o in (*obs[:third], *obs[-third:]))
         direction = self._direction(dx / pixel_aspect, dy, scale if whole else 0.0, first, last)
         entry, exit_ = self._side(first.box), self._side(last.box)
@@ -358,14 +357,7 @@ class ObjectTracker:
         return "up" if dy < 0 else "down"
 
     def _side(self, box: tuple[float, float, float, float]) -> str:
-        """The border a box touches (the nearest if several), or ``inside``."""
-        m = self.config.edge_margin
-        x, y, w, h = box
-        gaps = {"left": x, "right": 1 - (x + w), "top": y, "bottom": 1 - (y + h)}
-        touching = {side: gap for side, gap in gaps.items() if gap <= m}
-        if not touching or len(touching) >= 3:  # touches nothing, or fills the frame
-            return "inside"
-        return min(touching, key=lambda s: touching[s])
+        return border_side(box, self.config.edge_margin)
 
     def _kind(self, area: float, aspect: float, extent: float, people_hits: int) -> str:
         """The kind the measurements support: a tall upright thing the people detector
@@ -394,29 +386,42 @@ def _inside_share(small: Track, big: Track) -> float:
     return float(np.mean(shares)) if shares else 0.0
 
 
+def border_side(box: tuple[float, float, float, float], margin: float) -> str:
+    """The frame border a normalised (x, y, w, h) box touches within ``margin`` (the nearest
+    if several), or ``inside`` (touching nothing, or three borders or more: it fills the frame)."""
+    x, y, w, h = box
+    gaps = {"left": x, "right": 1 - (x + w), "top": y, "bottom": 1 - (y + h)}
+    touching = {side: gap for side, gap in gaps.items() if gap <= margin}
+    if not touching or len(touching) >= 3:
+        return "inside"
+    return min(touching, key=lambda s: touching[s])
+
+
 def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel BGR Euclidean distance [H, W] of two images [H, W, 3]."""
     diff = a.astype(np.float32) - b
     return np.sqrt(np.einsum("hwc,hwc->hw", diff, diff))
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def _intersection(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Area of the overlap of two (x, y, w, h) boxes."""
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
     ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
+    return iw * ih
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    inter = _intersection(a, b)
+    union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
 
 
 def _overlap_share(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Intersection of a and b as a share of a's area."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return iw * ih / max(aw * ah, 1e-9)
+    return _intersection(a, b) / max(a[2] * a[3], 1e-9)
 
 
-__all__ = ["COLOUR_NAMES", "DIRECTIONS", "KINDS", "SIDES", "ObjectFacts", "ObjectTracker", "TrackConfig"]
+__all__ = ["COLOUR_NAMES", "DIRECTIONS", "KINDS", "SIDES", "ObjectFacts", "ObjectTracker", "TrackConfig",
+           "border_side"]

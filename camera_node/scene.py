@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from camera_node.objects import DIRECTIONS, KINDS, TrackConfig
+from camera_node.objects import DIRECTIONS, KINDS, TrackConfig, border_side
 
 MOTION_SECONDS = 2.0
 """How long an episode's motion lasts: the event clip runs from t=0 to t=MOTION_SECONDS."""
@@ -111,15 +111,6 @@ def _box(obj: SceneObject, t: float, width: int, height: int) -> tuple[float, fl
     x, y, h = obj.at(t)
     w = h * height / obj.aspect / width
     return x - w / 2, y - h / 2, w, h
-
-
-def _side(box: tuple[float, float, float, float], margin: float) -> str:
-    x, y, w, h = box
-    gaps = {"left": x, "right": 1 - (x + w), "top": y, "bottom": 1 - (y + h)}
-    touching = {side: gap for side, gap in gaps.items() if gap <= margin}
-    if not touching or len(touching) >= 3:
-        return "inside"
-    return min(touching, key=lambda s: touching[s])
 
 
 def random_scene(seed: int, width: int = 320, height: int = 240) -> Scene:
@@ -253,8 +244,8 @@ def ground_truth(scene: Scene) -> list[dict[str, object]]:
             "colour": o.colour,
             # Coming closer also moves a thing down the frame here: both words are true.
             "direction": [o.direction, *_ALSO.get(o.direction, ())],
-            "entry": _side(_box(o, 0.0, scene.width, scene.height), margin),
-            "exit": _side(_box(o, MOTION_SECONDS, scene.width, scene.height), margin),
+            "entry": border_side(_box(o, 0.0, scene.width, scene.height), margin),
+            "exit": border_side(_box(o, MOTION_SECONDS, scene.width, scene.height), margin),
             # A stop shows while something else still moves (after the last motion the
             # camera sees only stillness, and every thing "stops").
             "stopped": o.stops_early and any(not p.stops_early for p in scene.objects),

@@ -88,8 +88,8 @@ async def exchange_drafting_ahead(channel, message: DraftMsg | SessionOpen, edge
     Everything runs on the event loop's thread, which yields between forwards: the message is
     on the socket before the first forward, and a verdict that lands during one is taken when
     it ends (~1 ms). With nothing left to draft the loop keeps polling its socket for
-    `busy_poll_s` before it sleeps in the kernel: on the development VM a process that slept
-    runs its next forward about twice as slow (`edgespec bench` measures it), so a device that
+    `busy_poll_s` before it sleeps in the kernel: on a virtualised CPU a process that slept can
+    run its next forward about twice as slow (`edgespec bench` measures it), so a device that
     can spare the CPU answers its verdicts sooner. 0 sleeps at once (battery-powered devices,
     and simulated fleets sharing a machine with their verifier).
     """

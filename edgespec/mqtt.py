@@ -260,7 +260,7 @@ class BusyPoll:
     """Keeps an event loop polling its sockets (zero-timeout selects, yielding the CPU between
     them) for `seconds` after each `kick()`, instead of sleeping in the kernel.
 
-    On the development VM a process that slept even 1 ms runs its next model forward about
+    On a virtualised CPU a process that slept even 1 ms can run its next model forward about
     twice as slow as one that kept running (`edgespec bench` measures it: "hand-off"); a
     verifier kicks this after each reply, since the device's next block follows within a few
     milliseconds. It costs a core while hot; 0 seconds turns it off.

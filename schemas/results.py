@@ -19,6 +19,23 @@ from .messages import PROTOCOL_VERSION
 MAX_RESULT_BYTES = 64 * 1024
 
 
+def _json_object(payload: bytes, what: str, types: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of a result-like message, bounded, versioned and with ``types``' fields
+    present and of their types (bool is never an int here); a WireError otherwise."""
+    if len(payload) > MAX_RESULT_BYTES:
+        raise WireError(ErrorCode.OVERSIZE, f"{what} is {len(payload)} bytes, limit {MAX_RESULT_BYTES}")
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(ErrorCode.MALFORMED, f"{what} is not JSON: {exc}") from None
+    if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
+        raise WireError(ErrorCode.BAD_VERSION, f"{what} must be a JSON object with v = 1")
+    for name, kind in types.items():
+        if not isinstance(body.get(name), kind) or isinstance(body.get(name), bool):
+            raise WireError(ErrorCode.MALFORMED, f"{what} field '{name}' missing or of the wrong type")
+    return body
+
+
 @dataclass(frozen=True)
 class ResultMsg:
     device_id: str
@@ -39,20 +56,10 @@ class ResultMsg:
 
     @classmethod
     def from_json(cls, payload: bytes) -> "ResultMsg":
-        if len(payload) > MAX_RESULT_BYTES:
-            raise WireError(ErrorCode.OVERSIZE, f"result is {len(payload)} bytes, limit {MAX_RESULT_BYTES}")
-        try:
-            body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise WireError(ErrorCode.MALFORMED, f"result is not JSON: {exc}") from None
-        if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
-            raise WireError(ErrorCode.BAD_VERSION, "result must be a JSON object with v = 1")
         types = {"device_id": str, "session_id": str, "ts": (int, float), "text": str, "token_ids": list,
                  "rounds": int, "acceptance_rate": (int, float), "mean_accepted": (int, float),
                  "bytes_up": int, "bytes_down": int}
-        for name, kind in types.items():
-            if not isinstance(body.get(name), kind) or isinstance(body.get(name), bool):
-                raise WireError(ErrorCode.MALFORMED, f"result field '{name}' missing or of the wrong type")
+        body = _json_object(payload, "result", types)
         extra = body.get("extra", {})
         if not isinstance(extra, dict):
             raise WireError(ErrorCode.MALFORMED, "result field 'extra' must be an object")
@@ -82,19 +89,9 @@ class VerifiedMsg:
 
     @classmethod
     def from_json(cls, payload: bytes) -> "VerifiedMsg":
-        if len(payload) > MAX_RESULT_BYTES:
-            raise WireError(ErrorCode.OVERSIZE, f"verified result is {len(payload)} bytes, limit {MAX_RESULT_BYTES}")
-        try:
-            body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise WireError(ErrorCode.MALFORMED, f"verified result is not JSON: {exc}") from None
-        if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
-            raise WireError(ErrorCode.BAD_VERSION, "verified result must be a JSON object with v = 1")
         types = {"device_id": str, "session_id": str, "verifier_id": str, "ts": (int, float),
                  "token_ids": list, "text": str, "resumed": int}
-        for name, kind in types.items():
-            if not isinstance(body.get(name), kind) or isinstance(body.get(name), bool):
-                raise WireError(ErrorCode.MALFORMED, f"verified field '{name}' missing or of the wrong type")
+        body = _json_object(payload, "verified result", types)
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in body["token_ids"]):
-            raise WireError(ErrorCode.MALFORMED, "verified field 'token_ids' must hold integers")
+            raise WireError(ErrorCode.MALFORMED, "verified result field 'token_ids' must hold integers")
         return cls(**{name: body[name] for name in types})

@@ -54,36 +54,40 @@ class Topics:
                 or self.prefix.endswith("/"):
             raise ValueError(f"topic prefix {self.prefix!r} must be a plain topic path without wildcards")
 
+    def _device(self, device: str, leaf: str) -> str:
+        """``{prefix}/dev/{device}/{leaf}``, the device id checked as one topic level."""
+        return f"{self.prefix}/dev/{check_id(device)}/{leaf}"
+
     def open(self, device: str) -> str:
-        return f"{self.prefix}/dev/{check_id(device)}/up/open"
+        return self._device(device, "up/open")
 
     def session_up(self, device: str, verifier: str) -> str:
-        return f"{self.prefix}/dev/{check_id(device)}/up/v/{check_id(verifier, 'verifier id')}"
+        return self._device(device, f"up/v/{check_id(verifier, 'verifier id')}")
 
     def down(self, device: str) -> str:
-        return f"{self.prefix}/dev/{check_id(device)}/down"
+        return self._device(device, "down")
 
     def result(self, device: str) -> str:
-        return f"{self.prefix}/dev/{check_id(device)}/result"
+        return self._device(device, "result")
 
     def verified(self, device: str) -> str:
         """What a verifier verified of the device's finished session (only verifiers write it)."""
-        return f"{self.prefix}/dev/{check_id(device)}/verified"
+        return self._device(device, "verified")
 
     def device_status(self, device: str) -> str:
-        return f"{self.prefix}/dev/{check_id(device)}/status"
+        return self._device(device, "status")
 
     def device_state(self, device: str) -> str:
         """The camera's retained state JSON (status, last event and caption, counters)."""
-        return f"{self.prefix}/dev/{check_id(device)}/state"
+        return self._device(device, "state")
 
     def device_events(self, device: str) -> str:
         """Frigate-style event messages (`new` / `update` / `end`), not retained."""
-        return f"{self.prefix}/dev/{check_id(device)}/events"
+        return self._device(device, "events")
 
     def device_description(self, device: str) -> str:
         """An event's caption, like Frigate's `tracked_object_update` description."""
-        return f"{self.prefix}/dev/{check_id(device)}/tracked_object_update"
+        return self._device(device, "tracked_object_update")
 
     def verifier_status(self, verifier: str) -> str:
         return f"{self.prefix}/verifier/{check_id(verifier, 'verifier id')}/status"

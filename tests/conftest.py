@@ -111,20 +111,27 @@ def start_verifier(broker_url: str, target_dir: Path, verifier_id: str = "verifi
            "--target-model", str(target_dir), "--verifier-id", verifier_id, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
+    lines = read_until_ready(proc)
+    if any("ready on" in line for line in lines):
+        drain(proc)  # keep draining its output so a chatty verifier never blocks on a full pipe
+        return proc
+    proc.kill()
+    raise RuntimeError("verifier did not start:\n" + "".join(lines))
+
+
+def read_until_ready(proc: subprocess.Popen, timeout_s: float = 60) -> list[str]:
+    """A verifier's output lines up to its "ready on" line (or its end, or the time-out)."""
     assert proc.stdout is not None
-    lines = []
+    deadline = time.monotonic() + timeout_s
+    lines: list[str] = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
         lines.append(line)
         if "ready on" in line:
-            # Keep draining its output so a chatty verifier never blocks on a full pipe.
-            drain(proc)
-            return proc
-    proc.kill()
-    raise RuntimeError("verifier did not start:\n" + "".join(lines))
+            break
+    return lines
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -135,6 +142,15 @@ def stop_process(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def default_pair():
+    """The built-in (target, draft) pair, loaded once."""
+    from edgespec.config import resolve_model_dir
+    from speculative.models import load_lm
+
+    return load_lm(resolve_model_dir("default", "target")), load_lm(resolve_model_dir("default", "draft"))
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,6 @@ from edgespec.eval_footage import LABELS_FILE, load_labels
 from edgespec.mqtt import make_client
 from schemas import ResultMsg, Topics
 from speculative.loop import generate_autoregressive
-from speculative.models import load_lm
 from speculative.sampling import SamplingParams
 
 pytestmark = pytest.mark.broker
@@ -38,11 +37,6 @@ FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "footage"
 WORKER = FOOTAGE / "worker-zone-detection.gif"
 PREFIX = "footage-test/v1"
 needs_footage = pytest.mark.skipif(not WORKER.is_file(), reason="shared footage not present")
-
-
-@pytest.fixture(scope="module")
-def default_pair():
-    return load_lm(resolve_model_dir("default", "target")), load_lm(resolve_model_dir("default", "draft"))
 
 
 @pytest.fixture(scope="module")

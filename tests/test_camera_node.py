@@ -16,15 +16,9 @@ from edgespec.config import resolve_model_dir
 from edgespec.mqtt import make_client
 from schemas import ResultMsg, Topics
 from speculative.loop import generate_autoregressive
-from speculative.models import load_lm
 from speculative.sampling import SamplingParams
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(scope="module")
-def default_pair():
-    return load_lm(resolve_model_dir("default", "target")), load_lm(resolve_model_dir("default", "draft"))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker.runner import BrokerError, MosquittoBroker, find_mosquitto, free_port, wait_for_port
+from conftest import read_until_ready
 
 try:
     find_mosquitto()
@@ -218,16 +219,9 @@ def test_no_secret_in_output(deployment: Deployment, tiny_pair) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "edgespec.cli", "verifier", "--target-model", str(target),
                                  "--home", str(deployment.home), *extra], cwd=REPO, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        lines = []
+        lines: list[str] = []
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-                if "ready on" in line:
-                    break
+            lines = read_until_ready(proc)
             assert any("ready on" in line for line in lines), "".join(lines)
             tail = drain(proc)
             if extra is runs[1]:  # a device session through it: generate, with the bundle's password

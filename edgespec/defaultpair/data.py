@@ -86,8 +86,14 @@ def scene_features(scene: Scene, extractor: FeatureExtractor) -> np.ndarray:
     return extractor.extract(events[0])
 
 
+_WORKER_EXTRACTOR: ObjectFeatures | None = None  # one per worker process (its HOG detector)
+
+
 def _features_of_seed(seed: int) -> np.ndarray:
-    return scene_features(random_scene(seed), ObjectFeatures())
+    global _WORKER_EXTRACTOR
+    if _WORKER_EXTRACTOR is None:
+        _WORKER_EXTRACTOR = ObjectFeatures()
+    return scene_features(random_scene(seed), _WORKER_EXTRACTOR)
 
 
 def compute_features(
