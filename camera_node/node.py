@@ -150,7 +150,7 @@ def caption_seed(device_id: str, boot_nonce: bytes, number: int, start_t: float)
     """The sampling seed (uint64) of one caption session when none was configured: a hash of
     the device id, `boot_nonce` (random, drawn at each start of the camera), the event's
     number and its start time. Seeds `cfg.seed + n` made every camera's n-th caption draw the
-    same random numbers, so the fleet's sampled captions were correlated (issue 18, item 10)."""
+    same random numbers, so the fleet's sampled captions were correlated."""
     text = f"edgespec/v1 caption seed\0{device_id}\0{boot_nonce.hex()}\0{number}\0{start_t!r}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 

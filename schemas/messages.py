@@ -398,7 +398,7 @@ def _q_in(f: _Fields, index: int, k: int, name: str = "q") -> SparseQWire | None
 
 # Sampled temperatures below this are refused (out_of_range; 0 means greedy): tiny ones
 # overflow logits / temperature to inf and the target's warp to NaN, which failed every
-# session of the batch (issue 18, item 9). Equal to speculative.sampling.MIN_TEMPERATURE.
+# session of the batch. Equal to speculative.sampling.MIN_TEMPERATURE.
 MIN_TEMPERATURE = 0.01
 
 

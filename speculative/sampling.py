@@ -17,7 +17,7 @@ Q_WEIGHT_MAX = 65535  # weights travel as uint16
 DEFAULT_Q_TOP = 16
 # The smallest sampled temperature (0 is greedy). Tiny ones (about 1e-36 and below for logits
 # near 100) overflow logits / temperature to inf in float32: the warp gives NaN and
-# torch.multinomial raises, for every session of a batch (issue 18, item 9). At 0.01 even the
+# torch.multinomial raises, for every session of a batch. At 0.01 even the
 # largest half-precision logit stays finite (x 100); greedy decoding is temperature 0.
 # The wire decoder refuses the same range (schemas.messages.MIN_TEMPERATURE).
 MIN_TEMPERATURE = 0.01
@@ -135,7 +135,7 @@ def make_generator(seed: int, stream: int, resumed_at: int = 0) -> torch.Generat
     `resumed_at`: 0 for a session's first open; for a re-open (after a RESYNC, an eviction or
     a failover, with tokens already generated) the committed length it resumes from. A
     re-opened verifier must not draw the uniforms it drew before: the device's stream goes
-    on, and uniforms used twice would bias the output (issue 18, item 8). Each committed
+    on, and uniforms used twice would bias the output. Each committed
     length gets its own stream (a hash of seed, stream and length). The committed length
     only grows with every verdict a device applies, so a stream whose draws reached the
     output never starts again; one restarted at the same length only repeats draws whose

@@ -1,4 +1,4 @@
-"""Caption seeds (issue 18, item 10): without `--seed` every camera, event and start gets its
+"""Caption seeds: without `--seed` every camera, event and start gets its
 own sampling seed; an explicit seed keeps runs reproducible."""
 
 from __future__ import annotations

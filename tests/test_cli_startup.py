@@ -1,5 +1,5 @@
 """The command line starts fast for commands that need no model: `edgespec revoke` must return
-within 3 s (issue 18, item 3), and importing torch alone takes seconds. Only the plugin module of
+within 3 s, and importing torch alone takes seconds. Only the plugin module of
 the command being run is imported (edgespec.cli.PLUGIN_COMMANDS), and errors are matched without
 importing their modules (edgespec.errors.KNOWN_ERRORS)."""
 

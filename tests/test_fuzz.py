@@ -1,4 +1,4 @@
-"""Hostile input (issue 4, item 5): `edgespec fuzz` against the tiny pair.
+"""Hostile input: `edgespec fuzz` against the tiny pair.
 
 In process, the fuzzer's model of the contract is checked against `VerifierCore` itself: every
 payload gets the outcome the fuzzer predicted and the core counts every rejection. Through a

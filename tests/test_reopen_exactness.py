@@ -1,4 +1,4 @@
-"""Exactness of sampled sessions that are re-opened (issue 18, item 8).
+"""Exactness of sampled sessions that are re-opened.
 
 A RESYNC, an eviction or a failover makes the device re-open its session with the tokens it
 has already generated, while its own random stream goes on. The verifier must then continue

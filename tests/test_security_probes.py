@@ -1,5 +1,5 @@
 """Probes of a production deployment as an attacker holding one device's credentials would run
-them (issue 18), against a broker made by the project's own commands (`ca init`, `broker-files
+them, against a broker made by the project's own commands (`ca init`, `broker-files
 init`, `keys init`, `flash`, `flash --cert`) and started from the generated `mosquitto.conf`:
 anonymous and wrong-credential connects, another device's topics, forged verdicts, revocation
 of connected password and certificate devices (cut within 1 s of `revoke` returning), and

@@ -1,4 +1,4 @@
-"""Tiny sampled temperatures (issue 18, item 9): refused with a typed, counted error, and a
+"""Tiny sampled temperatures: refused with a typed, counted error, and a
 batch holding such an OPEN still serves its other sessions."""
 
 from __future__ import annotations

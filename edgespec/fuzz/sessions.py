@@ -121,7 +121,7 @@ class SessionAttacker:
             await self.att.request(fence(self.up))
         if "replay_open_after_close" in self.kinds and self.budget.take():
             # The recorded sealed OPEN of a finished session, replayed on its own topic: a replay
-            # must change nothing (issue 4), so it may not open the session again.
+            # must change nothing, so it may not open the session again.
             await self.att.request(Attack("replay_open_after_close", self.open_topic, s.open_payload,
                                           _exp(reason(ErrorCode.REPLAY), reason(ErrorCode.WRONG_DEVICE)),
                                           cipher=s.cipher, new_session=True))
