@@ -16,55 +16,20 @@ Modes run interleaved, rep by rep, so machine noise hits them alike; ratios come
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import os
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .bench_rounds import print_round_costs, round_costs, stop_for_final_stats
-from .config import REPO, resolve_model_dir, set_threads
+from .config import resolve_model_dir, set_threads
+from .toolkit import expected_tokens_per_round, percentile, spawn
+from .workloads import TEXT_PROMPTS, Case, hf_generate, text_cases, vision_cases
 
 NULL_PREFIX = "bench-null/v1"  # keeps the model-free verifier apart from the real one
 VERIFIER_ID = "bench-verifier"
-TEXT_PROMPTS = [
-    "a red circle", "on the left a blue", "the camera sees", "a small green triangle",
-    "near the top a yellow", "a white square moves", "two objects", "an orange circle stays",
-]
-
-
-@dataclass
-class Case:
-    prompt_ids: list[int]
-    features: np.ndarray | None = None
-
-
-def text_cases(lm, n: int) -> list[Case]:
-    return [Case(lm.encode(p)) for p in TEXT_PROMPTS[:n]]
-
-
-def vision_cases(lm, n: int, seed: int = 900_000) -> list[Case]:
-    """Caption prompts with features of held-out synthetic scenes, as the camera sends them."""
-    from camera_node.captions import CAPTION_PROMPT
-    from camera_node.features import ObjectFeatures
-    from camera_node.scene import random_scene
-    from camera_node.session import wire_features
-    from edgespec.defaultpair.data import scene_features
-
-    extractor = ObjectFeatures()
-    cases = []
-    for i in range(n):
-        _, feats = wire_features(scene_features(random_scene(seed + i), extractor))
-        cases.append(Case(lm.encode(CAPTION_PROMPT), feats))
-    return cases
 
 
 @dataclass
@@ -103,61 +68,7 @@ class ModeResult:
         self.wire_down += down
 
 
-class ForwardCounter:
-    """Counts calls of a model's forward (HF generate gives no such figure itself)."""
-
-    def __init__(self, model):
-        self.model, self.calls, self._handle = model, 0, None
-
-    def __enter__(self):
-        def hook(*_):
-            self.calls += 1
-
-        self._handle = self.model.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-
-
-def references(target, cases: list[Case], max_new: int) -> list[list[int]]:
-    """The target's own greedy output for each case (KV-cached loop): what every speculative
-    session must reproduce token for token."""
-    from speculative.loop import generate_autoregressive
-    from speculative.sampling import SamplingParams
-
-    return [generate_autoregressive(target, c.prompt_ids, c.features, SamplingParams(), max_new).token_ids
-            for c in cases]
-
-
-def expected_tokens_per_round(a: float, gamma: int) -> float:
-    """(1 - a^(g+1)) / (1 - a): tokens per round for i.i.d. acceptance a and draft length g."""
-    return gamma + 1.0 if a >= 1.0 else (1 - a ** (gamma + 1)) / (1 - a)
-
-
 # ------------------------------------------------------------------ the modes
-
-
-def hf_generate(target, case: Case, n: int, assistant=None, gamma: int = 4) -> tuple[list[int], float, int]:
-    ids = torch.tensor([case.prompt_ids])
-    kwargs = dict(do_sample=False, max_new_tokens=n, attention_mask=torch.ones_like(ids))
-    if case.features is not None:  # the vision prefix as input embeddings; returns new tokens only
-        with torch.inference_mode():
-            embeds = torch.cat([target.projector(torch.as_tensor(case.features)),
-                                target.model.get_input_embeddings()(ids[0])])[None]
-        kwargs.update(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
-    if assistant is not None:
-        cfg = assistant.generation_config
-        cfg.num_assistant_tokens = gamma
-        cfg.num_assistant_tokens_schedule = "constant"
-        cfg.assistant_confidence_threshold = 0.0
-        kwargs["assistant_model"] = assistant
-    with ForwardCounter(target.model) as counter, torch.inference_mode():
-        started = time.perf_counter()
-        out = target.model.generate(**({} if case.features is not None else {"input_ids": ids}), **kwargs)
-        seconds = time.perf_counter() - started
-    new = out[0] if case.features is not None else out[0, len(case.prompt_ids):]
-    return new.tolist(), seconds, counter.calls
 
 
 async def broker_sessions(url: str, draft, cases: list[Case], gamma: int, n: int, device: str, keys=None):
@@ -185,29 +96,6 @@ async def null_round_trips(url: str, rounds: int, gamma: int, keys=None) -> list
             await channel.exchange(msg)
             latencies.append(time.perf_counter() - started)
         return latencies
-
-
-def drain(proc: subprocess.Popen, keep: int = 200) -> collections.deque:
-    """Keep reading a child's output in a daemon thread (a full pipe would block the child);
-    returns the last `keep` lines."""
-    tail: collections.deque = collections.deque(maxlen=keep)
-    threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True).start()
-    return tail
-
-
-def spawn(args: list[str], ready_text: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if ready_text in line:
-            drain(proc)
-            return proc
-    raise RuntimeError(f"{args} exited before it was ready")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q))
 
 
 # ------------------------------------------------------------------ driver
@@ -240,8 +128,8 @@ def run_workload(name: str, cases: list[Case], target, draft, url: str, args, ke
 
 
 def run_bench(args) -> dict:
-    from broker.runner import MosquittoBroker
-    from schemas import Topics
+    import torch
+
     from security.channel import DeviceKeys
     from security.dev_identity import ensure_dev_identity
     from speculative.models import load_lm
@@ -254,6 +142,29 @@ def run_bench(args) -> dict:
     workloads = {"vision": vision_cases(target, args.prompts)} if target.projector is not None else {}
     workloads["text"] = text_cases(target, args.prompts)
     workloads = {k: v for k, v in workloads.items() if args.workload in ("all", k)}
+    results, modes, null_plain, null_sealed = run_through_broker(args, target_dir, target, draft, workloads,
+                                                                 keys, null_keys)
+    null_sealed_ms = statistics.fmean(null_sealed) * 1e3
+    for name, w in results.items():
+        w["round_costs"] = round_costs(modes[name]["b"], modes[name]["d"], w["verifier_stats"], null_sealed_ms)
+    result = {
+        "config": {"target": str(target.path), "draft": str(draft.path), "target_params": target.num_parameters,
+                   "draft_params": draft.num_parameters, "gamma": args.gamma, "max_new_tokens": args.max_new_tokens,
+                   "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__},
+        "workloads": results,
+        "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
+        "encryption_bytes": encryption_overhead(args.gamma),
+        "wakeup": wakeup_cost(target, (vision_cases(target, 1) if target.projector is not None else text_cases(target, 1))[0]),
+    }
+    print_table(result)
+    return result
+
+
+def run_through_broker(args, target_dir: Path, target, draft, workloads: dict[str, list[Case]], keys, null_keys):
+    """Every workload against a verifier process of its own, then the null-model round trips,
+    all through one Mosquitto: (results, modes, plain round trips, sealed round trips)."""
+    from broker.runner import MosquittoBroker
+    from schemas import Topics
 
     with MosquittoBroker(port=0) as broker:
         null = spawn(["-m", "edgespec.null_verifier", "--broker", broker.url, "--prefix", NULL_PREFIX],
@@ -276,24 +187,13 @@ def run_bench(args) -> dict:
         finally:
             null.terminate()
             null.wait(timeout=10)
-    null_sealed_ms = statistics.fmean(null_sealed) * 1e3
-    for name, w in results.items():
-        w["round_costs"] = round_costs(modes[name]["b"], modes[name]["d"], w["verifier_stats"], null_sealed_ms)
-    result = {
-        "config": {"target": str(target.path), "draft": str(draft.path), "target_params": target.num_parameters,
-                   "draft_params": draft.num_parameters, "gamma": args.gamma, "max_new_tokens": args.max_new_tokens,
-                   "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__},
-        "workloads": results,
-        "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
-        "encryption_bytes": encryption_overhead(args.gamma),
-        "wakeup": wakeup_cost(target, (vision_cases(target, 1) if target.projector is not None else text_cases(target, 1))[0]),
-    }
-    print_table(result)
-    return result
+    return results, modes, null_plain, null_sealed
 
 
 def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
     """Payload bytes of typical messages in the clear and sealed (computed, not timed)."""
+    import numpy as np
+
     from schemas import DraftMsg, Features, SessionOpen, SparseQWire, VerdictMsg, encode
     from security.channel import device_open
     from security.keys import generate_keypair
@@ -339,7 +239,7 @@ def wakeup_cost(target, case: Case, rounds: int = 60, idle_s: float = 0.003) -> 
     block = [5, 6, 7, 8]
     quiet, _ = socket.socketpair()
 
-    def poll(seconds: float) -> None:  # what edgespec.mqtt.BusyPoll makes an event loop do
+    def poll(seconds: float) -> None:  # what transport.reconnect.BusyPoll makes an event loop do
         until = time.perf_counter() + seconds
         while time.perf_counter() < until:
             os.sched_yield()

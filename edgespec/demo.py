@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench import drain
+from transport.lifecycle import all_exited, exit_code, interrupted, spawn, stop_children
+
 from .config import resolve_model_dir
-from .lifecycle import all_exited, exit_code, interrupted, spawn, stop_children
+from .toolkit import drain
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,8 +91,8 @@ async def dashboard(url: str, prefix: str, expected: int, timeout_s: float, tall
                     cameras: list[subprocess.Popen] | None = None) -> int:
     """Print every result as it arrives (into `tally`) until `expected` arrived, the time is up or
     every camera process has exited; returns how many arrived."""
-    from edgespec.mqtt import make_client
     from schemas import Topics
+    from transport.client import make_client
 
     tally = tally if tally is not None else Tally(expected, 0)
     async with make_client(url, client_id="edgespec-demo-dashboard") as client:
@@ -161,7 +162,7 @@ def _wait_cameras(cams: list[subprocess.Popen], tails: list) -> list[str]:
 
 def cmd_demo(args) -> int:
     """Ctrl-C or SIGTERM at any point: the children and the broker are gone within 2 s, no
-    temp folder is left, and the demo prints what it saw (edgespec.lifecycle)."""
+    temp folder is left, and the demo prints what it saw (transport.lifecycle)."""
     from broker.runner import MosquittoBroker
 
     resolve_model_dir(args.target_model, "target")

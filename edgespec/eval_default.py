@@ -35,10 +35,10 @@ from tqdm import tqdm
 from camera_node.captions import CaptionScore, caption_for_facts, score_caption
 from camera_node.features import decode_facts
 from camera_node.scene import ground_truth
-from edgespec.bench import expected_tokens_per_round
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, EvalConfig
 from edgespec.defaultpair.data import compute_features, eval_seeds, prompt_ids
 from edgespec.defaultpair.modeling import greedy_captions, parameter_count
+from edgespec.toolkit import expected_tokens_per_round
 
 
 def caption_accuracy(

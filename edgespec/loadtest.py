@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .bench import percentile, spawn
 from .config import resolve_model_dir, set_threads
+from .toolkit import percentile, spawn
 from .verifier_stats import StatsWatcher
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -129,7 +129,8 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
 
 
 def cmd_loadtest(args) -> int:
-    from edgespec.bench import references as target_references, vision_cases
+    from edgespec.workloads import references as target_references
+    from edgespec.workloads import vision_cases
     from speculative.models import load_lm
 
     set_threads(1)

@@ -23,8 +23,8 @@ import json
 import time
 from pathlib import Path
 
-from .bench import expected_tokens_per_round
 from .config import resolve_model_dir, set_threads
+from .toolkit import expected_tokens_per_round
 
 GPU_T0_MS = 7.0
 GPU_PER_TOKEN_MS = 0.045
@@ -94,7 +94,7 @@ def _serve(target, cases, references, *, speculative: bool, gamma: int, acceptan
 
 
 def cmd_serving(args) -> int:
-    from edgespec.bench import references, vision_cases
+    from edgespec.workloads import references, vision_cases
     from speculative.models import load_lm
 
     set_threads(1)

@@ -105,7 +105,7 @@ def loaded_pair(tiny_pair):
 
 def start_verifier(broker_url: str, target_dir: Path, verifier_id: str = "verifier-1", *extra: str) -> subprocess.Popen:
     """`edgespec verifier` as a child process; returns once it has said it is ready."""
-    from edgespec.bench import drain
+    from edgespec.toolkit import drain
 
     cmd = [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", broker_url,
            "--target-model", str(target_dir), "--verifier-id", verifier_id, *extra]

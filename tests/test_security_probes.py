@@ -205,7 +205,7 @@ def test_revocation_cuts_a_connected_device_within_1_s(deployment: Deployment, d
 def test_no_secret_in_output(deployment: Deployment, tiny_pair) -> None:
     """A verifier given its password in the URL (with -v), one given --broker-dir over mqtts://
     with the project CA, and a device with a password: no password in any output."""
-    from edgespec.bench import drain
+    from edgespec.toolkit import drain
 
     target, draft = tiny_pair
     secret = deployment.password("verifier-1")

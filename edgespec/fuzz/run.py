@@ -25,13 +25,13 @@ from .transport import MqttTransport
 
 async def run_mqtt(cfg: FuzzConfig) -> dict:
     from edgespec.config import resolve_model_dir, set_threads
-    from edgespec.mqtt import ClientAuth
     from security.channel import DeviceKeys
     from security.dev_identity import default_home, ensure_dev_identity
     from speculative.models import load_lm
+    from transport.urls import ClientAuth
     from verifier_node.service import STATS_INTERVAL_S
 
-    from ..bench import TEXT_PROMPTS, hf_generate, text_cases
+    from ..workloads import TEXT_PROMPTS, hf_generate, text_cases
 
     set_threads(cfg.threads)
     kinds = cfg.selected()

@@ -18,7 +18,7 @@ sys.path.insert(0, str(TESTS.parent))
 
 from broker.runner import MosquittoBroker  # noqa: E402
 from dashboard_browser import Browser, missing  # noqa: E402
-from edgespec.bench import drain  # noqa: E402
+from edgespec.toolkit import drain  # noqa: E402
 from edgespec.dashboard import DashboardServer, page_config  # noqa: E402
 from edgespec.demo import _spawn  # noqa: E402
 

@@ -1,0 +1,57 @@
+"""Helpers shared by the `edgespec` tools (bench, demo, loadtest, serving, eval, fuzz) and the
+tests: child processes and small statistics. Importing this module loads no model library."""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+from .config import REPO
+
+
+def drain(proc: subprocess.Popen, keep: int = 200) -> collections.deque:
+    """Keep reading a child's output in a daemon thread (a full pipe would block the child);
+    returns the last `keep` lines."""
+    tail: collections.deque = collections.deque(maxlen=keep)
+    threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True).start()
+    return tail
+
+
+def spawn(args: list[str], ready_text: str) -> subprocess.Popen:
+    """`python ARGS` from the checkout, one torch thread, returned once a line of its output
+    contains `ready_text` (its later output is drained)."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if ready_text in line:
+            drain(proc)
+            return proc
+    raise RuntimeError(f"{args} exited before it was ready")
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.array(values), q))
+
+
+def expected_tokens_per_round(a: float, gamma: int) -> float:
+    """(1 - a^(g+1)) / (1 - a): tokens per round for i.i.d. acceptance a and draft length g."""
+    return gamma + 1.0 if a >= 1.0 else (1 - a ** (gamma + 1)) / (1 - a)
+
+
+def run_later(module: str, function: str) -> Callable:
+    """A subcommand's `func` that imports `module` only when the command runs, so that
+    `edgespec CMD --help` and argument errors never load what the command itself needs."""
+
+    def run(args):
+        return getattr(importlib.import_module(module), function)(args)
+
+    run.__qualname__ = f"{module}.{function}"
+    return run
