@@ -15,6 +15,7 @@ COPY edgespec edgespec
 COPY schemas schemas
 COPY security security
 COPY speculative speculative
+COPY transport transport
 COPY verifier_node verifier_node
 RUN pip install --no-cache-dir .
 # No keys or credentials in the image: compose.yaml's `provision` service writes them into

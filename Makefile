@@ -77,6 +77,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/python -m ruff check . || true
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transport.lifecycle import deferred_signals, interrupted
+
 CONFIG_DIR = Path(__file__).resolve().parent
 DEV_CONFIG = CONFIG_DIR / "mosquitto-dev.conf"
 START_TIMEOUT_S = 10.0
@@ -137,8 +139,6 @@ class MosquittoBroker:
     def stop(self) -> None:
         """Terminate Mosquitto (SIGKILL after STOP_TIMEOUT_S) and remove the runtime folder; a
         second Ctrl-C or SIGTERM meanwhile does not cut this short."""
-        from edgespec.lifecycle import deferred_signals
-
         with deferred_signals(raise_after=False):
             self._stop()
 
@@ -158,7 +158,7 @@ class MosquittoBroker:
 
     def run_foreground(self, announce=None) -> int:
         """Run until Mosquitto exits or the user interrupts (`edgespec broker`): Ctrl-C, and
-        SIGTERM where `edgespec.lifecycle.sigterm_as_interrupt` is installed, stop Mosquitto
+        SIGTERM where `transport.lifecycle.sigterm_as_interrupt` is installed, stop Mosquitto
         and remove the runtime folder. `announce(url)` is called once it listens."""
         self.quiet = False
         try:
@@ -168,9 +168,7 @@ class MosquittoBroker:
                 announce(self.url)
             return self._proc.wait()
         except KeyboardInterrupt:
-            from edgespec.lifecycle import interrupted
-
-            interrupted()  # the command then leaves at once (edgespec.lifecycle.finish)
+            interrupted()  # the command then leaves at once (transport.lifecycle.finish)
             return 0
         finally:
             self.stop()

@@ -15,14 +15,25 @@ import secrets
 import string
 import time
 from dataclasses import replace
-
-from edgespec import __version__
+from importlib import metadata
 
 from . import integrations as ha
 from .integrations import CameraState, EventRecord
 
 log = logging.getLogger("edgespec.camera")
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _package_version() -> str:
+    """The installed edgespec distribution's version ("unknown" when run from an uninstalled
+    checkout)."""
+    try:
+        return metadata.version("edgespec")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+__version__ = _package_version()
 
 
 def _suffix() -> str:

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from edgespec.mqtt import (RECONNECT_BACKOFF_S, ClientAuth, get_within, make_client, publish_now, reconnect_delay, routing_queue,
-                           until_disconnected)
 from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, ResultMsg, Sealed, SessionOpen, Topics, VerdictMsg,
     WireError,
 )
 from schemas.messages import decode, encode, now_ms
 from schemas.topics import OFFLINE, ONLINE
+from security.channel import device_open
+from transport.client import make_client, routing_queue, until_disconnected
+from transport.publish import publish_now
+from transport.reconnect import RECONNECT_BACKOFF_S, get_within, reconnect_delay
+from transport.urls import ClientAuth
 
 log = logging.getLogger("edgespec.camera")
 DEFAULT_TIMEOUT_S = 10.0
@@ -403,8 +406,6 @@ class SessionChannel:
         if keys is None:
             await self._send(topic, encode(msg))
             return
-        from security.channel import device_open
-
         self.cipher, sealed = device_open(keys.device_key, keys.verifier_pub, keys.verifier_key_id,
                                           self.link.device_id, self.session_id, topic, encode(msg))
         await self._send(topic, encode(sealed))

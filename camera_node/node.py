@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edgespec.mqtt import ClientAuth
 from schemas import Topics
 from speculative.models import LoadedLM
+from transport.urls import ClientAuth
 from speculative.sampling import SamplingParams
 
 from .captions import CAPTION_PROMPT

@@ -88,12 +88,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_verifier(args: argparse.Namespace) -> int:
     from schemas import Topics
     from speculative.models import load_lm
+    from transport.lifecycle import note
+    from transport.urls import redact_url
     from verifier_node.core import VerifierConfig, VerifierCore
     from verifier_node.service import serve_reconnecting
 
     from .identity import client_auth_from_args, resolve_verifier_crypto, warn_password_in_url
-    from .lifecycle import note
-    from .mqtt import redact_url
 
     broker = args.broker or DEFAULTS.broker
     warn_password_in_url(broker)
@@ -374,7 +374,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .lifecycle import die_with_parent, finish, sigterm_as_interrupt
+    from transport.lifecycle import die_with_parent, finish, sigterm_as_interrupt
 
     sigterm_as_interrupt()  # SIGTERM stops every command the way Ctrl-C does (children, temp folders)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -18,7 +18,7 @@ KNOWN_ERRORS = (
     ("camera_node.link", "ResyncFailed"), ("camera_node.link", "VerifierRejected"),
     ("camera_node.link", "VerifierTimeout"),
     ("edgespec.config", "ModelNotFound"),
-    ("edgespec.mqtt", "BrokerUrlError"),
+    ("transport.urls", "BrokerUrlError"),
     ("schemas", "WireError"),
     ("speculative.models", "ModelLoadError"),
 )
@@ -44,7 +44,7 @@ def friendly_errors() -> Iterator[None]:
         print(f"edgespec: error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: 130 or 143, no traceback
-        from edgespec.lifecycle import exit_code, interrupted
+        from transport.lifecycle import exit_code, interrupted
 
         interrupted()
         raise SystemExit(exit_code()) from None

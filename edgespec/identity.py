@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass
 
 from edgespec.config import DEFAULTS
-from edgespec.mqtt import ClientAuth
+from transport.urls import BrokerAddress, ClientAuth
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,6 @@ def _read_secret(path, what: str) -> str:
 
 
 def warn_password_in_url(url: str) -> None:
-    from edgespec.mqtt import BrokerAddress
-
     if BrokerAddress.parse(url).password:
         import sys
 

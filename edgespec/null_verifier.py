@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import sys
 
-from edgespec.mqtt import BusyPoll, make_client, publish_now, routing_queue, until_disconnected
 from schemas import DraftMsg, Opened, Sealed, SealedOpen, SessionOpen, Topics, VerdictMsg, WireError, decode, encode
+from transport.client import make_client, routing_queue, until_disconnected
+from transport.publish import publish_now
+from transport.reconnect import BusyPoll
 
 VERIFIER_ID = "null"
 

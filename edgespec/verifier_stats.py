@@ -25,7 +25,7 @@ class StatsWatcher:
         self._collector: asyncio.Task | None = None
 
     async def __aenter__(self) -> "StatsWatcher":
-        from edgespec.mqtt import make_client
+        from transport.client import make_client
 
         self._client = make_client(self.url, client_id=f"stats-watcher-{os.getpid()}-{id(self):x}")
         await self._client.__aenter__()

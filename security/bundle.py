@@ -32,7 +32,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -45,9 +45,7 @@ from security.ids import (InvalidIdentifier, InvalidTopicPrefix, validate_device
                           validate_topic_prefix)
 from security.keys import (KeyFormatError, KeyPair, key_id, load_private_key,
                            public_key_from_b64, public_key_to_b64, write_secret_file)
-
-if TYPE_CHECKING:
-    from edgespec.mqtt import ClientAuth
+from transport.urls import BrokerAddress, BrokerUrlError, ClientAuth
 
 BUNDLE_FORMAT = "edgespec-device-bundle"
 BUNDLE_VERSION = 1
@@ -182,10 +180,8 @@ class DeviceBundle:
     def uses_client_certificate(self) -> bool:
         return self.cert_pem is not None
 
-    def client_auth(self) -> "ClientAuth":
-        """Broker credentials and TLS file paths for `edgespec.mqtt.make_client`."""
-        from edgespec.mqtt import ClientAuth
-
+    def client_auth(self) -> ClientAuth:
+        """Broker credentials and TLS file paths for `transport.client.make_client`."""
         needs_files = any(n is not None for n in (self.ca_file, self.cert_file, self.key_file))
         if needs_files and self.directory is None:
             raise BundleError("this bundle's TLS files are not on disk yet: save() it or load() "
@@ -371,8 +367,6 @@ def _is_tls_url(url: str) -> bool:
 
 
 def _check_broker_url(url: object) -> None:
-    from edgespec.mqtt import BrokerAddress, BrokerUrlError
-
     if not isinstance(url, str) or not url:
         raise BundleError(f"broker_url must be a non-empty string like mqtts://HOST:8883, "
                           f"got {url!r}")

@@ -15,7 +15,8 @@ from schemas import ErrorCode, Sealed, SealedOpen, WireError
 from schemas.messages import PROTOCOL_VERSION
 
 from .envelope import DecryptError, Direction, ReplayReason, ReplayWindow, build_aad, open_sealed, seal
-from .keys import KeyPair, PublicKeyLike, SessionKeys, device_session_keys, generate_keypair, verifier_session_keys
+from .keys import (KeyAgreementError, KeyPair, PublicKeyLike, SessionKeys, device_session_keys, generate_keypair,
+                   verifier_session_keys)
 
 OPEN_SEQ = 0
 
@@ -95,8 +96,6 @@ def device_open(device_key: KeyPair, verifier_pub: PublicKeyLike, verifier_key_i
 def verifier_open(verifier_key: KeyPair, device_pub: PublicKeyLike, device_id: str, topic: str,
                   msg: SealedOpen) -> tuple[SessionCipher, bytes]:
     """The verifier's cipher for a sealed OPEN and the OPEN's inner bytes."""
-    from .keys import KeyAgreementError
-
     try:
         keys = verifier_session_keys(verifier_key, device_pub, msg.ephemeral_pub, msg.session_id)
     except KeyAgreementError as exc:

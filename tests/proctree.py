@@ -149,7 +149,7 @@ def subscriber(url: str, topic: str, timeout_s: float = 10.0):
     has acknowledged the subscription."""
     import paho.mqtt.client as paho
 
-    from edgespec.mqtt import BrokerAddress
+    from transport.urls import BrokerAddress
 
     got: queue.Queue = queue.Queue()
     subscribed = threading.Event()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgespec.kvmem import kv_bytes_per_token, session_kv_bytes
 from speculative.batch import BatchError, BatchProfile, KVPool, block_logits_batch, verify_batch
 from speculative.draft import Drafter
+from speculative.kvmem import kv_bytes_per_token, session_kv_bytes
 from speculative.loop import EdgeGeneration, StopRule, generate_autoregressive, run_local
 from speculative.models import load_lm
 from speculative.sampling import (
@@ -343,7 +343,8 @@ def test_default_pair_batched_equals_alone(use_pool):
 
 @pytest.mark.skipif(not (DEFAULT_TARGET / "config.json").is_file(), reason="default pair not trained")
 def test_default_pair_kv_budget():
-    from edgespec.kvmem import GIB, default_pair_report, format_report
+    from edgespec.kvmem import default_pair_report
+    from speculative.kvmem import GIB, format_report
 
     rows = {(Path(r.model).name, r.context): r for r in default_pair_report(contexts=(96,))}
     target = rows[("target", 96)]

@@ -26,7 +26,7 @@ from camera_node.session import wire_features
 from conftest import dev_keys, start_verifier, stop_process
 from edgespec.config import resolve_model_dir
 from edgespec.eval_footage import LABELS_FILE, load_labels
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import ResultMsg, Topics
 from speculative.loop import generate_autoregressive
 from speculative.sampling import SamplingParams

@@ -21,7 +21,7 @@ import yaml
 from proctree import Command, subscriber
 
 from broker.runner import MosquittoBroker, free_port
-from edgespec.lifecycle import stop_children
+from transport.lifecycle import stop_children
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"

@@ -22,7 +22,7 @@ from camera_node.session import EdgeRequest, result_message, run_edge_session
 from conftest import REPO, dev_keys
 from dashboard_browser import Browser, missing
 from edgespec.dashboard import DashboardServer, page_config
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import ResultMsg, Topics
 
 pytestmark = pytest.mark.broker

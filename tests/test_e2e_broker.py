@@ -13,7 +13,7 @@ import pytest
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
 from conftest import REPO, dev_keys, reference
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import DraftMsg, Opened, SessionOpen, Topics, VerdictMsg, decode, encode
 from security.channel import device_open
 from speculative.sampling import SamplingParams

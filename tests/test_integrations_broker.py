@@ -13,7 +13,7 @@ import pytest
 from camera_node.announce import CameraAnnouncer
 from camera_node.node import CameraConfig, CameraRun, run_camera
 from conftest import dev_keys
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import Topics
 from speculative.models import load_lm
 

@@ -15,10 +15,11 @@ import pytest
 from camera_node.link import EdgeLink
 from camera_node.session import EdgeRequest, run_edge_session
 from conftest import dev_keys, start_verifier, stop_process, reference
-from edgespec.mqtt import make_client, publish_now, read_waiting, routing_queue
 from schemas import Topics
 from schemas.topics import OFFLINE
 from speculative.loop import EdgeGeneration, StopRule
+from transport.client import make_client, routing_queue
+from transport.publish import publish_now, read_waiting
 
 
 @contextlib.contextmanager
@@ -29,7 +30,7 @@ def paho_subscriber(url: str, topic: str, client_id: str):
 
     import paho.mqtt.client as paho
 
-    from edgespec.mqtt import BrokerAddress
+    from transport.urls import BrokerAddress
 
     got: queues.Queue = queues.Queue()
     addr = BrokerAddress.parse(url)
@@ -71,7 +72,7 @@ def test_read_waiting_takes_everything_already_in_the_socket(mosquitto):
 
     import paho.mqtt.client as paho
 
-    from edgespec.mqtt import BrokerAddress
+    from transport.urls import BrokerAddress
 
     def publish_blocking(n: int) -> None:  # another client, on its own thread
         addr = BrokerAddress.parse(mosquitto.url)
@@ -132,7 +133,7 @@ def test_publish_many_writes_a_batch_at_once_in_order_and_uncorks_the_socket(mos
     next reply back for 200 ms)."""
     import socket
 
-    from edgespec.mqtt import CORK, publish_many
+    from transport.publish import CORK, publish_many
 
     sent = [(f"pm/{i % 3}", f"reply {i}".encode() * (1 + i % 7)) for i in range(60)]
     with paho_subscriber(mosquitto.url, "pm/#", "pm-sub") as got:
@@ -157,7 +158,7 @@ def test_a_client_keeps_no_more_publishes_in_flight_than_the_broker_allows():
     broker's figure (exceeding it is a protocol error that gets the connection closed), and a
     batch larger than it still arrives whole once the PUBACKs are read."""
     from broker.runner import MosquittoBroker
-    from edgespec.mqtt import publish_many
+    from transport.publish import publish_many
 
     with MosquittoBroker(port=0, extra_config="max_inflight_messages 5") as broker, \
             paho_subscriber(broker.url, "rm/t", "rm-sub") as got:

@@ -19,7 +19,7 @@ from camera_node.node import CameraConfig, CameraRun, run_camera
 from camera_node.session import EdgeRequest, run_edge_session
 from conftest import REPO, dev_keys, open_links, stop_process
 from edgespec.metrics import CameraCollector, MetricsPortError, metrics_url, registry_for, serve_metrics
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import Topics
 from schemas.messages import decode
 from speculative.models import load_lm

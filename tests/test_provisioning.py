@@ -27,7 +27,8 @@ import pytest
 
 from broker.runner import BrokerError, MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from edgespec import provisioning
-from edgespec.mqtt import ClientAuth, make_client
+from transport.client import make_client
+from transport.urls import ClientAuth
 from security import ca as ca_mod
 from security import registry as registry_mod
 from security.bundle import BundleError, DeviceBundle

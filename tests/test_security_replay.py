@@ -17,7 +17,7 @@ import pytest
 from camera_node.link import EdgeLink
 from conftest import dev_keys
 from edgespec.identity import resolve_verifier_crypto
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import ErrorCode, ErrorMsg, Opened, Sealed, SessionOpen, Topics, decode, encode
 from schemas.messages import now_ms
 from security.channel import DeviceKeys, device_open

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from edgespec.mqtt import ClientAuth
+from transport.urls import ClientAuth
 from schemas import ErrorMsg, Opened, SessionOpen, Topics, decode, encode
 from test_security_broker import (DASHBOARD, HOME_ASSISTANT, NOT_AUTHORIZED, P, VERIFIER,  # noqa: F401
                                   ProdBroker, pki, prod)
@@ -142,7 +142,7 @@ def test_verifier_publishes_what_it_verified(mosquitto, loaded_pair) -> None:
     verifiers may write, see the test above); a claim with no such record is only a claim."""
     from camera_node.link import EdgeLink
     from camera_node.session import EdgeRequest, result_message, run_edge_session
-    from edgespec.mqtt import make_client
+    from transport.client import make_client
     from schemas import ResultMsg
     from schemas.results import VerifiedMsg
 

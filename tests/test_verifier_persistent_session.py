@@ -11,7 +11,7 @@ import pytest
 
 import verifier_node.service as service
 from broker.runner import MosquittoBroker
-from edgespec.mqtt import make_client
+from transport.client import make_client
 from schemas import DraftMsg, Opened, SessionOpen, Topics, VerdictMsg, decode, encode
 from verifier_node.core import VerifierConfig, VerifierCore
 

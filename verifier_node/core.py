@@ -33,7 +33,7 @@ from schemas import (
     decode,
     encode,
 )
-from edgespec.kvmem import kv_bytes_per_token
+from speculative.kvmem import kv_bytes_per_token
 from schemas.messages import DEFAULT_LIMITS, MsgType, unpack_array
 from schemas.results import VerifiedMsg
 from security.channel import verifier_open

@@ -16,10 +16,12 @@ import time
 
 import aiomqtt
 
-from edgespec import mqtt
-from edgespec.mqtt import (BusyPoll, ClientAuth, get_within, make_client, publish_many, read_waiting, reconnect_delay, redact_url,
-                          routing_queue, until_disconnected)
 from schemas.topics import OFFLINE, ONLINE
+from transport import reconnect
+from transport.client import make_client, routing_queue, until_disconnected
+from transport.publish import publish_many, read_waiting
+from transport.reconnect import BusyPoll, get_within, reconnect_delay
+from transport.urls import ClientAuth, redact_url
 
 from .core import VerifierCore, _peek_ids
 from .membership import PoolMembership
@@ -218,7 +220,7 @@ def _owner_key(topic: str, payload: bytes) -> bytes:
     return session_id if session_id is not None else topic.encode()
 
 
-RECONNECT_BACKOFF_S = mqtt.RECONNECT_BACKOFF_S
+RECONNECT_BACKOFF_S = reconnect.RECONNECT_BACKOFF_S
 
 
 async def serve_reconnecting(core: VerifierCore, broker_url: str, *, stop: asyncio.Event,

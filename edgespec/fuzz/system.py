@@ -183,7 +183,7 @@ class SelfStarted:
         return self.broker.url
 
     def auth(self, user: str):
-        from edgespec.mqtt import ClientAuth
+        from transport.urls import ClientAuth
 
         return ClientAuth(username=user, password=self.passwords[user]) if self.passwords else ClientAuth()
 

@@ -17,7 +17,7 @@ class MqttTransport(Transport):
     """One aiomqtt client; its downlink messages go to `on_message`."""
 
     def __init__(self, url: str, client_id: str, auth: Any, subscribe: list[str], on_message: Callable):
-        from edgespec.mqtt import make_client
+        from transport.client import make_client
 
         self.client = make_client(url, client_id=client_id, auth=auth)
         self.subscribe_to = subscribe
