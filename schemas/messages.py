@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import numpy as np
 
 from .errors import ErrorCode, WireError
+from .fields import (MAX_TOKEN_ID, Reader, Wire, blob, boolean, decode_fields, encode_fields, fixed_bytes, integer,
+                     nested, number, text, token_ids, wire)
+from .topics import PROTOCOL_VERSION
 
-PROTOCOL_VERSION = 1
 SESSION_ID_BYTES = 16
 FINGERPRINT_BYTES = 16
-MAX_TOKEN_ID = 2**31 - 1
 MAX_SEED = 2**64 - 1
 MAX_SENT_AT_MS = 2**63 - 1
 
@@ -111,29 +112,121 @@ class SparseQWire:
         return ids, weights
 
 
+# ---------------------------------------------------------------- nested fields
+
+def _features_out(f: Features) -> Any:
+    return [f.dtype, list(f.shape), f.data]
+
+
+def _features_in(f: Reader, index: int, name: str, got: dict[str, Any]) -> Features:
+    raw = f.get(index, name)
+    if not (isinstance(raw, list) and len(raw) == 3):
+        raise f.bad(name, "must be [dtype, shape, bytes] or nil")
+    dtype, shape, data = raw
+    if dtype not in FEATURE_DTYPES:
+        raise f.bad(name, f"dtype must be one of {sorted(FEATURE_DTYPES)}, got {dtype!r}", ErrorCode.BAD_FEATURES)
+    if not (isinstance(shape, list) and 1 <= len(shape) <= f.limits.max_feature_rank):
+        raise f.bad(name, f"shape must be 1 to {f.limits.max_feature_rank} dimensions", ErrorCode.BAD_FEATURES)
+    if any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+        raise f.bad(name, "shape must hold positive integers", ErrorCode.BAD_FEATURES)
+    if not isinstance(data, bytes):
+        raise f.bad(name, "data must be bytes", ErrorCode.BAD_FEATURES)
+    if len(data) > f.limits.max_feature_bytes:
+        raise f.bad(name, f"data is {len(data)} bytes, limit {f.limits.max_feature_bytes}", ErrorCode.OVERSIZE)
+    expected = math.prod(shape) * np.dtype(FEATURE_DTYPES[dtype]).itemsize  # Python ints: no overflow
+    if len(data) != expected:
+        raise f.bad(name, f"data is {len(data)} bytes but shape {shape} needs {expected}", ErrorCode.BAD_FEATURES)
+    array = Features(dtype, tuple(shape), data).to_array()
+    if not np.isfinite(array).all():
+        raise f.bad(name, "hold NaN or infinite values", ErrorCode.BAD_FEATURES)
+    return Features(dtype, tuple(shape), data)
+
+
+def _q_out(q: SparseQWire) -> Any:
+    return [q.top, q.ids, q.weights]
+
+
+def _q_in(rows: str) -> Any:
+    """The check of a q whose row count is the length of the field `rows` (decoded before it)."""
+
+    def check(f: Reader, index: int, name: str, got: dict[str, Any]) -> SparseQWire:
+        if got[rows] is None:
+            raise f.bad(name, f"needs a {rows}")
+        k = len(got[rows])
+        raw = f.get(index, name)
+        if not (isinstance(raw, list) and len(raw) == 3):
+            raise f.bad(name, "must be [top, ids, weights] or nil")
+        top, ids, weights = raw
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= f.limits.max_q_top:
+            raise f.bad(name, f"top must be in [1, {f.limits.max_q_top}]", ErrorCode.OUT_OF_RANGE)
+        if not (isinstance(ids, bytes) and isinstance(weights, bytes)):
+            raise f.bad(name, "ids and weights must be bytes")
+        if len(ids) != 4 * k * top or len(weights) != 2 * k * top:
+            raise f.bad(name, f"needs {4 * k * top} id bytes and {2 * k * top} weight bytes for k={k}, top={top}")
+        q = SparseQWire(top, ids, weights)
+        _, w = q.arrays(k)
+        if k and (w.sum(axis=1) == 0).any():
+            raise f.bad(name, "has a row whose weights are all zero", ErrorCode.OUT_OF_RANGE)
+        return q
+
+    return check
+
+
+# Sampled temperatures below this are refused (out_of_range; 0 means greedy): tiny ones
+# overflow logits / temperature to inf and the target's warp to NaN, which failed every
+# session of the batch. Equal to speculative.sampling.MIN_TEMPERATURE.
+MIN_TEMPERATURE = 0.01
+
+
+def _temperature_in(f: Reader, index: int, name: str, got: dict[str, Any]) -> float:
+    value = f.float(index, name, 0.0, 100.0)
+    if 0.0 < value < MIN_TEMPERATURE:
+        raise f.bad(name, f"must be 0 (greedy) or in [{MIN_TEMPERATURE}, 100], got {value}", ErrorCode.OUT_OF_RANGE)
+    return value
+
+
+def _accept_mask_in(f: Reader, index: int, name: str, got: dict[str, Any]) -> list[bool]:
+    mask = f.get(index, name)
+    if not (isinstance(mask, list) and len(mask) <= f.limits.max_gamma and all(isinstance(b, bool) for b in mask)):
+        raise f.bad(name, f"must be an array of at most {f.limits.max_gamma} booleans")
+    return mask
+
+
+_SESSION_ID = fixed_bytes(SESSION_ID_BYTES)
+_SEQ = integer(0, MAX_SEED)
+_FEATURES = nested(_features_in, _features_out)
+_CONTEXT_LEN = integer(1, lambda lim, got: lim.max_prompt_tokens + lim.max_new_tokens)
+
+
+# ---------------------------------------------------------------- the messages
+#
+# Each message's fields, in order, are its wire fields after [version, type]. New fields go at
+# the end of a message, with a default (`absent`, or nil-able), and README.md's table names them.
+
 @dataclass(frozen=True)
 class SessionOpen:
-    session_id: bytes
-    prompt_ids: list[int]
-    features: Features | None = None
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    gamma: int = 4
-    q_top: int = 16
-    max_new_tokens: int = 64
-    stop_token_ids: list[int] = field(default_factory=list)
-    tokenizer_fp: bytes = b"\0" * FINGERPRINT_BYTES
-    generated_ids: list[int] = field(default_factory=list)  # non-empty when resuming (RESYNC)
+    session_id: bytes = wire(_SESSION_ID)
+    prompt_ids: list[int] = wire(token_ids("max_prompt_tokens"))
+    features: Features | None = wire(_FEATURES, None)
+    temperature: float = wire(Wire(_temperature_in, float), 0.0)
+    top_k: int = wire(integer(0, MAX_TOKEN_ID), 0)
+    top_p: float = wire(number(1e-6, 1.0), 1.0)
+    seed: int = wire(integer(0, MAX_SEED), 0)
+    gamma: int = wire(integer(0, "max_gamma"), 4)
+    q_top: int = wire(integer(1, "max_q_top"), 16)
+    max_new_tokens: int = wire(integer(1, "max_new_tokens"), 64)
+    stop_token_ids: list[int] = wire(token_ids("max_stop_tokens"), default_factory=list)
+    tokenizer_fp: bytes = wire(fixed_bytes(FINGERPRINT_BYTES), b"\0" * FINGERPRINT_BYTES)
+    # Non-empty when resuming (RESYNC).
+    generated_ids: list[int] = wire(token_ids("max_new_tokens", absent=[]), default_factory=list)
     # The session's first drafted block (seq 0), verified in the prefill's forward and answered
     # with an OPENED holding its VERDICT; None: the OPEN carries no block (drafts follow OPENED).
-    first_block: list[int] | None = None
-    first_q: SparseQWire | None = None
+    first_block: list[int] | None = wire(token_ids("max_gamma", nil=True), None)
+    first_q: SparseQWire | None = wire(nested(_q_in("first_block"), _q_out), None)
     # When the device sent it (Unix ms): the freshness a verifier checks on a sealed OPEN (it
     # refuses one outside its window, and one it has seen, across restarts). A device sets it
     # on every send (`SessionChannel.send_open`); None: an OPEN from before this field.
-    sent_at_ms: int | None = field(default_factory=now_ms)
+    sent_at_ms: int | None = wire(integer(0, MAX_SENT_AT_MS, nil=True), default_factory=now_ms)
     type = MsgType.OPEN
 
     def first_draft(self) -> "DraftMsg | None":
@@ -144,58 +237,72 @@ class SessionOpen:
 
 
 @dataclass(frozen=True)
-class Opened:
-    session_id: bytes
-    verifier_id: str
-    committed_len: int
-    # The VERDICT (seq 0) of the block the OPEN carried, in the same message; None when the
-    # OPEN carried no block.
-    first_verdict: "VerdictMsg | None" = None
-    type = MsgType.OPENED
-
-
-@dataclass(frozen=True)
 class DraftMsg:
-    session_id: bytes
-    seq: int
-    committed_len: int
-    tokens: list[int]
-    q: SparseQWire | None = None  # None: greedy, q is one-hot
+    session_id: bytes = wire(_SESSION_ID)
+    seq: int = wire(_SEQ)
+    committed_len: int = wire(_CONTEXT_LEN)
+    tokens: list[int] = wire(token_ids("max_gamma"))
+    q: SparseQWire | None = wire(nested(_q_in("tokens"), _q_out), None)  # None: greedy, q is one-hot
     type = MsgType.DRAFT
 
 
 @dataclass(frozen=True)
 class VerdictMsg:
-    session_id: bytes
-    seq: int
-    accept_mask: list[bool]
-    n_accepted: int
-    next_token: int
-    committed_len: int  # after this verdict
-    done: bool = False
+    session_id: bytes = wire(_SESSION_ID)
+    seq: int = wire(_SEQ)
+    accept_mask: list[bool] = wire(Wire(_accept_mask_in, list))
+    n_accepted: int = wire(integer(0, lambda lim, got: len(got["accept_mask"])))
+    next_token: int = wire(integer(0, MAX_TOKEN_ID))
+    committed_len: int = wire(integer(1, MAX_SEED))  # after this verdict
+    done: bool = wire(boolean(absent=False), False)
     type = MsgType.VERDICT
+
+
+def _first_verdict_out(v: VerdictMsg) -> list[Any]:
+    """A VERDICT's fields after session_id and seq (an OPENED's `first_verdict`)."""
+    return encode_fields(v)[2:]
+
+
+def _first_verdict_in(f: Reader, index: int, name: str, got: dict[str, Any]) -> VerdictMsg:
+    nested_fields = f.get(index, name)
+    if not isinstance(nested_fields, list) or len(nested_fields) < 5:
+        raise f.bad(name, "must be nil or [accept_mask, n_accepted, next_token, committed_len, done]")
+    # The fields of a VERDICT for this session's seq 0, checked as a VERDICT's are.
+    items = [PROTOCOL_VERSION, int(MsgType.VERDICT), got["session_id"], 0, *nested_fields]
+    return VerdictMsg(**decode_fields(VerdictMsg, Reader(items, MsgType.VERDICT, f.limits)))
+
+
+@dataclass(frozen=True)
+class Opened:
+    session_id: bytes = wire(_SESSION_ID)
+    verifier_id: str = wire(text())
+    committed_len: int = wire(integer(1, MAX_SEED))
+    # The VERDICT (seq 0) of the block the OPEN carried, in the same message; None when the
+    # OPEN carried no block (then the field is left out).
+    first_verdict: VerdictMsg | None = wire(nested(_first_verdict_in, _first_verdict_out, omit_none=True), None)
+    type = MsgType.OPENED
 
 
 @dataclass(frozen=True)
 class Resync:
-    session_id: bytes
-    reason: str
+    session_id: bytes = wire(_SESSION_ID)
+    reason: str = wire(text())
     type = MsgType.RESYNC
 
 
 @dataclass(frozen=True)
 class Close:
-    session_id: bytes
-    reason: str = "done"
+    session_id: bytes = wire(_SESSION_ID)
+    reason: str = wire(text(absent="done"), "done")
     type = MsgType.CLOSE
 
 
 @dataclass(frozen=True)
 class ErrorMsg:
-    session_id: bytes | None
-    seq: int | None
-    code: int
-    message: str
+    session_id: bytes | None = wire(fixed_bytes(SESSION_ID_BYTES, nil=True))
+    seq: int | None = wire(integer(0, MAX_SEED, nil=True))
+    code: int = wire(integer(0, 65535, to_wire=int))
+    message: str = wire(text())
     type = MsgType.ERROR
 
 
@@ -204,10 +311,10 @@ class SealedOpen:
     """An OPEN encrypted under keys agreed from the device's static key, a fresh ephemeral key
     and the verifier key `verifier_key_id`; envelope seq 0 uplink."""
 
-    session_id: bytes
-    verifier_key_id: str
-    ephemeral_pub: bytes  # X25519, 32 bytes
-    ciphertext: bytes
+    session_id: bytes = wire(_SESSION_ID)
+    verifier_key_id: str = wire(text())
+    ephemeral_pub: bytes = wire(fixed_bytes(32))  # X25519, 32 bytes
+    ciphertext: bytes = wire(blob("max_payload_bytes"))
     type = MsgType.SEALED_OPEN
 
 
@@ -215,282 +322,22 @@ class SealedOpen:
 class Sealed:
     """Any other session message, AEAD-encrypted; `seq` is the envelope's per-direction counter."""
 
-    session_id: bytes
-    seq: int
-    ciphertext: bytes
+    session_id: bytes = wire(_SESSION_ID)
+    seq: int = wire(_SEQ)
+    ciphertext: bytes = wire(blob("max_payload_bytes"))
     type = MsgType.SEALED
 
 
 Message = SessionOpen | Opened | DraftMsg | VerdictMsg | Resync | Close | ErrorMsg | SealedOpen | Sealed
+MESSAGES: dict[MsgType, type] = {cls.type: cls for cls in (
+    SessionOpen, Opened, DraftMsg, VerdictMsg, Resync, Close, ErrorMsg, SealedOpen, Sealed)}
 
 
-# ---------------------------------------------------------------- encoding
-
-def _features_out(f: Features | None) -> Any:
-    return None if f is None else [f.dtype, list(f.shape), f.data]
-
-
-def _q_out(q: SparseQWire | None) -> Any:
-    return None if q is None else [q.top, q.ids, q.weights]
-
-
-def _verdict_fields(v: "VerdictMsg") -> list[Any]:
-    """A VERDICT's fields after session_id and seq (an OPENED's `first_verdict`)."""
-    return [list(v.accept_mask), v.n_accepted, v.next_token, v.committed_len, v.done]
-
-
-_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
-    SessionOpen: lambda m: [
-        m.session_id, list(m.prompt_ids), _features_out(m.features), float(m.temperature), m.top_k,
-        float(m.top_p), m.seed, m.gamma, m.q_top, m.max_new_tokens, list(m.stop_token_ids),
-        m.tokenizer_fp, list(m.generated_ids),
-        None if m.first_block is None else list(m.first_block), _q_out(m.first_q), m.sent_at_ms,
-    ],
-    Opened: lambda m: [m.session_id, m.verifier_id, m.committed_len,
-                       *([] if m.first_verdict is None else [_verdict_fields(m.first_verdict)])],
-    DraftMsg: lambda m: [m.session_id, m.seq, m.committed_len, list(m.tokens), _q_out(m.q)],
-    VerdictMsg: lambda m: [
-        m.session_id, m.seq, list(m.accept_mask), m.n_accepted, m.next_token, m.committed_len, m.done,
-    ],
-    Resync: lambda m: [m.session_id, m.reason],
-    Close: lambda m: [m.session_id, m.reason],
-    ErrorMsg: lambda m: [m.session_id, m.seq, int(m.code), m.message],
-    SealedOpen: lambda m: [m.session_id, m.verifier_key_id, m.ephemeral_pub, m.ciphertext],
-    Sealed: lambda m: [m.session_id, m.seq, m.ciphertext],
-}
-
+# ---------------------------------------------------------------- encoding and decoding
 
 def encode(msg: Message) -> bytes:
     """msgpack bytes of a message: [PROTOCOL_VERSION, type, *fields]."""
-    return msgpack.packb([PROTOCOL_VERSION, int(msg.type), *_ENCODERS[type(msg)](msg)], use_bin_type=True)
-
-
-# ---------------------------------------------------------------- decoding
-
-class _Fields:
-    """Typed, bounded access to a decoded array's fields, naming each field in errors."""
-
-    def __init__(self, items: list[Any], mtype: MsgType, limits: Limits):
-        self.items = items
-        self.mtype = mtype
-        self.limits = limits
-
-    def _bad(self, name: str, what: str, code: ErrorCode = ErrorCode.MALFORMED) -> WireError:
-        return WireError(code, f"{self.mtype.name} field '{name}' {what}")
-
-    def get(self, index: int, name: str, default: Any = ...) -> Any:
-        if index < len(self.items):
-            return self.items[index]
-        if default is ...:
-            raise self._bad(name, "is missing")
-        return default
-
-    def int(self, index: int, name: str, lo: int, hi: int, default: Any = ...) -> int:
-        value = self.get(index, name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(name, f"must be an integer, got {type(value).__name__}")
-        if not lo <= value <= hi:
-            raise self._bad(name, f"must be in [{lo}, {hi}], got {value}", ErrorCode.OUT_OF_RANGE)
-        return value
-
-    def opt_int(self, index: int, name: str, lo: int, hi: int) -> int | None:
-        return None if self.get(index, name, None) is None else self.int(index, name, lo, hi)
-
-    def float(self, index: int, name: str, lo: float, hi: float, default: Any = ...) -> float:
-        value = self.get(index, name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._bad(name, f"must be a number, got {type(value).__name__}")
-        value = float(value)
-        if not (lo <= value <= hi):  # also rejects NaN
-            raise self._bad(name, f"must be in [{lo}, {hi}], got {value}", ErrorCode.OUT_OF_RANGE)
-        return value
-
-    def bool(self, index: int, name: str, default: Any = ...) -> bool:
-        value = self.get(index, name, default)
-        if not isinstance(value, bool):
-            raise self._bad(name, f"must be a boolean, got {type(value).__name__}")
-        return value
-
-    def bytes(self, index: int, name: str, size: int) -> bytes:
-        value = self.get(index, name)
-        if not isinstance(value, bytes) or len(value) != size:
-            raise self._bad(name, f"must be {size} bytes")
-        return value
-
-    def blob(self, index: int, name: str, max_len: int) -> bytes:
-        value = self.get(index, name)
-        if not isinstance(value, bytes):
-            raise self._bad(name, f"must be bytes, got {type(value).__name__}")
-        if len(value) > max_len:
-            raise self._bad(name, f"is {len(value)} bytes, limit {max_len}", ErrorCode.OVERSIZE)
-        return value
-
-    def opt_bytes(self, index: int, name: str, size: int) -> bytes | None:
-        return None if self.get(index, name, None) is None else self.bytes(index, name, size)
-
-    def str(self, index: int, name: str, default: Any = ...) -> str:
-        value = self.get(index, name, default)
-        if not isinstance(value, str):
-            raise self._bad(name, f"must be a string, got {type(value).__name__}")
-        if len(value) > self.limits.max_text_chars:
-            raise self._bad(name, f"is longer than {self.limits.max_text_chars} characters", ErrorCode.OVERSIZE)
-        return value
-
-    def tokens(self, index: int, name: str, max_len: int, default: Any = ...) -> list[int]:
-        value = self.get(index, name, default)
-        if not isinstance(value, list):
-            raise self._bad(name, f"must be an array of token ids, got {type(value).__name__}")
-        if len(value) > max_len:
-            raise self._bad(name, f"has {len(value)} entries, limit {max_len}", ErrorCode.OVERSIZE)
-        for t in value:
-            if isinstance(t, bool) or not isinstance(t, int):
-                raise self._bad(name, "must hold only integers")
-            if not 0 <= t <= MAX_TOKEN_ID:
-                raise self._bad(name, f"holds token id {t} outside [0, {MAX_TOKEN_ID}]", ErrorCode.OUT_OF_RANGE)
-        return list(value)
-
-
-def _features_in(f: _Fields, index: int) -> Features | None:
-    raw = f.get(index, "features", None)
-    if raw is None:
-        return None
-    if not (isinstance(raw, list) and len(raw) == 3):
-        raise f._bad("features", "must be [dtype, shape, bytes] or nil")
-    dtype, shape, data = raw
-    if dtype not in FEATURE_DTYPES:
-        raise f._bad("features", f"dtype must be one of {sorted(FEATURE_DTYPES)}, got {dtype!r}", ErrorCode.BAD_FEATURES)
-    if not (isinstance(shape, list) and 1 <= len(shape) <= f.limits.max_feature_rank):
-        raise f._bad("features", f"shape must be 1 to {f.limits.max_feature_rank} dimensions", ErrorCode.BAD_FEATURES)
-    if any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
-        raise f._bad("features", "shape must hold positive integers", ErrorCode.BAD_FEATURES)
-    if not isinstance(data, bytes):
-        raise f._bad("features", "data must be bytes", ErrorCode.BAD_FEATURES)
-    if len(data) > f.limits.max_feature_bytes:
-        raise f._bad("features", f"data is {len(data)} bytes, limit {f.limits.max_feature_bytes}", ErrorCode.OVERSIZE)
-    expected = math.prod(shape) * np.dtype(FEATURE_DTYPES[dtype]).itemsize  # Python ints: no overflow
-    if len(data) != expected:
-        raise f._bad("features", f"data is {len(data)} bytes but shape {shape} needs {expected}", ErrorCode.BAD_FEATURES)
-    array = Features(dtype, tuple(shape), data).to_array()
-    if not np.isfinite(array).all():
-        raise f._bad("features", "hold NaN or infinite values", ErrorCode.BAD_FEATURES)
-    return Features(dtype, tuple(shape), data)
-
-
-def _q_in(f: _Fields, index: int, k: int, name: str = "q") -> SparseQWire | None:
-    raw = f.get(index, name, None)
-    if raw is None:
-        return None
-    if not (isinstance(raw, list) and len(raw) == 3):
-        raise f._bad(name, "must be [top, ids, weights] or nil")
-    top, ids, weights = raw
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= f.limits.max_q_top:
-        raise f._bad(name, f"top must be in [1, {f.limits.max_q_top}]", ErrorCode.OUT_OF_RANGE)
-    if not (isinstance(ids, bytes) and isinstance(weights, bytes)):
-        raise f._bad(name, "ids and weights must be bytes")
-    if len(ids) != 4 * k * top or len(weights) != 2 * k * top:
-        raise f._bad(name, f"needs {4 * k * top} id bytes and {2 * k * top} weight bytes for k={k}, top={top}")
-    q = SparseQWire(top, ids, weights)
-    _, w = q.arrays(k)
-    if k and (w.sum(axis=1) == 0).any():
-        raise f._bad(name, "has a row whose weights are all zero", ErrorCode.OUT_OF_RANGE)
-    return q
-
-
-# Sampled temperatures below this are refused (out_of_range; 0 means greedy): tiny ones
-# overflow logits / temperature to inf and the target's warp to NaN, which failed every
-# session of the batch. Equal to speculative.sampling.MIN_TEMPERATURE.
-MIN_TEMPERATURE = 0.01
-
-
-def _temperature_in(f: _Fields, index: int) -> float:
-    value = f.float(index, "temperature", 0.0, 100.0)
-    if 0.0 < value < MIN_TEMPERATURE:
-        raise f._bad("temperature", f"must be 0 (greedy) or in [{MIN_TEMPERATURE}, 100], got {value}",
-                     ErrorCode.OUT_OF_RANGE)
-    return value
-
-
-def _decode_open(f: _Fields) -> SessionOpen:
-    lim = f.limits
-    first = None if f.get(15, "first_block", None) is None else f.tokens(15, "first_block", lim.max_gamma)
-    first_q = _q_in(f, 16, len(first), "first_q") if first is not None else None
-    if first is None and f.get(16, "first_q", None) is not None:
-        raise f._bad("first_q", "needs a first_block")
-    return SessionOpen(
-        session_id=f.bytes(2, "session_id", SESSION_ID_BYTES),
-        prompt_ids=f.tokens(3, "prompt_ids", lim.max_prompt_tokens),
-        features=_features_in(f, 4),
-        temperature=_temperature_in(f, 5),
-        top_k=f.int(6, "top_k", 0, MAX_TOKEN_ID),
-        top_p=f.float(7, "top_p", 1e-6, 1.0),
-        seed=f.int(8, "seed", 0, MAX_SEED),
-        gamma=f.int(9, "gamma", 0, lim.max_gamma),
-        q_top=f.int(10, "q_top", 1, lim.max_q_top),
-        max_new_tokens=f.int(11, "max_new_tokens", 1, lim.max_new_tokens),
-        stop_token_ids=f.tokens(12, "stop_token_ids", lim.max_stop_tokens),
-        tokenizer_fp=f.bytes(13, "tokenizer_fp", FINGERPRINT_BYTES),
-        generated_ids=f.tokens(14, "generated_ids", lim.max_new_tokens, default=[]),
-        first_block=first,
-        first_q=first_q,
-        sent_at_ms=f.opt_int(17, "sent_at_ms", 0, MAX_SENT_AT_MS),
-    )
-
-
-def _decode_draft(f: _Fields) -> DraftMsg:
-    tokens = f.tokens(5, "tokens", f.limits.max_gamma)
-    return DraftMsg(
-        session_id=f.bytes(2, "session_id", SESSION_ID_BYTES),
-        seq=f.int(3, "seq", 0, MAX_SEED),
-        committed_len=f.int(4, "committed_len", 1, f.limits.max_prompt_tokens + f.limits.max_new_tokens),
-        tokens=tokens,
-        q=_q_in(f, 6, len(tokens)),
-    )
-
-
-def _decode_verdict(f: _Fields) -> VerdictMsg:
-    mask = f.get(4, "accept_mask")
-    if not (isinstance(mask, list) and len(mask) <= f.limits.max_gamma and all(isinstance(b, bool) for b in mask)):
-        raise f._bad("accept_mask", f"must be an array of at most {f.limits.max_gamma} booleans")
-    return VerdictMsg(
-        session_id=f.bytes(2, "session_id", SESSION_ID_BYTES),
-        seq=f.int(3, "seq", 0, MAX_SEED),
-        accept_mask=mask,
-        n_accepted=f.int(5, "n_accepted", 0, len(mask)),
-        next_token=f.int(6, "next_token", 0, MAX_TOKEN_ID),
-        committed_len=f.int(7, "committed_len", 1, MAX_SEED),
-        done=f.bool(8, "done", default=False),
-    )
-
-
-def _decode_opened(f: _Fields) -> Opened:
-    session_id = f.bytes(2, "session_id", SESSION_ID_BYTES)
-    nested = f.get(5, "first_verdict", None)
-    first = None
-    if nested is not None:
-        if not isinstance(nested, list) or len(nested) < 5:
-            raise f._bad("first_verdict", "must be nil or [accept_mask, n_accepted, next_token, committed_len, done]")
-        # The fields of a VERDICT for this session's seq 0, checked as a VERDICT's are.
-        first = _decode_verdict(_Fields([PROTOCOL_VERSION, int(MsgType.VERDICT), session_id, 0, *nested],
-                                        MsgType.VERDICT, f.limits))
-    return Opened(session_id, f.str(3, "verifier_id"), f.int(4, "committed_len", 1, MAX_SEED), first)
-
-
-_DECODERS: dict[MsgType, Callable[[_Fields], Message]] = {
-    MsgType.OPEN: _decode_open,
-    MsgType.OPENED: _decode_opened,
-    MsgType.DRAFT: _decode_draft,
-    MsgType.VERDICT: _decode_verdict,
-    MsgType.RESYNC: lambda f: Resync(f.bytes(2, "session_id", SESSION_ID_BYTES), f.str(3, "reason")),
-    MsgType.CLOSE: lambda f: Close(f.bytes(2, "session_id", SESSION_ID_BYTES), f.str(3, "reason", "done")),
-    MsgType.ERROR: lambda f: ErrorMsg(f.opt_bytes(2, "session_id", SESSION_ID_BYTES),
-                                      f.opt_int(3, "seq", 0, MAX_SEED), f.int(4, "code", 0, 65535),
-                                      f.str(5, "message")),
-    MsgType.SEALED_OPEN: lambda f: SealedOpen(f.bytes(2, "session_id", SESSION_ID_BYTES),
-                                              f.str(3, "verifier_key_id"), f.bytes(4, "ephemeral_pub", 32),
-                                              f.blob(5, "ciphertext", f.limits.max_payload_bytes)),
-    MsgType.SEALED: lambda f: Sealed(f.bytes(2, "session_id", SESSION_ID_BYTES), f.int(3, "seq", 0, MAX_SEED),
-                                     f.blob(4, "ciphertext", f.limits.max_payload_bytes)),
-}
+    return msgpack.packb([PROTOCOL_VERSION, int(msg.type), *encode_fields(msg)], use_bin_type=True)
 
 
 def unpack_array(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
@@ -534,4 +381,5 @@ def decode(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         kind = None
     if kind is None:
         raise WireError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {mtype!r}")
-    return _DECODERS[kind](_Fields(items, kind, limits))
+    cls = MESSAGES[kind]
+    return cls(**decode_fields(cls, Reader(items, kind, limits)))

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from .errors import ErrorCode, WireError
 
-DEFAULT_PREFIX = "edgespec/v1"
+PROTOCOL_VERSION = 1  # the first field of every session message; `v` of every result
+PROTOCOL = f"edgespec/v{PROTOCOL_VERSION}"  # the default topic prefix and the protocol's name in labels
+DEFAULT_PREFIX = PROTOCOL
 ONLINE = b"online"
 OFFLINE = b"offline"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
