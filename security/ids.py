@@ -1,6 +1,6 @@
 """Identifiers that become MQTT topic levels and broker usernames.
 
-A device id is one whole topic level (`edgespec/v1/dev/{device}/down`) and the device's
+A device id is one whole topic level (`<prefix>/dev/{device}/down`) and the device's
 Mosquitto username, which the ACL substitutes for `%u`. Mosquitto 2.0 refuses pattern ACLs only
 for usernames containing `+` or `#`; a `/` would silently move the device into another part of
 the topic tree, and `:` would break the password file. So ids are checked here, at
@@ -10,11 +10,9 @@ letters, digits, `_`, `.` and `-`, at most 64 characters.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
-MAX_ID_LEN = 64
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+from schemas.topics import ID_PATTERN, MAX_ID_LEN, PROTOCOL  # the id rule, declared once
 _TOPIC_SPECIAL = {"+": "'+' (MQTT single-level wildcard)",
                   "#": "'#' (MQTT multi-level wildcard)",
                   "/": "'/' (MQTT topic level separator)",
@@ -111,7 +109,7 @@ def validate_topic_prefix(prefix: object) -> str:
     """
     if not isinstance(prefix, str) or prefix == "":
         raise InvalidTopicPrefix(
-            f"topic prefix {prefix!r} must be a non-empty str like 'edgespec/v1'")
+            f"topic prefix {prefix!r} must be a non-empty str like {PROTOCOL!r}")
     for level in prefix.split("/"):
         reason = _why_invalid(level)
         if reason is not None:
