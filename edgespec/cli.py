@@ -15,13 +15,15 @@ from .config import DEFAULTS, resolve_model_dir, set_threads
 from .identity import add_client_auth_args, add_device_identity_args
 
 # Modules that add their own subcommands with `register(subparsers)`, with the commands each
-# adds and their one-line help. Only the module of the command being run is imported: most of
-# them import torch (seconds), which `edgespec revoke`, `flash`, `--help` and friends never need.
+# adds and their one-line help. Only the module of the command being run is imported, and none
+# of them imports torch, transformers or cv2 before the command runs: `--help` and argument
+# errors never wait for them.
 PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.bench": {"bench": "benchmark the target alone, in-process, HF assisted and via Mosquitto"},
     "edgespec.demo": {"demo": "broker + verifier + three synthetic cameras, captions as they arrive"},
-    "edgespec.train_default": {"train-default": "train the built-in target/draft model pair"},
-    "edgespec.eval_default": {"eval-default": "measure the built-in model pair on held-out scenes"},
+    "edgespec.batch_bench": {"bench-batch": "batched vs unbatched verification on one target, step by step"},
+    "edgespec.pair_commands": {"train-default": "train the built-in target/draft model pair",
+                               "eval-default": "measure the built-in model pair on held-out scenes"},
     "edgespec.provisioning": {"ca": "the project's certificate authority",
                               "broker-files": "a production Mosquitto folder",
                               "keys": "the verifier's key ring (end-to-end encryption)",

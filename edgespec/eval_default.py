@@ -38,6 +38,7 @@ from camera_node.scene import ground_truth
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, EvalConfig
 from edgespec.defaultpair.data import compute_features, eval_seeds, prompt_ids
 from edgespec.defaultpair.modeling import greedy_captions, parameter_count
+from edgespec.pair_commands import add_eval_arguments
 from edgespec.toolkit import expected_tokens_per_round
 
 
@@ -268,54 +269,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``eval-default``."""
-    defaults = EvalConfig()
-    parser.add_argument(
-        "--models",
-        type=Path,
-        default=DEFAULT_MODELS_DIR,
-        help="folder holding target/ and draft/ (default: the built-in pair)",
-    )
-    parser.add_argument(
-        "--scenes", type=int, default=defaults.scenes,
-        help="held-out synthetic scenes, 0 for none (default %(default)s)"
-    )
-    parser.add_argument(
-        "--gamma",
-        type=int,
-        default=defaults.gamma,
-        help="draft tokens per round (default %(default)s)",
-    )
-    parser.add_argument(
-        "--json", type=Path, default=None, help="also write the report as JSON here"
-    )
-    parser.add_argument("--footage", type=Path, default=None, metavar="DIR",
-                        help="also caption the labelled real clips in DIR")
-    parser.add_argument("--labels", type=Path, default=None, metavar="FILE",
-                        help="labels of the clips (default: DIR/labels.json, else the built-in labels)")
-    parser.add_argument("--keyframes", type=Path, default=None, metavar="DIR",
-                        help="save a key frame of each captioned event here (JPEG)")
-    parser.add_argument("--markdown", type=Path, default=None, metavar="FILE",
-                        help="write the footage captions as a Markdown page (key frames linked)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``eval-default`` subcommand to an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "eval-default", help="measure the built-in model pair on held-out scenes"
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=_run)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``eval-default`` without the ``edgespec`` front end."""
     parser = argparse.ArgumentParser(
         prog="edgespec eval-default", description=__doc__.split("\n")[0]
     )
-    add_arguments(parser)
+    add_eval_arguments(parser)
     return _run(parser.parse_args(argv))
 
 

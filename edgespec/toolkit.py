@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from .config import REPO
 
@@ -46,12 +46,13 @@ def expected_tokens_per_round(a: float, gamma: int) -> float:
     return gamma + 1.0 if a >= 1.0 else (1 - a ** (gamma + 1)) / (1 - a)
 
 
-def run_later(module: str, function: str) -> Callable:
+@dataclass(frozen=True)
+class LazyCommand:
     """A subcommand's `func` that imports `module` only when the command runs, so that
     `edgespec CMD --help` and argument errors never load what the command itself needs."""
 
-    def run(args):
-        return getattr(importlib.import_module(module), function)(args)
+    module: str
+    function: str
 
-    run.__qualname__ = f"{module}.{function}"
-    return run
+    def __call__(self, args):
+        return getattr(importlib.import_module(self.module), self.function)(args)

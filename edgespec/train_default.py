@@ -46,6 +46,7 @@ from edgespec.defaultpair.modeling import (
     save_model_folder,
     token_logits,
 )
+from edgespec.pair_commands import add_train_arguments
 
 # Share of the wall-clock cap the target phase may use; the draft phase gets the rest.
 TARGET_TIME_SHARE = 0.65
@@ -310,45 +311,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``train-default``."""
-    defaults = TrainConfig()
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_MODELS_DIR,
-        help=f"folder for target/ and draft/ (default {DEFAULT_MODELS_DIR})",
-    )
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=defaults.max_minutes,
-        help="hard wall-clock cap for the whole run (default %(default)s)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="run seed (default %(default)s)"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--features-cache", type=Path, default=None, metavar="FILE",
-                        help="keep the training scenes' features in this .npz and reuse them when the "
-                             "seeds and shape match (computing them is most of a run on 2 cores)")
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``train-default`` subcommand to an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "train-default", help="train the built-in target/draft model pair"
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=_run)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``train-default`` without the ``edgespec`` front end."""
     parser = argparse.ArgumentParser(
         prog="edgespec train-default", description=__doc__.split("\n")[0]
     )
-    add_arguments(parser)
+    add_train_arguments(parser)
     return _run(parser.parse_args(argv))
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .batch import BatchError, Context, _layers, _set_layer, check_new_sessions
+from .batch import BatchError, Context, check_new_sessions
+from .batch_cache import cache_layers, set_layer
 from .target import TargetSession
 
 
@@ -42,6 +43,6 @@ def open_batch(sessions: list[TargetSession], contexts: list[Context]) -> None:
     lm.model(inputs_embeds=pad_sequence([e for _, e in rows], batch_first=True), use_cache=True, **kwargs)
     for i, (session, embeds) in enumerate(rows):
         n = embeds.shape[0]
-        for mine, shared in zip(_layers(session), cache.layers):
-            _set_layer(mine, shared.keys[i : i + 1, :, :n].clone(), shared.values[i : i + 1, :, :n].clone())
+        for mine, shared in zip(cache_layers(session), cache.layers):
+            set_layer(mine, shared.keys[i : i + 1, :, :n].clone(), shared.values[i : i + 1, :, :n].clone())
         session.state.forwards += 1

@@ -13,7 +13,7 @@ import torch
 
 from camera_node.captions import CAPTION_PROMPT, VOCABULARY, caption_for_facts, score_caption
 from camera_node.features import ObjectFeatures, decode_facts
-from edgespec import eval_default, train_default
+from edgespec import eval_default, pair_commands, train_default
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, LMSpec, TrainConfig
 from edgespec.defaultpair.data import (
     build_tokenizer,
@@ -23,6 +23,7 @@ from edgespec.defaultpair.data import (
     train_seeds,
 )
 from edgespec.defaultpair.modeling import greedy_captions, load_model_folder, parameter_count
+from edgespec.toolkit import LazyCommand
 from speculative.vision_prefix import (
     PROJECTOR_CONFIG_NAME,
     PROJECTOR_WEIGHTS_NAME,
@@ -201,12 +202,13 @@ def test_training_smoke_run_and_eval(tmp_path: Path) -> None:
 def test_commands_register() -> None:
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers()
-    train_default.register(subparsers)
-    eval_default.register(subparsers)
+    pair_commands.register(subparsers)
     args = parser.parse_args(["train-default", "--minutes", "3", "--seed", "2", "--out", "x"])
-    assert (args.minutes, args.seed, args.out, args.func) == (3.0, 2, Path("x"), train_default._run)
+    assert (args.minutes, args.seed, args.out) == (3.0, 2, Path("x"))
+    assert args.func == LazyCommand("edgespec.train_default", "_run")
     args = parser.parse_args(["eval-default", "--scenes", "7", "--json", "r.json"])
-    assert (args.scenes, args.json, args.func) == (7, Path("r.json"), eval_default._run)
+    assert (args.scenes, args.json) == (7, Path("r.json"))
+    assert args.func == LazyCommand("edgespec.eval_default", "_run")
 
 
 def test_shuffled_words_redraw_only_occupied_slots() -> None:

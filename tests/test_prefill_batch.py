@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from speculative.batch import BatchError, _layer_kv, _layers
+from edgespec.config import resolve_model_dir
+from speculative.batch import BatchError
+from speculative.batch_cache import cache_layers, layer_kv
 from speculative.models import load_lm
 from speculative.prefill import open_batch
 from speculative.sampling import SamplingParams
 from speculative.target import TargetSession
-from edgespec.config import resolve_model_dir
 
 
 def _contexts(lm, with_features: bool):
@@ -36,8 +37,8 @@ def _open_sessions(lm, contexts, params):
 def _same_cache(a, b):
     assert a.committed == b.committed and a.state.length == b.state.length
     assert a.state.prefix_len == b.state.prefix_len and a.state.forwards == b.state.forwards
-    for la, lb in zip(_layers(a), _layers(b)):
-        ka, kb = _layer_kv(la), _layer_kv(lb)
+    for la, lb in zip(cache_layers(a), cache_layers(b)):
+        ka, kb = layer_kv(la), layer_kv(lb)
         assert (ka is None) == (kb is None)
         if ka is not None:
             torch.testing.assert_close(ka[0], kb[0], atol=1e-5, rtol=1e-4)
