@@ -7,42 +7,34 @@ drops entries whose salt is not 12 bytes or whose hash is not 64). Lines startin
 comments. Mosquitto re-reads both files on SIGHUP and disconnects clients whose credentials no
 longer verify.
 
-Every update here is atomic (a temporary file in the same folder, fsync, rename) and
-serialised across processes with an advisory lock on `<file>.lock`, so the broker never reads
-a half-written file and two concurrent `edgespec flash` runs do not lose each other's entries.
+Every update here is atomic and locked (`security/atomic.py`), so the broker never reads a
+half-written file and two concurrent `edgespec flash` runs do not lose each other's entries.
+The ACL file is rendered by `security/acl.py`; its names are importable from here too.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import os
 import re
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from security.ids import InvalidIdentifier, validate_topic_prefix, validate_username
+from schemas.topics import DEFAULT_PREFIX  # noqa: F401 (the default of every prefix option)
+from security.acl import ACL_TEMPLATE, DEFAULT_HA_PREFIX, AclPolicy, render_acl, write_acl_file  # noqa: F401
+from security.atomic import FILE_MODE, MosquittoFileError, atomic_write_text, locked
+from security.ids import InvalidIdentifier, validate_username
 
 BROKER_DIR = Path(__file__).resolve().parent.parent / "broker"
 PROD_CONFIG = BROKER_DIR / "mosquitto-prod.conf"
-ACL_TEMPLATE = BROKER_DIR / "acl.template"
 
 DEFAULT_ITERATIONS = 101  # mosquitto_passwd's default for $7$
 SALT_LEN = 12  # the only salt length Mosquitto 2.0 accepts
 HASH_LEN = 64  # SHA-512 output
-DEFAULT_PREFIX = "edgespec/v1"
-DEFAULT_HA_PREFIX = "homeassistant"  # Home Assistant's MQTT discovery prefix
-FILE_MODE = 0o600  # new files; an existing file keeps its mode (the broker may need group read)
-
-
-class MosquittoFileError(ValueError):
-    """A password file, ACL or config that cannot be parsed or written as asked."""
 
 
 # ---------------------------------------------------------------- password hashes
@@ -110,51 +102,6 @@ def _check_user(username: str) -> str:
         raise MosquittoFileError(str(exc)) from exc
 
 
-# ---------------------------------------------------------------- atomic file updates
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `<path>.lock` (made, with its folder, if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> Path:
-    """Replace `path` with `text` atomically; keeps an existing file's mode, else `FILE_MODE`."""
-    path = Path(path)
-    try:
-        old = path.stat()
-    except FileNotFoundError:
-        old = None
-    if mode is None:
-        mode = old.st_mode & 0o777 if old is not None else FILE_MODE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed os.open's mode
-        if old is not None and os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
-            # root rewriting a file the broker's account owns (mode 0600): keep it the owner,
-            # or Mosquitto could no longer read it at its next SIGHUP and would exit.
-            os.chown(tmp, old.st_uid, old.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _read_lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
@@ -220,84 +167,6 @@ def ensure_password_file(path: str | Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- ACL
-
-
-@dataclass(frozen=True)
-class AclPolicy:
-    """Who may do what: devices by ACL pattern (any username), services listed by name."""
-
-    prefix: str = DEFAULT_PREFIX
-    verifiers: tuple[str, ...] = ()
-    dashboards: tuple[str, ...] = ()
-    verifier_writes_results: bool = False
-    ha_prefix: str = DEFAULT_HA_PREFIX  # devices write <ha_prefix>/device/<own id>/config
-    home_assistants: tuple[str, ...] = ()  # Home Assistant accounts (birth message, reads cameras)
-
-    def __post_init__(self) -> None:
-        validate_topic_prefix(self.prefix)
-        validate_topic_prefix(self.ha_prefix)
-        object.__setattr__(self, "verifiers", tuple(self.verifiers))
-        object.__setattr__(self, "dashboards", tuple(self.dashboards))
-        object.__setattr__(self, "home_assistants", tuple(self.home_assistants))
-        seen: dict[str, str] = {}
-        for role, names in (("verifier", self.verifiers), ("dashboard", self.dashboards),
-                            ("homeassistant", self.home_assistants)):
-            for name in names:
-                validate_username(name, role=role)
-                if name in seen:
-                    raise MosquittoFileError(
-                        f"username {name!r} is listed as {seen[name]} and as {role}: every "
-                        "username (device ids included) must belong to one role")
-                seen[name] = role
-
-    @property
-    def service_users(self) -> frozenset[str]:
-        """Usernames that are not devices; provisioning must refuse these as device ids."""
-        return frozenset(self.verifiers) | frozenset(self.dashboards) | frozenset(self.home_assistants)
-
-
-_BLOCK = re.compile(r"(?ms)^@BEGIN (\w+)\n(.*?)^@END \1\n")
-_IF = re.compile(r"(?ms)^@IF (\w+)\n(.*?)^@ENDIF \1\n")
-
-
-def render_acl(policy: AclPolicy, template: str | None = None) -> str:
-    """ACL file text for `policy` from `broker/acl.template` (or `template`)."""
-    text = ACL_TEMPLATE.read_text(encoding="utf-8") if template is None else template
-    flags = {"results": policy.verifier_writes_results}
-    users = {"verifier": policy.verifiers, "dashboard": policy.dashboards,
-             "homeassistant": policy.home_assistants, "verifier_uplink": policy.verifiers}
-
-    def keep_if(match: re.Match[str]) -> str:
-        if match.group(1) not in flags:
-            raise MosquittoFileError(f"ACL template: unknown condition {match.group(1)!r}")
-        return match.group(2) if flags[match.group(1)] else ""
-
-    def expand(match: re.Match[str]) -> str:
-        role, body = match.group(1), match.group(2)
-        if role not in users:
-            raise MosquittoFileError(f"ACL template: unknown role block {role!r}")
-        return "\n".join(body.replace("@USER@", name) for name in users[role])
-
-    text = _IF.sub(keep_if, text)
-    text = _BLOCK.sub(expand, text)
-    text = "".join(line if line.startswith("#") else
-                   line.replace("@PREFIX@", policy.prefix).replace("@HA@", policy.ha_prefix)
-                   for line in text.splitlines(keepends=True))
-    leftover = [line for line in text.splitlines() if line.startswith("@") or
-                ("@" in line and not line.startswith("#"))]
-    if leftover:
-        raise MosquittoFileError(f"ACL template left unexpanded lines: {leftover!r}")
-    return text
-
-
-def write_acl_file(path: str | Path, policy: AclPolicy, template: str | None = None) -> Path:
-    """Render and atomically write the ACL file. Send SIGHUP to the broker afterwards."""
-    path = Path(path)
-    with locked(path):
-        return atomic_write_text(path, render_acl(policy, template))
-
-
 # ---------------------------------------------------------------- production config
 
 
@@ -328,6 +197,36 @@ _PATH_KEYS = {"password_file": "password_file", "acl_file": "acl_file", "cafile"
 PROD_LISTENERS = ("loopback", "mqtts", "mqtts_client_cert", "wss")
 
 
+def _set_listeners(text: str, ports: dict[int, int], tls_bind: str | None, loopback_port: int | None,
+                   websockets: bool) -> str:
+    """The config with its TLS listeners (by position in PROD_LISTENERS) on `ports`, bound to
+    `tls_bind`, the websockets one left out unless `websockets`, the loopback one moved."""
+    listeners = list(re.finditer(r"(?m)^listener\s+(\d+)(?:\s+(\S+))?\s*$", text))
+    if len(listeners) != len(PROD_LISTENERS):
+        raise MosquittoFileError(f"production config must have {len(PROD_LISTENERS)} listener "
+                                 f"lines in the order {PROD_LISTENERS}, found {len(listeners)}")
+    for index in sorted(ports, reverse=True):  # back to front keeps earlier offsets valid
+        match = listeners[index]
+        line = f"listener {ports[index]}" + (f" {tls_bind}" if tls_bind else "")
+        if index == 3 and not websockets:
+            # The whole block (to the next blank line) goes: no websockets listener at all.
+            end = text.find("\n\n", match.end())
+            start = text.rfind("\n\n", 0, match.start())
+            text = (text[:start + 1] + "# 4) No websockets listener (`broker-files init --websockets` adds one for "
+                    "dashboards;\n#    Mosquitto 2.0.11 binds it on every interface, whatever address it names).\n"
+                    + text[end + 1:])
+            continue
+        if index == 3 and tls_bind:
+            line = (f"# Mosquitto 2.0.11 (libwebsockets) binds this listener on EVERY interface: the "
+                    f"address below is\n# ignored. Firewall port {ports[index]} if it must stay on "
+                    f"{tls_bind}.\n" + line)
+        text = text[:match.start()] + line + text[match.end():]
+    if loopback_port is not None:
+        match = listeners[0]
+        text = (text[:match.start()] + f"listener {int(loopback_port)} 127.0.0.1" + text[match.end():])
+    return text
+
+
 def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
                        client_cert_port: int = 8885, wss_port: int = 8884,
                        tls_bind: str | None = None, user: str | None = None,
@@ -355,30 +254,8 @@ def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
         if key == "persistence_location" and not value.endswith("/"):
             value += "/"  # Mosquitto concatenates the file name onto it
         text = re.sub(rf"(?m)^{key}\s+.*$", lambda _m, k=key, v=value: f"{k} {v}", text)
-    listeners = list(re.finditer(r"(?m)^listener\s+(\d+)(?:\s+(\S+))?\s*$", text))
-    if len(listeners) != len(PROD_LISTENERS):
-        raise MosquittoFileError(f"production config must have {len(PROD_LISTENERS)} listener "
-                                 f"lines in the order {PROD_LISTENERS}, found {len(listeners)}")
-    ports = {1: mqtts_port, 2: client_cert_port, 3: wss_port}
-    for index in sorted(ports, reverse=True):  # back to front keeps earlier offsets valid
-        match = listeners[index]
-        line = f"listener {ports[index]}" + (f" {tls_bind}" if tls_bind else "")
-        if index == 3 and not websockets:
-            # The whole block (to the next blank line) goes: no websockets listener at all.
-            end = text.find("\n\n", match.end())
-            start = text.rfind("\n\n", 0, match.start())
-            text = (text[:start + 1] + "# 4) No websockets listener (`broker-files init --websockets` adds one for "
-                    "dashboards;\n#    Mosquitto 2.0.11 binds it on every interface, whatever address it names).\n"
-                    + text[end + 1:])
-            continue
-        if index == 3 and tls_bind:
-            line = (f"# Mosquitto 2.0.11 (libwebsockets) binds this listener on EVERY interface: the "
-                    f"address below is\n# ignored. Firewall port {ports[index]} if it must stay on "
-                    f"{tls_bind}.\n" + line)
-        text = text[:match.start()] + line + text[match.end():]
-    if loopback_port is not None:
-        match = listeners[0]
-        text = (text[:match.start()] + f"listener {int(loopback_port)} 127.0.0.1" + text[match.end():])
+    text = _set_listeners(text, {1: mqtts_port, 2: client_cert_port, 3: wss_port}, tls_bind, loopback_port,
+                          websockets)
     if user is not None:
         validate_username(user, role="system user")
         text = re.sub(r"(?m)^user\s+.*\n?", "", text)
