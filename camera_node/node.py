@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from schemas import Topics
+from schemas.topics import PROTOCOL
 from speculative.models import LoadedLM
 from transport.urls import ClientAuth
 from speculative.sampling import SamplingParams
@@ -38,7 +39,7 @@ class CameraConfig:
     device_id: str
     source: str = "synthetic"
     broker: str = "mqtt://127.0.0.1:1883"
-    prefix: str = "edgespec/v1"
+    prefix: str = PROTOCOL
     prompt: str = CAPTION_PROMPT
     sampling: SamplingParams = SamplingParams()
     gamma: int = 4
@@ -151,7 +152,7 @@ def caption_seed(device_id: str, boot_nonce: bytes, number: int, start_t: float)
     the device id, `boot_nonce` (random, drawn at each start of the camera), the event's
     number and its start time. Seeds `cfg.seed + n` made every camera's n-th caption draw the
     same random numbers, so the fleet's sampled captions were correlated."""
-    text = f"edgespec/v1 caption seed\0{device_id}\0{boot_nonce.hex()}\0{number}\0{start_t!r}"
+    text = f"{PROTOCOL} caption seed\0{device_id}\0{boot_nonce.hex()}\0{number}\0{start_t!r}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 

@@ -194,7 +194,7 @@ def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
     """Payload bytes of typical messages in the clear and sealed (computed, not timed)."""
     import numpy as np
 
-    from schemas import DraftMsg, Features, SessionOpen, SparseQWire, VerdictMsg, encode
+    from schemas import DraftMsg, Features, SessionOpen, SparseQWire, Topics, VerdictMsg, encode
     from security.channel import device_open
     from security.keys import generate_keypair
 
@@ -208,7 +208,7 @@ def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
                                                                                      np.ones((gamma, q_top), np.int64) * 4000)),
         f"verdict, k={gamma}": VerdictMsg(sid, 7, [True] * gamma, gamma, 123, 25),
     }
-    topic = "edgespec/v1/dev/cam-1/up/v/verifier-1"
+    topic = Topics().session_up("cam-1", "verifier-1")
     out = {}
     for name, msg in examples.items():
         plain = encode(msg)

@@ -10,16 +10,30 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.topics import PROTOCOL
+
 REPO = Path(__file__).resolve().parent.parent  # the checkout: where spawned nodes run
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "default_models"
 
 
 @dataclass(frozen=True)
 class Defaults:
+    """The one default of each setting that several commands take (a flag's default is read
+    from here, never written twice)."""
+
     broker: str = os.environ.get("EDGESPEC_BROKER", "mqtt://127.0.0.1:1883")
-    prefix: str = os.environ.get("EDGESPEC_PREFIX", "edgespec/v1")
+    prefix: str = os.environ.get("EDGESPEC_PREFIX", PROTOCOL)
     threads: int = int(os.environ.get("EDGESPEC_THREADS", "1"))
     timeout_s: float = float(os.environ.get("EDGESPEC_TIMEOUT", "10"))
+    # A generation: generate, camera, bench, loadtest (--tokens), serving (--tokens).
+    max_new_tokens: int = 48
+    gamma: int = 4  # draft tokens per round
+    q_top: int = 16  # entries of q sent per drafted token
+    poll_ms: float = 20.0  # a device polls the socket this long after sending a block
+    # The verifier (and the verifiers loadtest starts).
+    max_batch: int = 64
+    batch_window_ms: float = 2.0
+    busy_poll_ms: float = 20.0
 
 
 DEFAULTS = Defaults()

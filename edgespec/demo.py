@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.topics import PROTOCOL, Topics
 from transport.lifecycle import all_exited, exit_code, interrupted, spawn, stop_children
 
 from .config import resolve_model_dir
@@ -19,7 +20,7 @@ from .toolkit import drain
 REPO = Path(__file__).resolve().parent.parent
 
 
-RESULT_TOPIC = "edgespec/v1/dev/+/result"
+RESULT_TOPIC = Topics(PROTOCOL).all_results()
 CAMERA_EXIT_S = 30.0  # after the last caption, how long the cameras get to finish
 
 
@@ -127,7 +128,7 @@ def _dashboard(broker, port: int | None):
         return None
     from .dashboard import DashboardServer, page_config
 
-    server = DashboardServer(page_config(broker_ws=broker.ws_url, prefix="edgespec/v1"), port=port).start()
+    server = DashboardServer(page_config(broker_ws=broker.ws_url, prefix=PROTOCOL), port=port).start()
     print(f"dashboard: open {server.url} in a browser", flush=True)
     return server
 
@@ -189,7 +190,7 @@ def cmd_demo(args) -> int:
                 "--max-events", str(args.events), "--realtime", "--temperature", str(args.temperature),
             ], procs)))  # no --seed: each camera derives its own per caption (never shared)
         print(f"cameras: {args.cameras} synthetic cameras, {args.events} events each\n", flush=True)
-        seen = asyncio.run(dashboard(broker.url, "edgespec/v1", expected, args.timeout, tally, procs[1:]))
+        seen = asyncio.run(dashboard(broker.url, PROTOCOL, expected, args.timeout, tally, procs[1:]))
         failures = _wait_cameras(procs[1:], tails)
         for text in failures:
             print(text, file=sys.stderr)

@@ -13,6 +13,7 @@ import asyncio
 import sys
 
 from schemas import DraftMsg, Opened, Sealed, SealedOpen, SessionOpen, Topics, VerdictMsg, WireError, decode, encode
+from schemas.topics import PROTOCOL
 from transport.client import make_client, routing_queue, until_disconnected
 from transport.publish import publish_now
 from transport.reconnect import BusyPoll
@@ -81,7 +82,7 @@ async def serve_null(broker_url: str, prefix: str, busy_poll_s: float = 0.02) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--broker", required=True)
-    parser.add_argument("--prefix", default="edgespec/v1")
+    parser.add_argument("--prefix", default=PROTOCOL)
     parser.add_argument("--busy-poll-ms", type=float, default=20.0, help="as `edgespec verifier --busy-poll-ms`")
     args = parser.parse_args(argv)
     try:

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.x509.oid import NameOID
 
+from schemas.topics import DEFAULT_PREFIX
 from security.ids import (InvalidIdentifier, InvalidTopicPrefix, validate_device_id,
                           validate_topic_prefix)
 from security.keys import (KeyFormatError, KeyPair, key_id, load_private_key,
@@ -58,7 +59,6 @@ MAX_CONFIG_BYTES = 64 * 1024  # a bundle is a few KiB; anything larger is not on
 MAX_PEM_BYTES = 64 * 1024
 DIR_MODE = 0o700
 TLS_SCHEMES = ("mqtts", "ssl", "wss")
-DEFAULT_PREFIX = "edgespec/v1"
 
 
 class BundleError(ValueError):

@@ -21,6 +21,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from schemas.topics import PROTOCOL
 from security.bundle import CONFIG_NAME, BundleError, DeviceBundle
 from security.ids import validate_device_id, validate_topic_prefix
 from security.keys import VerifierKeyRing, generate_keypair, key_id, public_key_to_b64
@@ -30,7 +31,7 @@ HOME_ENV = "EDGESPEC_HOME"
 DEFAULT_HOME = Path("~/.edgespec/dev")
 BUNDLES_DIR = "bundles"
 DEV_BROKER_URL = "mqtt://127.0.0.1:1883"
-DEV_PREFIX = "edgespec/v1"
+DEV_PREFIX = PROTOCOL
 
 
 class DevIdentityError(ValueError):

@@ -38,13 +38,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from schemas.topics import PROTOCOL
+
 KEY_LEN = 32  # raw X25519 key and derived AEAD key, bytes
 KEY_ID_LEN = 16  # hex characters: the first 8 bytes of SHA-256 over the raw public key
 SESSION_ID_MIN_LEN = 8
 SESSION_ID_MAX_LEN = 64
 SESSION_ID_LEN = 16  # what `new_session_id` makes
-UPLINK_LABEL = b"edgespec/v1 session key uplink"
-DOWNLINK_LABEL = b"edgespec/v1 session key downlink"
+UPLINK_LABEL = f"{PROTOCOL} session key uplink".encode()
+DOWNLINK_LABEL = f"{PROTOCOL} session key downlink".encode()
 DEFAULT_MAX_PREVIOUS = 2
 
 

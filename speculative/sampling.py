@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from schemas.topics import PROTOCOL
+
 Q_WEIGHT_MAX = 65535  # weights travel as uint16
 DEFAULT_Q_TOP = 16
 # The smallest sampled temperature (0 is greedy). Tiny ones (about 1e-36 and below for logits
@@ -143,7 +145,7 @@ def make_generator(seed: int, stream: int, resumed_at: int = 0) -> torch.Generat
     """
     gen = torch.Generator()
     if resumed_at:
-        digest = hashlib.sha256(f"edgespec/v1 stream {int(seed)} {stream} {int(resumed_at)}".encode()).digest()
+        digest = hashlib.sha256(f"{PROTOCOL} stream {int(seed)} {stream} {int(resumed_at)}".encode()).digest()
         gen.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
     else:
         gen.manual_seed((int(seed) * 1_000_003 + stream) % (2**63))

@@ -24,6 +24,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from schemas.topics import PROTOCOL
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_WS_PORT = 9001  # broker/mosquitto-dev.conf's websockets listener
@@ -174,7 +176,7 @@ def register(sub) -> None:
     p.add_argument("--broker-ws", metavar="URL",
                    help=f"the broker's websockets listener, ws://HOST:PORT or wss://... "
                         f"(default: ws://<the page's host>:{DEFAULT_WS_PORT}, `edgespec broker`'s)")
-    p.add_argument("--prefix", help="topic prefix (env EDGESPEC_PREFIX, default edgespec/v1)")
+    p.add_argument("--prefix", help=f"topic prefix (env EDGESPEC_PREFIX, default {PROTOCOL})")
     p.add_argument("--username", help="broker account (the read-only dashboard account of broker-files init)")
     p.add_argument("--password-file", metavar="FILE", help="file holding that account's password")
     p.add_argument("--broker-dir", metavar="DIR",
