@@ -23,9 +23,10 @@ from .messages import (
     encode,
 )
 from .results import ResultMsg
-from .topics import Topics
+from .topics import PROTOCOL, Topics
 
 __all__ = [
+    "PROTOCOL",
     "PROTOCOL_VERSION",
     "Close",
     "DraftMsg",
