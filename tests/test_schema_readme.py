@@ -26,3 +26,11 @@ def test_readme_table_matches_the_declarations() -> None:
         name, fields = table[int(mtype)]
         assert name == mtype.name
         assert fields == [field for field, _ in wire_fields(cls)], f"README row {int(mtype)} {name}"
+
+
+def test_acl_template_writes_no_topic_of_its_own() -> None:
+    """Every edgespec topic in the broker ACL is a named topic of schemas.topics.LAYOUT."""
+    template = README.parent.parent / "broker" / "acl.template"
+    rules = [line for line in template.read_text(encoding="utf-8").splitlines()
+             if line.startswith(("pattern ", "topic "))]
+    assert rules and not [line for line in rules if "/" in line and not line.split()[-1].startswith("@HA@/")]
