@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODELS_DIR, set_threads
+from .config import DEFAULT_MODELS_DIR, DEFAULTS, set_threads
 
 WAYS = ("copy", "pool", "pool_spread")
 STEPS = ("gather", "forward", "verify", "scatter")
@@ -161,7 +161,7 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-model", type=Path, default=DEFAULT_MODELS_DIR / "target")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--k", type=int, default=DEFAULTS.gamma, help="drafts per block")
     p.add_argument("--context", type=int, default=40, help="cache positions per session")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (verifier default 1)")

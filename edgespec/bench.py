@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bench_rounds import print_round_costs, round_costs, stop_for_final_stats
-from .config import resolve_model_dir, set_threads
+from .config import DEFAULTS, resolve_model_dir, set_threads
 from .toolkit import expected_tokens_per_round, percentile, spawn
 from .workloads import TEXT_PROMPTS, Case, hf_generate, text_cases, vision_cases
 
@@ -190,7 +190,7 @@ def run_through_broker(args, target_dir: Path, target, draft, workloads: dict[st
     return results, modes, null_plain, null_sealed
 
 
-def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
+def encryption_overhead(gamma: int, q_top: int = DEFAULTS.q_top) -> dict:
     """Payload bytes of typical messages in the clear and sealed (computed, not timed)."""
     import numpy as np
 
@@ -201,7 +201,8 @@ def encryption_overhead(gamma: int, q_top: int = 16) -> dict:
     sid = os.urandom(16)
     device, verifier = generate_keypair(), generate_keypair()
     examples = {
-        "open (4x32 fp16 features)": SessionOpen(sid, [1, 2], Features.from_array(np.zeros((4, 32))), max_new_tokens=48),
+        "open (4x32 fp16 features)": SessionOpen(sid, [1, 2], Features.from_array(np.zeros((4, 32))),
+                                                  max_new_tokens=DEFAULTS.max_new_tokens),
         f"draft, greedy, k={gamma}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)), None),
         f"draft, sampled, k={gamma}, q_top={q_top}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)),
                                                              SparseQWire.from_arrays(np.ones((gamma, q_top), np.int64) * 300,
@@ -344,8 +345,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark the target alone, in-process, HF assisted and via Mosquitto")
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--gamma", type=int, default=DEFAULTS.gamma)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--prompts", type=int, default=len(TEXT_PROMPTS))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--null-rounds", type=int, default=2000)

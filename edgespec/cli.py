@@ -11,6 +11,15 @@ import signal
 import sys
 from pathlib import Path
 
+from .cli_args import (
+    add_common_args,
+    add_max_new_tokens,
+    add_metrics_args,
+    add_privacy_args,
+    add_sampling_args,
+    privacy_from_args,
+    start_metrics,
+)
 from .config import DEFAULTS, resolve_model_dir, set_threads
 from .identity import add_client_auth_args, add_device_identity_args
 
@@ -34,48 +43,6 @@ PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.serving": {"serving": "verifier serving with edge drafts vs the target alone (cloud-only)"},
     "edgespec.dashboard": {"dashboard": "a live web page of the fleet (captions, availability, verifiers)"},
 }
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", help=f"mqtt://HOST:PORT (env EDGESPEC_BROKER, default {DEFAULTS.broker})")
-    p.add_argument("--prefix", help=f"topic prefix (env EDGESPEC_PREFIX, default {DEFAULTS.prefix})")
-    p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="torch threads in this process")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--log-json", action="store_true",
-                   help="log one JSON object per line (time, level, logger, message) instead of text")
-
-
-def add_metrics_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-port", type=int, metavar="P",
-                   help="serve Prometheus metrics on http://HOST:P/metrics (default: off)")
-    p.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint listens on")
-
-
-async def start_metrics(args: argparse.Namespace, collector, who: str):
-    """The metrics endpoint when --metrics-port is given (else None), announced on stdout."""
-    if args.metrics_port is None:
-        return None
-    from .metrics import metrics_url, registry_for, serve_metrics
-
-    server = await serve_metrics(registry_for(collector), args.metrics_port, args.metrics_host)
-    print(f"{who}: metrics on {metrics_url(server)}", flush=True)
-    return server
-
-
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None,
-                   help="sampling seed, for reproducible runs (a camera's n-th caption uses SEED + n); default: a fresh "
-                        "seed per session (a camera derives it from its device id, the event and a per-start nonce)")
-    p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
-    p.add_argument("--q-top", type=int, default=16, help="entries of q sent per drafted token")
-    p.add_argument("--draft-ahead", action=argparse.BooleanOptionalAction, default=True,
-                   help="draft the next block while the current one is verified (pipelining; default on)")
-    p.add_argument("--poll-ms", type=float, default=20.0,
-                   help="after sending a block, poll the socket this long before sleeping (0: sleep at once, "
-                        "for battery-powered devices)")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -263,25 +230,6 @@ def cmd_camera(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_privacy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sanitize-prompt", action="store_true", help="replace e-mails, phones and --private-names")
-    p.add_argument("--private-names", metavar="A,B|@FILE", help="names the sanitiser replaces")
-    p.add_argument("--feature-dp", metavar="EPS[,DELTA]", help="add Gaussian noise: (eps, delta)-DP features")
-    p.add_argument("--feature-clip", type=float, default=4.0, help="L2 clip of the features before noise")
-
-
-def privacy_from_args(args: argparse.Namespace):
-    from camera_node.privacy import PrivacyConfig, parse_names
-
-    eps, delta = None, 1e-5
-    if getattr(args, "feature_dp", None):
-        parts = args.feature_dp.split(",")
-        eps = float(parts[0])
-        delta = float(parts[1]) if len(parts) > 1 else delta
-    return PrivacyConfig(args.sanitize_prompt, parse_names(args.private_names), eps, delta,
-                         getattr(args, "feature_clip", 4.0))
-
-
 def _command_of(argv: list[str]) -> str | None:
     """The subcommand named on a command line (its first word that is not an option)."""
     return next((word for word in argv if not word.startswith("-")), None)
@@ -301,7 +249,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("verifier", help="serve the target model to devices over MQTT")
-    _add_common(p)
+    add_common_args(p)
     p.add_argument("--target-model", default="default", help="model folder, or `default`")
     p.add_argument("--verifier-id", default="verifier-1")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
@@ -316,20 +264,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
     add_client_auth_args(p, broker_dir=True)
-    p.add_argument("--batch-window-ms", type=float, default=2.0,
+    p.add_argument("--batch-window-ms", type=float, default=DEFAULTS.batch_window_ms,
                    help="while several sessions are held, wait this long for more drafts before a batched forward")
-    p.add_argument("--max-batch", type=int, default=64, help="most blocks per batched forward (1: batching off)")
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch, help="most blocks per batched forward (1: batching off)")
     add_metrics_args(p)
-    p.add_argument("--busy-poll-ms", type=float, default=20.0,
+    p.add_argument("--busy-poll-ms", type=float, default=DEFAULTS.busy_poll_ms,
                    help="after each reply keep polling the socket this long instead of sleeping, so the next "
                         "round's forward runs on a warm CPU (0: off; see docs/benchmarks.md)")
     p.set_defaults(func=cmd_verifier)
 
     p = sub.add_parser("generate", help="one edge session in text mode")
-    _add_common(p)
+    add_common_args(p)
     p.add_argument("--draft-model", default="default", help="model folder, or `default`")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    add_max_new_tokens(p)
     add_device_identity_args(p, device_id_default="dev-1")
     add_client_auth_args(p)
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s, help="seconds to wait for the verifier")
@@ -339,14 +287,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("camera", help="a camera node: capture, motion events, features, drafted captions")
-    _add_common(p)
+    add_common_args(p)
     add_device_identity_args(p, device_id_default=None)
     add_client_auth_args(p)
     p.add_argument("--source", default="synthetic",
                    help="device index, /dev/videoN, video file, image folder, rtsp/http URL, or synthetic[:SEED]")
     p.add_argument("--draft-model", default="default", help="model folder, or `default`")
     p.add_argument("--vision-encoder", help="a local Hugging Face vision encoder folder (default: OpenCV features)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    add_max_new_tokens(p)
     p.add_argument("--max-events", type=int, help="stop after this many captions")
     p.add_argument("--realtime", action="store_true", help="pace file and synthetic sources at their frame rate")
     p.add_argument("--stall", type=float, default=5.0, metavar="S",

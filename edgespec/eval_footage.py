@@ -31,6 +31,8 @@ from camera_node.captions import CAPTION_PROMPT, parse_caption
 from camera_node.events import detect_events
 from camera_node.features import ObjectFeatures, encode_facts
 from camera_node.session import wire_features
+from edgespec.config import DEFAULTS
+from edgespec.defaultpair.config import CAPTION_MAX_NEW_TOKENS
 
 LABELS_FILE = Path(__file__).resolve().parent / "defaultpair" / "footage_labels.json"
 """Labels of the project's reference clips (CC BY 4.0 sample videos, see the file)."""
@@ -42,8 +44,8 @@ class LabelsError(ValueError):
 
 @dataclass(frozen=True)
 class FootageConfig:
-    gamma: int = 4
-    max_new_tokens: int = 64
+    gamma: int = DEFAULTS.gamma
+    max_new_tokens: int = CAPTION_MAX_NEW_TOKENS
     max_events_per_clip: int = 12
 
 

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .config import resolve_model_dir, set_threads
+from .config import DEFAULTS, resolve_model_dir, set_threads
 from .toolkit import percentile, spawn
 from .verifier_stats import StatsWatcher
 
@@ -178,14 +178,14 @@ def register(sub) -> None:
     p = sub.add_parser("loadtest", help="simulated devices against verifier processes through a local broker")
     p.add_argument("--devices", type=int, default=64)
     p.add_argument("--verifiers", type=int, default=1)
-    p.add_argument("--tokens", type=int, default=48, help="max new tokens per session")
+    p.add_argument("--tokens", type=int, default=DEFAULTS.max_new_tokens, help="max new tokens per session")
     p.add_argument("--sessions-per-device", type=int, default=1,
                    help="captions each device asks for, one after another")
     p.add_argument("--acceptance", type=float, default=0.9, help="share of recorded drafts left correct")
-    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--gamma", type=int, default=DEFAULTS.gamma)
     p.add_argument("--batching", choices=("both", "on", "off"), default="both")
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--window-ms", type=float, default=2.0)
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
+    p.add_argument("--window-ms", type=float, default=DEFAULTS.batch_window_ms)
     p.add_argument("--busy-poll-ms", type=float, default=0.0,
                    help="the verifiers' busy polling (off here: under load it only adds spinning to their CPU time)")
     p.add_argument("--distinct", type=int, default=16, help="distinct scenes among the devices")

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 
+from edgespec.config import DEFAULTS
 from schemas import DraftMsg, Opened, Sealed, SealedOpen, SessionOpen, Topics, VerdictMsg, WireError, decode, encode
 from schemas.topics import PROTOCOL
 from transport.client import make_client, routing_queue, until_disconnected
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--broker", required=True)
     parser.add_argument("--prefix", default=PROTOCOL)
-    parser.add_argument("--busy-poll-ms", type=float, default=20.0, help="as `edgespec verifier --busy-poll-ms`")
+    parser.add_argument("--busy-poll-ms", type=float, default=DEFAULTS.busy_poll_ms,
+                        help="as `edgespec verifier --busy-poll-ms`")
     args = parser.parse_args(argv)
     try:
         asyncio.run(serve_null(args.broker, args.prefix, args.busy_poll_ms / 1000))

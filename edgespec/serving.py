@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import resolve_model_dir, set_threads
+from .config import DEFAULTS, resolve_model_dir, set_threads
 from .toolkit import expected_tokens_per_round
 
 GPU_T0_MS = 7.0
@@ -150,8 +150,8 @@ def cmd_serving(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("serving", help="verifier serving with edge drafts vs the target alone (cloud-only)")
     p.add_argument("--devices", default="1,8,64", help="comma-separated device counts")
-    p.add_argument("--tokens", type=int, default=48)
-    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=DEFAULTS.max_new_tokens)
+    p.add_argument("--gamma", type=int, default=DEFAULTS.gamma)
     p.add_argument("--drafts", choices=("recorded", "model"), default="model",
                    help="recorded: the target's captions with mistakes at --acceptance; model: the draft model drafts")
     p.add_argument("--acceptance", type=float, default=0.9, help="recorded drafts: share left correct")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import DEFAULTS
+
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "default_models"
 """``edgespec/default_models``: holds ``target/`` and ``draft/``."""
 
@@ -13,6 +15,10 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "default_models"
 TRAIN_SEED_BASE = 0
 SEED_STRIDE = 1_000_000
 EVAL_SEED_BASE = 2_000_000_000
+
+# The most tokens an evaluation lets a caption run to, and the pair's generation_config.json
+# max_new_tokens: longer than any caption the pair learns (see TrainConfig.max_positions).
+CAPTION_MAX_NEW_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class TrainConfig:
     target: LMSpec = field(default_factory=lambda: LMSpec(192, 512, 4, 4, 384))
     draft: LMSpec = field(default_factory=lambda: LMSpec(64, 160, 2, 4, 128))
     max_positions: int = 96  # 3 vision slots + 2 prompt tokens + the longest caption + eos
-    max_new_tokens: int = 64  # written to generation_config.json
+    max_new_tokens: int = CAPTION_MAX_NEW_TOKENS  # written to generation_config.json
     bucket_batches: int = 16  # batches drawn at once and bucketed by length
     shuffled_words: float = 0.5  # share of rows whose features say other words (data.shuffle_words)
     batch_size: int = 64
@@ -61,9 +67,9 @@ class EvalConfig:
     """What ``edgespec eval-default`` measures."""
 
     scenes: int = 500
-    gamma: int = 4  # draft tokens per speculative round
+    gamma: int = DEFAULTS.gamma  # draft tokens per speculative round
     temperatures: tuple[float, ...] = (0.0, 0.7)
-    max_new_tokens: int = 64
+    max_new_tokens: int = CAPTION_MAX_NEW_TOKENS
     seed: int = 0
     batch_size: int = 100  # scenes per batched greedy-caption call
     threads: int = 2
