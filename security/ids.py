@@ -13,6 +13,7 @@ from __future__ import annotations
 import unicodedata
 
 from schemas.topics import ID_PATTERN, MAX_ID_LEN, PROTOCOL  # the id rule, declared once
+
 _TOPIC_SPECIAL = {"+": "'+' (MQTT single-level wildcard)",
                   "#": "'#' (MQTT multi-level wildcard)",
                   "/": "'/' (MQTT topic level separator)",
