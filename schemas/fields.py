@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -170,9 +171,10 @@ def nested(check: Check, to_wire: Callable[[Any], Any], *, omit_none: bool = Fal
 
 # ---------------------------------------------------------------- the walks
 
-def wire_fields(cls: type) -> list[tuple[str, Wire]]:
+@functools.cache
+def wire_fields(cls: type) -> tuple[tuple[str, Wire], ...]:
     """(name, spec) of a message class's wire fields, in wire order."""
-    return [(f.name, f.metadata["wire"]) for f in dataclasses.fields(cls)]
+    return tuple((f.name, f.metadata["wire"]) for f in dataclasses.fields(cls))
 
 
 def encode_fields(msg: Any) -> list[Any]:
