@@ -11,6 +11,8 @@ import socket
 import ssl
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .urls import BrokerAddress, ClientAuth
 
@@ -31,9 +33,6 @@ def make_client(
     queue_type: type | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt MQTT v5 client with TCP_NODELAY, ready for `async with`."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     addr = BrokerAddress.parse(url)
     tls_context = None
     if addr.tls:
