@@ -239,15 +239,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `edgespec` parser. With `argv`, only the plugin module of the command it names is
     imported; the other plugin commands are listed (for --help) from PLUGIN_COMMANDS without
     importing their modules. Without `argv`, every plugin module is imported."""
-    wanted = None if argv is None else _command_of(argv)
     parser = argparse.ArgumentParser(prog="edgespec", description="Edge-cloud speculative decoding over MQTT")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_broker, _add_verifier, _add_generate, _add_camera):
+        add(sub)
+    _add_plugins(sub, argv)
+    return parser
 
+
+def _add_broker(sub) -> None:
     p = sub.add_parser("broker", help="run Mosquitto in the foreground with the development config")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--ws-port", type=int, default=9001, help="MQTT over websockets, for `edgespec dashboard`")
     p.set_defaults(func=cmd_broker)
 
+
+def _add_verifier(sub) -> None:
     p = sub.add_parser("verifier", help="serve the target model to devices over MQTT")
     add_common_args(p)
     p.add_argument("--target-model", default="default", help="model folder, or `default`")
@@ -273,6 +280,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "round's forward runs on a warm CPU (0: off; see docs/benchmarks.md)")
     p.set_defaults(func=cmd_verifier)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="one edge session in text mode")
     add_common_args(p)
     p.add_argument("--draft-model", default="default", help="model folder, or `default`")
@@ -286,6 +295,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_privacy_args(p)
     p.set_defaults(func=cmd_generate)
 
+
+def _add_camera(sub) -> None:
     p = sub.add_parser("camera", help="a camera node: capture, motion events, features, drafted captions")
     add_common_args(p)
     add_device_identity_args(p, device_id_default=None)
@@ -308,6 +319,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_privacy_args(p)
     p.set_defaults(func=cmd_camera)
 
+
+def _add_plugins(sub, argv: list[str] | None) -> None:
+    """Each PLUGIN_COMMANDS module's commands: registered by the module itself when it is
+    imported (every module without `argv`, else only the one of the command named), otherwise
+    listed with their help only."""
+    wanted = None if argv is None else _command_of(argv)
     for name, commands in PLUGIN_COMMANDS.items():
         if argv is not None and wanted not in commands:
             for command, text in commands.items():  # listed only; never run from here
@@ -320,7 +337,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
