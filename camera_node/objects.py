@@ -57,6 +57,7 @@ class TrackConfig:
     secondary_observations: float = 0.6  # share of samples a track after the largest must be in
     fragment_share: float = 0.25  # ... when its box is also smaller than this share of the largest
     fragment_inside: float = 0.6  # a track lying this much inside a larger one is part of it
+    fragment_travel: float = 0.15  # a short track that travelled this far is a thing of its own
     # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
     person_aspect: float = 1.5
     person_area: float = 0.01
@@ -171,9 +172,11 @@ class ObjectTracker:
     def _distinct(self, tracks: list[Track], samples: int) -> list[Track]:
         """Drop fragments (tracks sorted largest first): after the largest, a small track
         (under ``fragment_share`` of the largest box) seen in fewer than
-        ``secondary_observations`` of the samples (a flicker, a piece of a thing that split
-        off for a while), or one whose box lies mostly inside a larger track's box (a part of
-        the same thing: a vest apart from the trousers, a shadow)."""
+        ``secondary_observations`` of the samples that did not travel ``fragment_travel``
+        (a flicker, a piece of a thing that split off for a while: a small thing that
+        crossed part of the view before it met a larger one is kept), or one whose box lies
+        mostly inside a larger track's box (a part of the same thing: a vest apart from the
+        trousers, a shadow)."""
         cfg = self.config
         needed = max(2, math.ceil(cfg.secondary_observations * samples))
         kept: list[Track] = []
@@ -181,7 +184,8 @@ class ObjectTracker:
         for tr in tracks:
             size = float(np.median([o.box[2] * o.box[3] for o in tr.observations]))
             largest = largest or size
-            if kept and len(tr.observations) < needed and size < cfg.fragment_share * largest:
+            brief = len(tr.observations) < needed and _travel_of(tr) < cfg.fragment_travel
+            if kept and brief and size < cfg.fragment_share * largest:
                 continue
             if any(_inside_share(tr, bigger) >= cfg.fragment_inside for bigger in kept):
                 continue
@@ -194,13 +198,12 @@ class ObjectTracker:
         changed against both neighbouring samples, which finds a slow, large object that
         the median background has partly absorbed."""
         cfg = self.config
+        threshold = cfg.foreground_distance
         mask = np.ones(image.shape[:2], bool)
         for background in backgrounds:
-            mask &= _distance(image, background) > cfg.foreground_distance
+            mask &= _distance(image, background) > threshold
         if neighbours[0] is not image and neighbours[1] is not image:
-            mask |= (_distance(image, neighbours[0]) > cfg.foreground_distance) & (
-                _distance(image, neighbours[1]) > cfg.foreground_distance
-            )
+            mask |= (_distance(image, neighbours[0]) > threshold) & (_distance(image, neighbours[1]) > threshold)
         mask = mask.astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((cfg.open_kernel,) * 2, np.uint8))
         solid = mask.astype(bool)  # the object's own pixels, for its colour
@@ -377,6 +380,11 @@ class ObjectTracker:
         if area < cfg.animal_area and low <= aspect <= high:
             return "animal"
         return "object"
+
+
+def _travel_of(track: Track) -> float:
+    """How far (frame-normalised) the centre moved from the first observation to the last."""
+    return math.dist(track.observations[0].centre, track.last.centre)
 
 
 def _inside_share(small: Track, big: Track) -> float:
