@@ -270,3 +270,14 @@ def test_hf_vision_features_tiny_vit(tmp_path: Path) -> None:
     assert np.array_equal(feats, extractor.extract(event))
     unchanged = dataclasses.replace(event, last=event.first)
     assert np.allclose(extractor.extract(unchanged)[:, 16:], 0.0)  # no change, no delta
+
+
+def test_a_small_thing_that_runs_into_a_larger_one_is_still_reported() -> None:
+    """A small object crosses most of the view, then merges with a person's region for the
+    last samples: its short track travelled too far to be a fragment of the person."""
+    person = SceneObject("person", "green", PALETTE_BGR["green"], "up", 0.17, 0.8, 0.17, 0.31,
+                         0.44, 0.44, 2.56, 1.0)
+    ball = SceneObject("small object", "white", PALETTE_BGR["white"], "left", 0.79, 0.5, 0.07, 0.5,
+                       0.084, 0.084, 0.84, 1.0)
+    facts = ObjectFeatures().facts(_event(Scene((person, ball), (150, 150, 150), (100, 95, 90), seed=11)))
+    assert {(f.colour, f.direction) for f in facts} == {("green", "up"), ("white", "left")}
