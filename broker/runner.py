@@ -105,7 +105,7 @@ class MosquittoBroker:
         """ws://HOST:PORT of the websockets listener (for `edgespec dashboard`), or None."""
         return f"ws://{self.host}:{self.ws_port}" if self.ws_port else None
 
-    def start(self) -> "MosquittoBroker":
+    def start(self) -> MosquittoBroker:
         if self.port == 0:
             self.port = free_port(self.host)
         try:
@@ -173,7 +173,7 @@ class MosquittoBroker:
         finally:
             self.stop()
 
-    def __enter__(self) -> "MosquittoBroker":
+    def __enter__(self) -> MosquittoBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

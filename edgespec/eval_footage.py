@@ -204,12 +204,12 @@ def format_footage(report: dict[str, Any]) -> str:
         lines += [f"{'':<44}  {t}" for t in texts[1:4]]
     lines += [
         "",
-        f"clips with motion captioned {s['clips_with_motion_captioned']}/{s['clips_with_motion']}, "
-        f"{s['captions']} captions, {s['clauses']} clauses",
-        f"kind {pct(s['kind'])} (or honestly 'object' {pct(s['kind_or_unsure'])})  colour {pct(s['colour'])}  "
-        f"direction {pct(s['direction'])}  false 'stays still' {s['false_still_claims']}",
-        f"acceptance {pct(s['acceptance_rate'])}  tokens/round {pct(s['tokens_per_round'])}  "
-        f"= target greedy: {s['identical_to_target_greedy']}",
+        (f"clips with motion captioned {s['clips_with_motion_captioned']}/{s['clips_with_motion']}, "
+         f"{s['captions']} captions, {s['clauses']} clauses"),
+        (f"kind {pct(s['kind'])} (or honestly 'object' {pct(s['kind_or_unsure'])})  colour {pct(s['colour'])}  "
+         f"direction {pct(s['direction'])}  false 'stays still' {s['false_still_claims']}"),
+        (f"acceptance {pct(s['acceptance_rate'])}  tokens/round {pct(s['tokens_per_round'])}  "
+         f"= target greedy: {s['identical_to_target_greedy']}"),
     ]
     if s["clips_missing"]:
         lines.append(f"missing clips: {', '.join(s['clips_missing'])}")
@@ -234,17 +234,17 @@ def footage_markdown(report: dict[str, Any], keyframes: str | None, command: str
         command,
         "```",
         "",
-        f"Clips with motion captioned: {s['clips_with_motion_captioned']} of {s['clips_with_motion']}; "
-        f"{s['captions']} captions with {s['clauses']} clauses, each scored against the clip's labels "
-        "(`edgespec/defaultpair/footage_labels.json`).",
+        (f"Clips with motion captioned: {s['clips_with_motion_captioned']} of {s['clips_with_motion']}; "
+         f"{s['captions']} captions with {s['clauses']} clauses, each scored against the clip's labels "
+         "(`edgespec/defaultpair/footage_labels.json`)."),
         "",
         "| per clause | kind | kind, or honestly \"object\" | colour | direction | false \"stays still\" |",
         "|---|---|---|---|---|---|",
-        f"| share right | {pct(s['kind'])} | {pct(s['kind_or_unsure'])} | {pct(s['colour'])} | "
-        f"{pct(s['direction'])} | {s['false_still_claims']} |",
+        (f"| share right | {pct(s['kind'])} | {pct(s['kind_or_unsure'])} | {pct(s['colour'])} | "
+         f"{pct(s['direction'])} | {s['false_still_claims']} |"),
         "",
-        f"Acceptance of the draft's tokens {pct(s['acceptance_rate'])}, {pct(s['tokens_per_round'])} tokens "
-        "per round (gamma 4).",
+        (f"Acceptance of the draft's tokens {pct(s['acceptance_rate'])}, {pct(s['tokens_per_round'])} tokens "
+         "per round (gamma 4)."),
         "",
     ]
     for clip in report["clips"]:

@@ -74,7 +74,7 @@ class VerifierCollector:
         yield _counter(p + "accepted_tokens", "Drafted tokens accepted", stats["accepted_tokens"])
         lengths = dict(core.accepted_lengths)
         yield histogram_from_counts(p + "accepted_length", "Drafts accepted per verified block", lengths,
-                                    range(0, max([8, *lengths]) + 1), sum(k * n for k, n in lengths.items()))
+                                    range(max([8, *lengths]) + 1), sum(k * n for k, n in lengths.items()))
         judged = CounterMetricFamily(p + "position_judged", "Times a draft position was judged "
                                      "(positions up to the first rejection)", labels=["position"])
         accepted = CounterMetricFamily(p + "position_accepted", "Times a draft position was accepted",
@@ -145,7 +145,7 @@ class CameraCollector:
             drafted += sum(s.result.drafted_per_round)
             accepted += sum(s.result.accepted_per_round)
         yield histogram_from_counts(p + "accepted_length", "Drafts accepted per round", lengths,
-                                    range(0, max([8, *lengths]) + 1), sum(k * n for k, n in lengths.items()))
+                                    range(max([8, *lengths]) + 1), sum(k * n for k, n in lengths.items()))
         yield _counter(p + "drafted_tokens", "Tokens drafted", drafted)
         yield _counter(p + "accepted_tokens", "Drafted tokens accepted", accepted)
         rounds: dict[float, int] = {}

@@ -24,7 +24,7 @@ class StatsWatcher:
         self._client = None
         self._collector: asyncio.Task | None = None
 
-    async def __aenter__(self) -> "StatsWatcher":
+    async def __aenter__(self) -> StatsWatcher:
         from transport.client import make_client
 
         self._client = make_client(self.url, client_id=f"stats-watcher-{os.getpid()}-{id(self):x}")

@@ -76,7 +76,7 @@ class Features:
     data: bytes
 
     @classmethod
-    def from_array(cls, array: np.ndarray, dtype: str = "float16") -> "Features":
+    def from_array(cls, array: np.ndarray, dtype: str = "float16") -> Features:
         arr = np.ascontiguousarray(array, dtype=np.dtype(FEATURE_DTYPES[dtype]).newbyteorder("<"))
         return cls(dtype, tuple(int(d) for d in arr.shape), arr.tobytes())
 
@@ -97,7 +97,7 @@ class SparseQWire:
     weights: bytes
 
     @classmethod
-    def from_arrays(cls, ids: np.ndarray, weights: np.ndarray) -> "SparseQWire":
+    def from_arrays(cls, ids: np.ndarray, weights: np.ndarray) -> SparseQWire:
         k, top = ids.shape
         return cls(
             int(top),
@@ -229,7 +229,7 @@ class SessionOpen:
     sent_at_ms: int | None = wire(integer(0, MAX_SENT_AT_MS, nil=True), default_factory=now_ms)
     type = MsgType.OPEN
 
-    def first_draft(self) -> "DraftMsg | None":
+    def first_draft(self) -> DraftMsg | None:
         """The first block as the DRAFT it stands for (seq 0, from the whole context)."""
         if self.first_block is None:
             return None

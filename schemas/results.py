@@ -55,7 +55,7 @@ class ResultMsg:
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, payload: bytes) -> "ResultMsg":
+    def from_json(cls, payload: bytes) -> ResultMsg:
         types = {"device_id": str, "session_id": str, "ts": (int, float), "text": str, "token_ids": list,
                  "rounds": int, "acceptance_rate": (int, float), "mean_accepted": (int, float),
                  "bytes_up": int, "bytes_down": int}
@@ -88,7 +88,7 @@ class VerifiedMsg:
         return json.dumps({"v": PROTOCOL_VERSION, **asdict(self)}, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, payload: bytes) -> "VerifiedMsg":
+    def from_json(cls, payload: bytes) -> VerifiedMsg:
         types = {"device_id": str, "session_id": str, "verifier_id": str, "ts": (int, float),
                  "token_ids": list, "text": str, "resumed": int}
         body = _json_object(payload, "verified result", types)

@@ -209,7 +209,7 @@ class DeviceBundle:
                 f"{sorted(self.verifier_keys)}); re-flash the device after a key rotation"
             ) from None
 
-    def with_verifier_keys(self, public_keys: Mapping[str, bytes], current: str) -> "DeviceBundle":
+    def with_verifier_keys(self, public_keys: Mapping[str, bytes], current: str) -> DeviceBundle:
         """A copy with the verifier keys replaced (raw bytes by key id), e.g. after rotation."""
         keys = {kid: public_key_to_b64(raw) for kid, raw in public_keys.items()}
         return replace(self, verifier_keys=keys, verifier_key_id=current)
@@ -229,7 +229,7 @@ class DeviceBundle:
             "topics": dict(self.topics),
         }
 
-    def save(self, directory: str | Path) -> "DeviceBundle":
+    def save(self, directory: str | Path) -> DeviceBundle:
         """Write the bundle into `directory` (created 0700); returns it with `directory` set.
 
         `device.json` is written last, so an interrupted save leaves no loadable bundle.
@@ -253,7 +253,7 @@ class DeviceBundle:
         return replace(self, directory=d)
 
     @classmethod
-    def load(cls, directory: str | Path, *, check_permissions: bool = True) -> "DeviceBundle":
+    def load(cls, directory: str | Path, *, check_permissions: bool = True) -> DeviceBundle:
         """Read and check a bundle folder; `BundleError` says what is wrong and how to fix it.
 
         With `check_permissions`, secret files (private keys, and `device.json` when it holds a

@@ -74,7 +74,7 @@ class CertificateAuthority(IssuedCert):
         return self.write(directory / "ca.crt", directory / "ca.key")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "CertificateAuthority":
+    def load(cls, directory: str | Path) -> CertificateAuthority:
         """Read `ca.crt` and `ca.key` written by `save`."""
         directory = Path(directory)
         cert, key = load_cert_and_key(directory / "ca.crt", directory / "ca.key")

@@ -78,7 +78,7 @@ class DeviceKeys:
     verifier_key_id: str = ""
 
     @classmethod
-    def from_bundle(cls, bundle) -> "DeviceKeys":
+    def from_bundle(cls, bundle) -> DeviceKeys:
         """From a `security.bundle.DeviceBundle`: its key and the verifier's current key."""
         return cls(bundle.device_key, bundle.verifier_public_key(), bundle.verifier_key_id)
 

@@ -108,7 +108,7 @@ class KeyPair:
         return key_id(self.public)
 
     @functools.cached_property
-    def static_secrets(self) -> "collections.OrderedDict[bytes, bytes]":
+    def static_secrets(self) -> collections.OrderedDict[bytes, bytes]:
         """X25519 results with peers' static keys (see `_static_exchange`)."""
         return collections.OrderedDict()
 
@@ -434,7 +434,7 @@ class VerifierKeyRing:
 
     @classmethod
     def load(cls, directory: str | Path, *,
-             max_previous: int = DEFAULT_MAX_PREVIOUS) -> "VerifierKeyRing":
+             max_previous: int = DEFAULT_MAX_PREVIOUS) -> VerifierKeyRing:
         """Read a ring written by `save` (the `current` file lists ids, current first)."""
         directory = Path(directory)
         try:

@@ -183,7 +183,7 @@ class BrokerFiles:
     persistence_dir: Path
 
     @classmethod
-    def in_dir(cls, directory: str | Path) -> "BrokerFiles":
+    def in_dir(cls, directory: str | Path) -> BrokerFiles:
         """The conventional layout of one folder (what `edgespec flash`/`ca init` write)."""
         d = Path(directory).resolve()
         return cls(password_file=d / "passwd", acl_file=d / "acl", cafile=d / "ca.crt",

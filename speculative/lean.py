@@ -46,10 +46,10 @@ def supports(lm: LoadedLM) -> bool:
 
 # Per model: its weights' tensors, or None where the lean forward does not apply. A drafter
 # is made per session, and reading a model's modules costs more than a short session's forwards.
-_WEIGHTS: "weakref.WeakKeyDictionary[Any, _Weights | None]" = weakref.WeakKeyDictionary()
+_WEIGHTS: weakref.WeakKeyDictionary[Any, _Weights | None] = weakref.WeakKeyDictionary()
 
 
-def draft_state(lm: LoadedLM) -> "CachedLM | LeanCachedLM":
+def draft_state(lm: LoadedLM) -> CachedLM | LeanCachedLM:
     """The cached forward a drafter uses: the lean one where it applies."""
     if lm.model not in _WEIGHTS:
         _WEIGHTS[lm.model] = _Weights(lm.model) if supports(lm) else None
@@ -109,7 +109,7 @@ class LeanCachedLM:
     """`CachedLM` for a plain Llama draft: `prefill`, `extend`, `crop`, `length`, `prefix_len`,
     `forwards`, with the forward written out instead of the Hugging Face module's."""
 
-    def __init__(self, lm: LoadedLM, weights: "_Weights | None" = None):
+    def __init__(self, lm: LoadedLM, weights: _Weights | None = None):
         self.lm = lm
         self.w = weights if weights is not None else _Weights(lm.model)
         self.prefix_len = 0

@@ -153,7 +153,7 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
 
 # An empty cache per model, copied for each new one: building a DynamicCache from the config
 # reads the layer types anew every time (about 0.1 ms, paid by every session open).
-_EMPTY_CACHES: "weakref.WeakKeyDictionary[Any, tuple[Any, torch.device]]" = weakref.WeakKeyDictionary()
+_EMPTY_CACHES: weakref.WeakKeyDictionary[Any, tuple[Any, torch.device]] = weakref.WeakKeyDictionary()
 
 
 def _new_cache(model: Any) -> tuple[Any, torch.device]:

@@ -37,7 +37,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 100.0):
             raise ValueError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 100], got {self.temperature}")
         if self.top_k < 0:

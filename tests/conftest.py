@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from broker.runner import MosquittoBroker  # noqa: E402
-from tiny_models import make_lm, make_pair, make_tokenizer  # noqa: E402
+from broker.runner import MosquittoBroker
+from tiny_models import make_lm, make_pair, make_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

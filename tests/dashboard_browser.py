@@ -71,7 +71,7 @@ class Browser:
                 self._proc.kill()
                 self._proc.wait()
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:

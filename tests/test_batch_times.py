@@ -55,10 +55,8 @@ def test_batch_times_keep_a_bounded_window_and_count_a_failed_batch():
     for _ in range(5):
         with times.batch(2):
             pass
-    with pytest.raises(RuntimeError):
-        with times.batch(1):
-            with times.model():
-                raise RuntimeError("model failed")
+    with pytest.raises(RuntimeError), times.batch(1), times.model():
+        raise RuntimeError("model failed")
     s = times.summary()
     assert s["all"]["batches"] == 2 and s["single"]["batches"] == 1
 
@@ -73,7 +71,7 @@ def test_the_core_times_its_batches_and_only_model_calls_count_as_model(loaded_p
     core.handle(T.session_up("cam-1", "verifier-1"), b"\x93not msgpack")  # rejected before any model work
     s = core.batch_times.summary()
     assert s["single"]["batches"] == 2
-    rows = list(core.batch_times._rows)  # noqa: SLF001
+    rows = list(core.batch_times._rows)
     assert rows[0][2] > 0 and rows[1][2] == 0.0  # the open's prefill and verify; nothing for the bad bytes
     snapshot = json.loads(json.dumps(stats_snapshot(core)))
     assert snapshot["batch_times"]["single"]["batches"] == 2

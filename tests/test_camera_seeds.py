@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import camera_node.node as node
+from camera_node import node
 from camera_node.node import CameraConfig, CameraRun, run_camera
 
 

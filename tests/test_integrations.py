@@ -99,7 +99,7 @@ def test_events_and_description_share_the_event_id() -> None:
     new = json.loads(payload)
     assert topic == "edgespec/v1/dev/cam-1/events" and retain is False
     assert new["type"] == "new" and new["before"] == new["after"] and new["after"]["end_time"] is None
-    before = ha.EventRecord(**{**record.__dict__})
+    before = ha.EventRecord(**record.__dict__)
     record.end_time, record.label, record.description = 1700000003.0, "person", "a person walks left"
     end = json.loads(ha.event_message(T, "cam-1", "end", record, before)[1])
     assert end["before"]["end_time"] is None and end["after"]["end_time"] == 1700000003.0

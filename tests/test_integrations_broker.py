@@ -40,7 +40,7 @@ class Watcher:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
 
-    async def start(self, *topics: str) -> "Watcher":
+    async def start(self, *topics: str) -> Watcher:
         for topic in topics:
             await self.client.subscribe(topic, qos=1)
         self._task = asyncio.create_task(self._read())

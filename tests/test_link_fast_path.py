@@ -117,7 +117,7 @@ def test_publish_now_is_on_the_wire_before_the_loop_turns_and_leaves_no_write_ca
                 for _ in range(3):
                     await asyncio.sleep(0)
                 loop = asyncio.get_running_loop()
-                writers = loop._selector.get_map().get(sock.fileno())  # noqa: SLF001
+                writers = loop._selector.get_map().get(sock.fileno())
                 still_writing = writers is not None and writers.events & 2  # selectors.EVENT_WRITE
                 await asyncio.sleep(0.2)
                 return arrived, info.is_published(), still_writing

@@ -151,7 +151,7 @@ def reopened_samples(lm, sessions: int, seed_base: int) -> torch.Tensor:
 def _replayed_seed(monkeypatch) -> None:
     """Today's bug, for the negative control: every open seeds the verifier's generator from
     the session's seed alone, whatever the device already generated."""
-    import speculative.target as target
+    from speculative import target
 
     original = target.make_generator
     monkeypatch.setattr(target, "make_generator", lambda seed, stream, *_, **__: original(seed, stream))

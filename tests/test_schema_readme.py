@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parent.parent / "schemas" / "README.md"
 def readme_fields() -> dict[int, tuple[str, list[str]]]:
     """type -> (name, field names) from the README's session-message table."""
     section = README.read_text(encoding="utf-8").split("## Session messages", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \| (.*) \|$", section, flags=re.M)
+    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \| (.*) \|$", section, flags=re.MULTILINE)
     return {int(t): (name, re.findall(r"`([a-z_][a-z0-9_]*)`", cell)) for t, name, cell in rows}
 
 

@@ -71,17 +71,17 @@ class ProdBroker:
     ports: dict[str, int]
     passwords: dict[str, str]
     pki: dict[str, Any]
-    peers: list["Peer"] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)
 
     def peer(self, username: str | None, password: str | None = None, *,
-             listener: str = "plain", **kwargs: Any) -> "Peer":
+             listener: str = "plain", **kwargs: Any) -> Peer:
         if username is not None and password is None:
             password = self.passwords.get(username)
         peer = Peer(self.ports[listener], username, password, **kwargs)
         self.peers.append(peer)
         return peer
 
-    def connected(self, username: str, **kwargs: Any) -> "Peer":
+    def connected(self, username: str, **kwargs: Any) -> Peer:
         peer = self.peer(username, **kwargs)
         rc = peer.connect()
         assert rc == 0, f"{username} could not connect: {rc}"

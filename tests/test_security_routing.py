@@ -6,13 +6,12 @@ results; a device can leave only a bounded amount of retained data."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 
 import pytest
 
 from transport.urls import ClientAuth
-from schemas import ErrorMsg, Opened, SessionOpen, Topics, decode, encode
+from schemas import Opened, SessionOpen, Topics, decode, encode
 from test_security_broker import (DASHBOARD, HOME_ASSISTANT, NOT_AUTHORIZED, P, VERIFIER,  # noqa: F401
                                   ProdBroker, pki, prod)
 from verifier_node import service

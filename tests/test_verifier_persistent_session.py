@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-import verifier_node.service as service
+from verifier_node import service
 from broker.runner import MosquittoBroker
 from transport.client import make_client
 from schemas import DraftMsg, Opened, SessionOpen, Topics, VerdictMsg, decode, encode

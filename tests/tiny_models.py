@@ -6,11 +6,7 @@ from pathlib import Path
 
 import torch
 
-WORDS = (
-    "a the red green blue yellow circle square triangle moves left right up down stays still "
-    "near top bottom centre of frame and is on in small large object scene camera sees one two "
-    "three hello world what where which there here it this that"
-).split()
+WORDS = ["a", "the", "red", "green", "blue", "yellow", "circle", "square", "triangle", "moves", "left", "right", "up", "down", "stays", "still", "near", "top", "bottom", "centre", "of", "frame", "and", "is", "on", "in", "small", "large", "object", "scene", "camera", "sees", "one", "two", "three", "hello", "world", "what", "where", "which", "there", "here", "it", "this", "that"]
 
 
 def make_tokenizer(words: tuple[str, ...] | list[str] = tuple(WORDS)):

@@ -75,14 +75,14 @@ def _follow_receive_maximum(client: aiomqtt.Client) -> None:
     missed that batch and the batches stayed small. Going above the broker's figure instead
     is a protocol error that gets the connection closed. Uses the paho client aiomqtt keeps,
     as `publish_now` does."""
-    paho = client._client  # noqa: SLF001
+    paho = client._client
     on_connect = paho.on_connect
 
     def follow(paho_client, userdata, flags, reason_code, properties=None) -> None:
         # Set before paho resends a resumed session's unacknowledged publishes (after this
         # callback). paho's setter refuses any change once connected, for fear of a switch
         # between 0 (no limit) and a limit; this is a limit either way.
-        paho_client._max_inflight_messages = getattr(properties, "ReceiveMaximum", None) or 65535  # noqa: SLF001
+        paho_client._max_inflight_messages = getattr(properties, "ReceiveMaximum", None) or 65535
         on_connect(paho_client, userdata, flags, reason_code, properties)
 
     paho.on_connect = follow

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PARENT_ENV = "EDGESPEC_PARENT_PID"

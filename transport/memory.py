@@ -24,7 +24,7 @@ class MemoryHub:
         self.buses: list[MemoryBus] = []
         self.retained: dict[str, bytes] = {}
 
-    def bus(self) -> "MemoryBus":
+    def bus(self) -> MemoryBus:
         """A new bus (a client) on this hub."""
         return MemoryBus(self)
 

@@ -24,7 +24,7 @@ class MqttBus:
         self._replies = PendingReplies()
         self._connected = False
 
-    async def __aenter__(self) -> "MqttBus":
+    async def __aenter__(self) -> MqttBus:
         await self.client.__aenter__()
         self._connected = True
         return self

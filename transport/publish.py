@@ -36,7 +36,7 @@ def publish_many(client: aiomqtt.Client, messages: list[tuple[str, bytes]], qos:
     send, as with TCP_NODELAY every send would go out, and wake the broker, on its own).
     A verifier answers a batch of 20-60 blocks at once; one segment for all of them costs it
     and the broker a fraction of what 20-60 do. Returns paho's MQTTMessageInfo per message."""
-    paho = client._client  # noqa: SLF001
+    paho = client._client
     infos = [paho.publish(topic, payload, qos) for topic, payload in messages]
     if all(info.rc != 0 for info in infos):
         return infos
@@ -73,7 +73,7 @@ def read_waiting(client: aiomqtt.Client, max_reads: int = 256) -> None:
     forward has many blocks waiting in the kernel, and this puts them all in the next batch
     instead of a window's worth. Uses the paho client aiomqtt keeps, as `publish_now` does.
     """
-    paho = client._client  # noqa: SLF001
+    paho = client._client
     for _ in range(max_reads):
         sock = paho.socket()
         if sock is None:

@@ -22,7 +22,7 @@ class BrokerAddress:
     password: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> "BrokerAddress":
+    def parse(cls, url: str) -> BrokerAddress:
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
         if parsed.scheme not in DEFAULT_PORTS:
             raise BrokerUrlError(f"broker URL {url!r}: scheme must be one of {sorted(DEFAULT_PORTS)}")

@@ -63,10 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgespec-dashboard"
     config_body: bytes = b"{}"  # set per server by DashboardServer
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         self._serve(head=False)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._serve(head=True)
 
     def _serve(self, head: bool) -> None:
@@ -113,7 +113,7 @@ class DashboardServer:
         host = self._httpd.server_address[0]
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}/"
 
-    def start(self) -> "DashboardServer":
+    def start(self) -> DashboardServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="dashboard-http", daemon=True)
         self._thread.start()
@@ -126,7 +126,7 @@ class DashboardServer:
             self._thread = None
         self._httpd.server_close()
 
-    def __enter__(self) -> "DashboardServer":
+    def __enter__(self) -> DashboardServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

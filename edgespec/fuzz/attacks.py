@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import random
 import struct
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import msgpack
 import numpy as np

@@ -109,7 +109,7 @@ class SessionAttacker:
             if not s.done and (s.last_seq is None or self.rng.random() < 0.3):
                 await self.valid_draft(s)
                 continue
-            if s.done and self.rng.random() < 0.2 or not actions:
+            if (s.done and self.rng.random() < 0.2) or not actions:
                 break
             if not self.budget.take():
                 break

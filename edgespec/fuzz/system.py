@@ -112,7 +112,7 @@ class RssWatch:
                 self.samples.append((time.monotonic(), kb))
             self._stop.wait(self.interval_s)
 
-    def start(self) -> "RssWatch":
+    def start(self) -> RssWatch:
         if self.pid:
             self._thread.start()
         return self

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .contract import FuzzContext
 
@@ -25,7 +26,7 @@ class MqttTransport(Transport):
         self.errors: list[str] = []
         self._reader: asyncio.Task | None = None
 
-    async def __aenter__(self) -> "MqttTransport":
+    async def __aenter__(self) -> MqttTransport:
         await self.client.__aenter__()
         for topic in self.subscribe_to:
             await self.client.subscribe(topic, qos=1)

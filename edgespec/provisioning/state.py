@@ -33,7 +33,7 @@ class IssuedRecord:
                 "not_after": self.not_after, "revoked_at": self.revoked_at}
 
     @classmethod
-    def from_json(cls, item: Any, where: Path) -> "IssuedRecord":
+    def from_json(cls, item: Any, where: Path) -> IssuedRecord:
         try:
             return cls(device_id=str(item["device_id"]), serial=int(item["serial"], 16),
                        not_after=str(item["not_after"]), revoked_at=item.get("revoked_at"))
@@ -126,7 +126,7 @@ class BrokerSettings:
                 "websockets": self.websockets, "admin": self.admin}
 
     @classmethod
-    def load(cls, broker_dir: Path) -> "BrokerSettings | None":
+    def load(cls, broker_dir: Path) -> BrokerSettings | None:
         path = broker_dir / BROKER_SETTINGS
         doc = _read_json(path, "broker settings")
         if doc is None:
