@@ -118,7 +118,7 @@ class CameraAnnouncer:
             self._open = None
             try:
                 await self._publish_state("idle")
-            except Exception as exc:  # the link may be gone already; the Last Will says offline
+            except Exception as exc:  # noqa: BLE001 (the link may be gone already; the Last Will says offline)
                 log.warning("final idle state not published: %s", exc)
 
     # ------------------------------------------------------------ publishing

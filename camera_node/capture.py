@@ -195,7 +195,7 @@ class FrameSource(ABC):
     def _next(self, index: int) -> Frame | None:
         """The frame with this index, or ``None`` when the source has ended."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 (optional hook: a source that holds nothing keeps it)
         """Free what the source holds (called once, by ``close``)."""
 
     @property

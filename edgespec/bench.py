@@ -76,7 +76,8 @@ async def broker_sessions(url: str, draft, cases: list[Case], gamma: int, n: int
     from camera_node.session import EdgeRequest, run_edge_session
 
     async with EdgeLink(url, device, keys=keys) as link:
-        return [await run_edge_session(link, draft, EdgeRequest(c.prompt_ids, c.features, gamma=gamma, max_new_tokens=n))
+        return [await run_edge_session(link, draft,
+                                       EdgeRequest(c.prompt_ids, c.features, gamma=gamma, max_new_tokens=n))
                 for c in cases]
 
 
@@ -110,7 +111,7 @@ def run_workload(name: str, cases: list[Case], target, draft, url: str, args, ke
     with_hf_assisted = all(c.features is None for c in cases)
     modes = {k: ModeResult(k) for k in ("a", "a2", "b", "c", "d") if k != "c" or with_hf_assisted}
     asyncio.run(broker_sessions(url, draft, cases[:2], gamma, n, "bench-dev", keys))
-    for rep in range(args.reps):
+    for _ in range(args.reps):
         for case in cases:
             out, s, f = hf_generate(target, case, n)
             modes["a"].add(out, s, f)
@@ -154,7 +155,8 @@ def run_bench(args) -> dict:
         "workloads": results,
         "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
         "encryption_bytes": encryption_overhead(args.gamma),
-        "wakeup": wakeup_cost(target, (vision_cases(target, 1) if target.projector is not None else text_cases(target, 1))[0]),
+        "wakeup": wakeup_cost(target, (vision_cases(target, 1) if target.projector is not None
+                                       else text_cases(target, 1))[0]),
     }
     print_table(result)
     return result
@@ -204,9 +206,9 @@ def encryption_overhead(gamma: int, q_top: int = DEFAULTS.q_top) -> dict:
         "open (4x32 fp16 features)": SessionOpen(sid, [1, 2], Features.from_array(np.zeros((4, 32))),
                                                   max_new_tokens=DEFAULTS.max_new_tokens),
         f"draft, greedy, k={gamma}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)), None),
-        f"draft, sampled, k={gamma}, q_top={q_top}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)),
-                                                             SparseQWire.from_arrays(np.ones((gamma, q_top), np.int64) * 300,
-                                                                                     np.ones((gamma, q_top), np.int64) * 4000)),
+        f"draft, sampled, k={gamma}, q_top={q_top}": DraftMsg(
+            sid, 7, 20, list(range(100, 100 + gamma)),
+            SparseQWire.from_arrays(np.ones((gamma, q_top), np.int64) * 300, np.ones((gamma, q_top), np.int64) * 4000)),
         f"verdict, k={gamma}": VerdictMsg(sid, 7, [True] * gamma, gamma, 123, 25),
     }
     topic = Topics().session_up("cam-1", "verifier-1")
@@ -260,7 +262,8 @@ def wakeup_cost(target, case: Case, rounds: int = 60, idle_s: float = 0.003) -> 
         quiet.close()
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     return {"hot_ms": ms["hot"], "after_poll_ms": ms["after_poll"], "after_sleep_ms": ms["after_sleep"],
-            "idle_s": idle_s, "poll_penalty_ms": ms["after_poll"] - ms["hot"], "penalty_ms": ms["after_sleep"] - ms["hot"]}
+            "idle_s": idle_s, "poll_penalty_ms": ms["after_poll"] - ms["hot"],
+            "penalty_ms": ms["after_sleep"] - ms["hot"]}
 
 
 def latency_summary(values: list[float]) -> dict:
@@ -326,7 +329,8 @@ def print_table(result: dict) -> None:
         f"{k}: {v['plain']} -> {v['sealed']} (+{v['added']})" for k, v in result["encryption_bytes"].items()))
     w = result["wakeup"]
     print(f"target forward over 5 tokens: {w['hot_ms']:.2f} ms back to back, {w['after_poll_ms']:.2f} ms after "
-          f"{w['idle_s'] * 1e3:.0f} ms polling a socket (+{w['poll_penalty_ms']:.2f}), {w['after_sleep_ms']:.2f} ms after "
+          f"{w['idle_s'] * 1e3:.0f} ms polling a socket (+{w['poll_penalty_ms']:.2f}), "
+          f"{w['after_sleep_ms']:.2f} ms after "
           f"{w['idle_s'] * 1e3:.0f} ms asleep (+{w['penalty_ms']:.2f} ms per hand-off between processes)")
     for kind, nr in result["null_round_trip_ms"].items():
         print(f"null-model round trip through Mosquitto, {kind}: p50 {nr['p50']:.3f} ms, p99 {nr['p99']:.3f} ms "

@@ -95,7 +95,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         metrics = await start_metrics(args, VerifierCollector(core), f"verifier {args.verifier_id}")
         announcer = asyncio.create_task(announce())
         try:
-            await serve_reconnecting(core, broker, auth=auth, ready=ready, stop=stop, batch_window_s=args.batch_window_ms / 1000,
+            await serve_reconnecting(core, broker, auth=auth, ready=ready, stop=stop,
+                                     batch_window_s=args.batch_window_ms / 1000,
                                      max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000)
         finally:
             announcer.cancel()
@@ -273,7 +274,8 @@ def _add_verifier(sub) -> None:
     add_client_auth_args(p, broker_dir=True)
     p.add_argument("--batch-window-ms", type=float, default=DEFAULTS.batch_window_ms,
                    help="while several sessions are held, wait this long for more drafts before a batched forward")
-    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch, help="most blocks per batched forward (1: batching off)")
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch,
+                   help="most blocks per batched forward (1: batching off)")
     add_metrics_args(p)
     p.add_argument("--busy-poll-ms", type=float, default=DEFAULTS.busy_poll_ms,
                    help="after each reply keep polling the socket this long instead of sleeping, so the next "

@@ -43,8 +43,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None,
-                   help="sampling seed, for reproducible runs (a camera's n-th caption uses SEED + n); default: a fresh "
-                        "seed per session (a camera derives it from its device id, the event and a per-start nonce)")
+                   help="sampling seed, for reproducible runs (a camera's n-th caption uses SEED + n); default: "
+                        "a fresh seed per session (a camera derives it from its device id, the event and a "
+                        "per-start nonce)")
     p.add_argument("--gamma", type=int, default=DEFAULTS.gamma, help="draft tokens per round")
     p.add_argument("--q-top", type=int, default=DEFAULTS.q_top, help="entries of q sent per drafted token")
     p.add_argument("--draft-ahead", action=argparse.BooleanOptionalAction, default=True,

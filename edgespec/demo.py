@@ -34,7 +34,8 @@ def _spawn(args: list[str], procs: list[subprocess.Popen]) -> subprocess.Popen:
 def intro(port: int, cameras: int, events: int) -> str:
     """Printed once at the start: how to watch, what the fields mean, how to stop."""
     return (
-        f"edgespec demo: one verifier and {cameras} synthetic cameras, {events} caption{'s' if events != 1 else ''} each.\n"
+        f"edgespec demo: one verifier and {cameras} synthetic cameras, "
+        f"{events} caption{'s' if events != 1 else ''} each.\n"
         f"  Watch the results from another terminal (Debian: apt install mosquitto-clients):\n"
         f"    mosquitto_sub -h 127.0.0.1 -p {port} -v -t '{RESULT_TOPIC}'\n"
         f"  Each caption below comes with:\n"

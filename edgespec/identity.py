@@ -48,7 +48,8 @@ def client_auth_from_args(args: argparse.Namespace, base: ClientAuth = ClientAut
     if broker_dir:
         d = Path(broker_dir)
         if not (d / "broker.json").is_file():
-            raise ValueError(f"--broker-dir {d} is not a broker folder (no broker.json): see `edgespec broker-files init`")
+            raise ValueError(f"--broker-dir {d} is not a broker folder (no broker.json): "
+                             "see `edgespec broker-files init`")
         cred = d / "credentials" / f"{account}.password"
         if not cred.is_file():
             raise ValueError(f"no password for {account!r} in {d / 'credentials'}: is it one of the broker's "

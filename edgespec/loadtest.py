@@ -141,10 +141,11 @@ def cmd_loadtest(args) -> int:
     references = target_references(target, cases, args.tokens)
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     results = [run_mode(args, target_dir, lm, cases, references, b) for b in modes]
-    print(f"\nedgespec loadtest  {args.devices} devices x {args.sessions_per_device} session(s), {args.verifiers} verifier(s), recorded drafts with "
+    print(f"\nedgespec loadtest  {args.devices} devices x {args.sessions_per_device} session(s), "
+          f"{args.verifiers} verifier(s), recorded drafts with "
           f"acceptance {args.acceptance}, gamma {args.gamma}, up to {args.tokens} tokens\n")
-    head = f"{'batching':<10}{'sessions':>9}{'exact':>7}{'tokens':>8}{'tok/s':>9}{'tok/cpu-s':>10}{'p50 ms':>9}{'p99 ms':>9}" \
-           f"{'forwards':>10}{'evict':>7}{'resync':>8}  batch sizes"
+    head = f"{'batching':<10}{'sessions':>9}{'exact':>7}{'tokens':>8}{'tok/s':>9}{'tok/cpu-s':>10}" \
+           f"{'p50 ms':>9}{'p99 ms':>9}{'forwards':>10}{'evict':>7}{'resync':>8}  batch sizes"
     print(head)
     print("-" * (len(head) + 20))
     for r in results:

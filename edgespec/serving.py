@@ -140,7 +140,8 @@ def cmd_serving(args) -> int:
                 print(f"  {r['devices']:>4} devices: a = {r['speculative']['position_acceptance']:.3f}, ceiling "
                       f"{r['model_ceiling']:.2f}x at gamma {args.gamma}, {best:.2f}x at the best gamma ({g})")
     out = {"target_cost": args.target_cost, "t0_ms": args.t0_ms, "per_token_ms": args.per_token_ms,
-           "drafts": args.drafts, "acceptance": args.acceptance if draft is None else None, "gamma": args.gamma, "rows": rows}
+           "drafts": args.drafts, "acceptance": args.acceptance if draft is None else None, "gamma": args.gamma,
+           "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")

@@ -98,7 +98,7 @@ class SparseQWire:
 
     @classmethod
     def from_arrays(cls, ids: np.ndarray, weights: np.ndarray) -> SparseQWire:
-        k, top = ids.shape
+        _, top = ids.shape
         return cls(
             int(top),
             np.ascontiguousarray(ids, dtype="<u4").tobytes(),
@@ -233,7 +233,8 @@ class SessionOpen:
         """The first block as the DRAFT it stands for (seq 0, from the whole context)."""
         if self.first_block is None:
             return None
-        return DraftMsg(self.session_id, 0, len(self.prompt_ids) + len(self.generated_ids), self.first_block, self.first_q)
+        return DraftMsg(self.session_id, 0, len(self.prompt_ids) + len(self.generated_ids), self.first_block,
+                        self.first_q)
 
 
 @dataclass(frozen=True)
@@ -374,7 +375,8 @@ def decode(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     items = unpack_array(payload, limits)
     version, mtype = items[0], items[1]
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise WireError(ErrorCode.BAD_VERSION, f"protocol version {version!r} not supported (this side speaks {PROTOCOL_VERSION})")
+        raise WireError(ErrorCode.BAD_VERSION,
+                        f"protocol version {version!r} not supported (this side speaks {PROTOCOL_VERSION})")
     try:
         kind = MsgType(mtype) if type(mtype) is int else None
     except (ValueError, TypeError):

@@ -242,9 +242,10 @@ def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
     libwebsockets binds it on every interface whatever address its `listener` line names).
     `dynsec_file` loads the dynamic-security plugin (`dynsec_plugin`, else `find_dynsec_plugin()`)
     with that config: it holds only the admin account `edgespec revoke` uses to cut a revoked
-    device's live connections (see `write_dynsec_config`). `user` is the account Mosquitto switches to when started as root (its
-    default is `mosquitto`); that account must be able to read the password, ACL and key files,
-    also on SIGHUP, so pass the files' owner (e.g. the current user) when they are mode 0600.
+    device's live connections (see `write_dynsec_config`). `user` is the account Mosquitto
+    switches to when started as root (its default is `mosquitto`); that account must be able to
+    read the password, ACL and key files, also on SIGHUP, so pass the files' owner (e.g. the
+    current user) when they are mode 0600.
     """
     text = PROD_CONFIG.read_text(encoding="utf-8") if template is None else template
     for key, attr in _PATH_KEYS.items():

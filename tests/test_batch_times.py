@@ -44,7 +44,8 @@ def test_batch_times_split_model_from_the_rest():
     single = s["single"]
     assert single["batches"] == 1 and single["messages"] == 1
     assert single["model_ms"]["mean"] >= 4.0 and single["other_ms"]["mean"] >= 2.0
-    assert single["total_ms"]["mean"] == pytest.approx(single["model_ms"]["mean"] + single["other_ms"]["mean"], abs=1e-3)
+    assert single["total_ms"]["mean"] == pytest.approx(single["model_ms"]["mean"] + single["other_ms"]["mean"],
+                                                       abs=1e-3)
     assert 0 < single["model_cpu_ms"]["mean"] <= single["model_ms"]["mean"] + 0.5  # spinning is all CPU
     assert s["all"]["model_ms"]["mean"] >= (4.0 + 2.0) / 2
 
@@ -62,7 +63,7 @@ def test_batch_times_keep_a_bounded_window_and_count_a_failed_batch():
 
 
 def test_the_core_times_its_batches_and_only_model_calls_count_as_model(loaded_pair):
-    target, draft = loaded_pair
+    target, _ = loaded_pair
     core = VerifierCore(target, VerifierConfig(verifier_id="verifier-1"))
     sid = os.urandom(16)
     prompt = target.encode("hello world")

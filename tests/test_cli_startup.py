@@ -29,7 +29,7 @@ for argv in json.loads(sys.argv[1]):
             pass
     report[" ".join(argv)] = [m for m in %r if m in sys.modules]
 print(json.dumps(report))
-""" % (HEAVY,)
+""" % (HEAVY,)  # noqa: UP031 (the template's own braces rule out str.format)
 
 
 def _heavy_after(argvs: list[list[str]], env: dict[str, str] | None = None) -> dict[str, list[str]]:
@@ -86,7 +86,7 @@ def test_revoke_returns_within_3_s(tmp_path: Path) -> None:
                        cwd=REPO, timeout=60)
     t0 = time.monotonic()
     out = subprocess.run([*edgespec, "revoke", "cam-fast", "--home", home], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=60)
+                         env=env, cwd=REPO, timeout=60, check=False)
     seconds = time.monotonic() - t0
     assert out.returncode == 0, out.stderr
     assert "revoked cam-fast" in out.stdout

@@ -65,8 +65,8 @@ messages = st.one_of(
     st.builds(Close, sid, text),
     st.builds(ErrorMsg, st.none() | sid, st.none() | st.integers(0, 2**40), st.integers(0, 100), text),
     st.builds(Sealed, sid, st.integers(0, 2**64 - 1), st.binary(max_size=200)),
-    st.builds(SealedOpen, sid, st.text("0123456789abcdef", min_size=16, max_size=16), st.binary(min_size=32, max_size=32),
-              st.binary(max_size=200)),
+    st.builds(SealedOpen, sid, st.text("0123456789abcdef", min_size=16, max_size=16),
+              st.binary(min_size=32, max_size=32), st.binary(max_size=200)),
 )
 
 
@@ -188,7 +188,8 @@ def test_an_opened_carries_the_first_blocks_verdict():
     msg = Opened(sid, "verifier-1", 6, verdict)
     assert decode(encode(msg)) == msg and decode(encode(msg)).first_verdict == verdict
     # Without one, the OPENED is the three fields it always was.
-    assert msgpack.unpackb(encode(Opened(sid, "verifier-1", 6))) == [PROTOCOL_VERSION, MsgType.OPENED, sid, "verifier-1", 6]
+    assert msgpack.unpackb(encode(Opened(sid, "verifier-1", 6))) == [PROTOCOL_VERSION, MsgType.OPENED, sid,
+                                                                     "verifier-1", 6]
     head = [PROTOCOL_VERSION, int(MsgType.OPENED), sid, "verifier-1", 6]
     assert decode(msgpack.packb(head + [None])).first_verdict is None
     for bad in ("x", [[True], 1, 17], [[1], 1, 17, 9, False], [[True], 2, 17, 9, False], [[True], 1, -1, 9, False]):

@@ -62,7 +62,7 @@ def test_projector_missing_and_broken(tmp_path: Path) -> None:
     with pytest.raises(ProjectorError, match="do not fit"):
         VisionProjector.from_pretrained(tmp_path)(torch.zeros(3, 3))  # type: ignore[misc]
     (tmp_path / PROJECTOR_WEIGHTS_NAME).unlink()
-    with pytest.raises(ProjectorError, match="no vision_projector.safetensors"):
+    with pytest.raises(ProjectorError, match=r"no vision_projector\.safetensors"):
         VisionProjector.from_pretrained(tmp_path)
 
 
@@ -129,7 +129,7 @@ def test_committed_pair_loads_with_from_pretrained() -> None:
 def test_committed_target_captions_held_out_scenes() -> None:
     folder = load_model_folder(TARGET_DIR)
     assert folder.projector is not None
-    scenes, features = compute_features(eval_seeds(20), progress=False)
+    _, features = compute_features(eval_seeds(20), progress=False)
     ids = greedy_captions(
         folder.model,
         folder.projector,

@@ -112,7 +112,7 @@ def test_replayed_open_after_close_changes_nothing(local):
 
 
 def test_unauthenticated_input_on_a_device_topic_is_not_an_error_for_its_session(local, loaded_pair):
-    core, ctx, stateless, _ = local
+    core, _, stateless, _ = local
     target, _ = loaded_pair
     topics, me = Topics(), stateless[0]  # a provisioned device; the forgeries below come from anyone
     sid = os.urandom(16)

@@ -127,7 +127,7 @@ def test_camera_publishes_discovery_availability_events_and_descriptions(mosquit
     assert description["type"] == "description" and description["description"] == captions[0].text
     kinds = [e["type"] for e in events if e["after"]["id"] == description["id"]]
     assert kinds == ["new", "update", "end"]
-    end = [e for e in events if e["type"] == "end" and e["after"]["id"] == description["id"]][0]
+    end = next(e for e in events if e["type"] == "end" and e["after"]["id"] == description["id"])
     assert end["after"]["description"] == captions[0].text and end["after"]["end_time"] is not None
     assert all(e["type"] in ("new", "update", "end") and e["before"]["id"] == e["after"]["id"] for e in events)
 

@@ -20,5 +20,5 @@ def test_import_contracts_kept():
         if found is None:
             pytest.skip("import-linter is not installed (pip install -e '.[test]')")
         lint = Path(found)
-    done = subprocess.run([str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -91,7 +91,7 @@ def test_read_waiting_takes_everything_already_in_the_socket(mosquitto):
         async with make_client(mosquitto.url, client_id="rw-sub", queue_type=routing_queue(seen.append)) as sub:
             await sub.subscribe("rw/t", qos=1)
             publish_blocking(40)  # this loop is "busy" meanwhile: the copies wait in the kernel
-            time.sleep(0.2)
+            time.sleep(0.2)  # noqa: ASYNC251 (the loop stays busy on purpose)
             before = len(seen)
             read_waiting(sub)
             return before, [m.payload for m in seen]
@@ -272,7 +272,8 @@ def test_open_is_sent_again_when_a_verifier_goes_offline_during_it(mosquitto, ti
             job = asyncio.create_task(run_edge_session(link, draft, EdgeRequest(ids, None, gamma=2, max_new_tokens=24)))
             while not any(ch.open_pending for ch in link._channels.values()):
                 await asyncio.sleep(0.01)
-            proc = await asyncio.to_thread(start_verifier, mosquitto.url, tiny_pair[0], "reopen-live", "--prefix", prefix)
+            proc = await asyncio.to_thread(start_verifier, mosquitto.url, tiny_pair[0], "reopen-live",
+                                           "--prefix", prefix)
             try:
                 async with aiomqtt.Client("127.0.0.1", mosquitto.port) as announcer:
                     await announcer.publish(topics.verifier_status("reopen-ghost"), OFFLINE, qos=1)

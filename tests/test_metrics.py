@@ -50,7 +50,7 @@ def value(families: dict, name: str, sample: str | None = None, **labels) -> flo
 def metrics_verifier(mosquitto, tiny_pair, tmp_path):
     """`edgespec verifier --metrics-port P --log-json -v` on its own prefix; (process, url, log file)."""
     port, log_path = free_port(), tmp_path / "verifier.log"
-    log_file = open(log_path, "w")
+    log_file = open(log_path, "w")  # noqa: SIM115 (the verifier's stderr while it runs; closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgespec.cli", "verifier", "--broker", mosquitto.url, "--prefix", PREFIX,
          "--target-model", str(tiny_pair[0]), "--verifier-id", "verifier-metrics", "--metrics-port", str(port),

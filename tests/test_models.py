@@ -30,5 +30,5 @@ def test_bfloat16_target_still_generates(tiny_pair):
 
 
 def test_not_a_model_folder(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_lm(tmp_path)

@@ -203,7 +203,7 @@ def test_bundle_load_refuses_missing_unreadable_and_exposed_files(tmp_path: Path
     with pytest.raises(BundleError, match="not a folder"):
         DeviceBundle.load(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BundleError, match="no device.json"):
+    with pytest.raises(BundleError, match=r"no device\.json"):
         DeviceBundle.load(tmp_path / "empty")
     ring = VerifierKeyRing(generate_keypair())
     d = _bundle(ring, broker_url="mqtt://h", password="pw").save(tmp_path / "b").directory
@@ -333,7 +333,7 @@ def test_dev_identity_two_threads_racing(tmp_path: Path) -> None:
             barrier.wait()
             bundle, _ = ensure_dev_identity(home, "dev-1")
             results.append((bundle.device_key.key_id, bundle.verifier_key_id))
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

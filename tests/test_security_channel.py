@@ -76,6 +76,6 @@ def test_open_from_another_device_key_fails(pair):
 def test_reopen_uses_fresh_keys():
     device, verifier = generate_keypair(), generate_keypair()
     sid = os.urandom(16)
-    a, oa = device_open(device, verifier.public, verifier.key_id, "cam-1", sid, UP, b"open")
-    b, ob = device_open(device, verifier.public, verifier.key_id, "cam-1", sid, UP, b"open")
+    _, oa = device_open(device, verifier.public, verifier.key_id, "cam-1", sid, UP, b"open")
+    _, ob = device_open(device, verifier.public, verifier.key_id, "cam-1", sid, UP, b"open")
     assert oa.ephemeral_pub != ob.ephemeral_pub and oa.ciphertext != ob.ciphertext

@@ -42,7 +42,7 @@ CUT_S = 1.0
 
 def edgespec(*argv: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgespec.cli", *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env or os.environ)
+                          text=True, timeout=timeout, env=env or os.environ, check=False)
 
 
 @dataclass

@@ -50,8 +50,8 @@ def sealed_open(registry, device, lm, **changes):
     sid = os.urandom(16)
     msg = dataclasses.replace(SessionOpen(sid, lm.encode("the scene"), tokenizer_fp=lm.fingerprint,
                                           max_new_tokens=4), **changes)
-    cipher, sealed = device_open(device, ring.current.public, ring.current_key_id, "cam-1", sid,
-                                 T.open("cam-1"), encode(msg))
+    _, sealed = device_open(device, ring.current.public, ring.current_key_id, "cam-1", sid,
+                            T.open("cam-1"), encode(msg))
     return encode(sealed)
 
 

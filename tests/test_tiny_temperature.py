@@ -48,7 +48,7 @@ def test_warp_at_the_bound_stays_finite():
 def test_a_tiny_temperature_open_does_not_fail_its_batch(loaded_pair):
     """Opens carrying their first block, verified together; one asks for temperature 1e-38.
     It gets out_of_range (counted); the others get their OPENED and verdict as if alone."""
-    target, draft = loaded_pair
+    target, _ = loaded_pair
     core = VerifierCore(target, VerifierConfig(verifier_id=VID))
     prompt = target.encode("a red circle moves")
     vocab = target.vocab_size

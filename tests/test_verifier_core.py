@@ -108,7 +108,8 @@ def test_stale_sequence_rejected(core, loaded_pair):
     msg = opened_session(core, loaded_pair[1])
     n = len(msg.prompt_ids)
     v = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 5, n, [1], None))))
-    err = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 4, v.committed_len, [1], None))))
+    err = reply_of(core.handle(T.session_up("cam-1", VID),
+                               encode(DraftMsg(msg.session_id, 4, v.committed_len, [1], None))))
     assert isinstance(err, ErrorMsg) and err.code == ErrorCode.BAD_SEQUENCE and err.seq == 4
     assert core.rejected["bad_sequence"] == 1
 

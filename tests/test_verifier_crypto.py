@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from schemas import Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Sealed, SessionOpen, Topics, VerdictMsg, decode, encode
+from schemas import (Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Sealed, SessionOpen, Topics, VerdictMsg, decode,
+                     encode)
 from security.channel import device_open
 from security.keys import VerifierKeyRing, generate_keypair
 from security.registry import FleetRegistry
@@ -40,7 +41,7 @@ def sealed_session(core, registry, device, lm, device_id="cam-1", kid=None, pub=
 
 
 def open_reply(cipher, replies, device_id="cam-1"):
-    (topic, payload), = replies
+    (_, payload), = replies
     msg = decode(payload)
     if isinstance(msg, Sealed):
         inner, _ = cipher.open(T.down(device_id), msg)
@@ -108,7 +109,7 @@ def test_plaintext_refused_and_replay_answered_from_cache(fleet, loaded_pair):
     plain = SessionOpen(os.urandom(16), [1, 2], tokenizer_fp=lm.fingerprint)
     (_, payload), = core.handle(T.open("cam-1"), encode(plain))
     assert decode(payload).code == ErrorCode.PLAINTEXT_REFUSED
-    cipher, sid, prompt, replies = sealed_session(core, registry, device, lm)
+    cipher, sid, prompt, _ = sealed_session(core, registry, device, lm)
     up = T.session_up("cam-1", VID)
     block = encode(cipher.seal(up, encode(DraftMsg(sid, 0, len(prompt), [4, 5], None))))
     first = core.handle(up, block)

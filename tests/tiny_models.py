@@ -6,7 +6,11 @@ from pathlib import Path
 
 import torch
 
-WORDS = ["a", "the", "red", "green", "blue", "yellow", "circle", "square", "triangle", "moves", "left", "right", "up", "down", "stays", "still", "near", "top", "bottom", "centre", "of", "frame", "and", "is", "on", "in", "small", "large", "object", "scene", "camera", "sees", "one", "two", "three", "hello", "world", "what", "where", "which", "there", "here", "it", "this", "that"]
+WORDS = (  # noqa: SIM905 (a sentence of words reads better than a list of strings)
+    "a the red green blue yellow circle square triangle moves left right up down stays still "
+    "near top bottom centre of frame and is on in small large object scene camera sees one two "
+    "three hello world what where which there here it this that"
+).split()
 
 
 def make_tokenizer(words: tuple[str, ...] | list[str] = tuple(WORDS)):

@@ -202,7 +202,8 @@ def gen_features_plain(ctx, me, rng):
         ["float64", shape, bytes(8 * n)], ["int8", shape, bytes(n)], ["bfloat16", shape, bytes(2 * n)],
         [5, shape, bytes(2 * n)], ["float16", [], b""], ["float16", [1, 1, 1, n], bytes(2 * n)],
         ["float16", [0, n], b""], ["float16", [-1, n], bytes(2 * n)], ["float16", [True, n], bytes(2 * n)],
-        ["float16", shape, bytes(2 * n - 1)], ["float16", shape, nan], ["float32", shape, struct.pack("<f", math.inf) * n],
+        ["float16", shape, bytes(2 * n - 1)], ["float16", shape, nan],
+        ["float32", shape, struct.pack("<f", math.inf) * n],
         ["float16", shape, "text"], ["float16", shape], "features", ["float16", [n + 1], bytes(2 * n + 2)],
     ])
     return predict(ctx, me, "features_plain", _topic(ctx, me, where), pack(items))
@@ -247,10 +248,10 @@ def gen_sealed_open_tamper(ctx, me, rng):
     topic = ctx.topics.open(me.device_id)
     how = rng.choice(["flip", "truncate", "unknown_kid", "zero_ephemeral", "random_ephemeral", "wrong_topic",
                       "wrong_device_key", "wrong_verifier_key", "relabel_sid", "empty"])
-    cipher, so = _seal_open(ctx, me, msg, topic=ctx.topics.session_up(me.device_id, ctx.verifier_id)
-                            if how == "wrong_topic" else None,
-                            device_key=generate_keypair() if how == "wrong_device_key" else None,
-                            verifier_pub=generate_keypair().public_bytes if how == "wrong_verifier_key" else None)
+    _, so = _seal_open(ctx, me, msg, topic=ctx.topics.session_up(me.device_id, ctx.verifier_id)
+                       if how == "wrong_topic" else None,
+                       device_key=generate_keypair() if how == "wrong_device_key" else None,
+                       verifier_pub=generate_keypair().public_bytes if how == "wrong_verifier_key" else None)
     ct, kid, eph, sid = so.ciphertext, so.verifier_key_id, so.ephemeral_pub, so.session_id
     if how == "flip":
         b = bytearray(ct)

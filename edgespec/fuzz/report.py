@@ -101,7 +101,8 @@ def print_report(rep: dict) -> None:
               f"{rss['after_mb']:.1f} MB after (growth {rss['growth_mb']:.1f} MB, bound {cfg['rss_growth_mb']:.0f})")
     for i, d in enumerate(dev):
         print(f"device {i}: {d['sessions']} sessions, {d['exact']} exact, {d['mismatched']} different, "
-              f"{d['failed']} failed, {d['resyncs']} resyncs, after the attack {'ok' if d['after_attack_ok'] else 'FAILED'}"
+              f"{d['failed']} failed, {d['resyncs']} resyncs, "
+              f"after the attack {'ok' if d['after_attack_ok'] else 'FAILED'}"
               + (f"  ({d['errors'][0]})" if d["errors"] else ""))
     for v in rep["violations"][:8]:
         print(f"  contract: {v.get('kind')} {v.get('note', '')}: expected {v.get('expected')}, got {v.get('got')}"

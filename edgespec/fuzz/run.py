@@ -137,7 +137,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
             await attack(ctx, cfg, attackers, session_attackers, tally, kinds, deadline)
             attack_s = time.monotonic() - t0
             attack_over.set()
-            done, pending = await asyncio.wait(device_tasks, timeout=max(30.0, cfg.device_timeout_s * 3))
+            _, pending = await asyncio.wait(device_tasks, timeout=max(30.0, cfg.device_timeout_s * 3))
             for task in pending:
                 task.cancel()
             probe_ok = False

@@ -16,6 +16,7 @@ from .contract import (
     DROPPED, NO_REPLY, NON_REJECTIONS, OPENED, RESYNC, SPOOFED, VERDICT, Attack, FuzzContext, Identity, _exp,
     error_outcome, peek_session_id,
 )
+from .transport import Transport
 
 
 def counter_delta(before: Mapping, after: Mapping) -> Counter:
@@ -23,7 +24,6 @@ def counter_delta(before: Mapping, after: Mapping) -> Counter:
     delta = Counter(after)
     delta.subtract(Counter(before))
     return Counter({k: v for k, v in delta.items() if v})
-from .transport import Transport
 
 
 class Budget:

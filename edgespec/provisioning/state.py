@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from security import ca as ca_mod
 from security.mosquitto_files import DEFAULT_HA_PREFIX, AclPolicy, atomic_write_text, locked
 
-from .common import (ADMIN_USER, BROKER_SETTINGS, DEFAULT_LOOPBACK_PORT, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError, _load_ca,
-                     _read_json, _write_json)
+from .common import (ADMIN_USER, BROKER_SETTINGS, DEFAULT_LOOPBACK_PORT, DEFAULT_PORTS, ISSUED_INDEX, ProvisioningError,
+                     _load_ca, _read_json, _write_json)
 
 # ---------------------------------------------------------------- issued certificates and CRL
 
