@@ -16,6 +16,7 @@ import string
 import time
 from dataclasses import replace
 from importlib import metadata
+from typing import Any
 
 from . import integrations as ha
 from .integrations import CameraState, EventRecord
@@ -51,8 +52,8 @@ class CameraAnnouncer:
         self.clock = clock
         self.state = CameraState()
         self.discovery_sent = 0  # times the discovery config was published
-        self.link = None
-        self.run = None
+        self.link: Any = None  # the EdgeLink and CameraRun, from attach()
+        self.run: Any = None
         self._open: EventRecord | None = None  # the event being watched or captioned
         self._tasks: set[asyncio.Task] = set()
 
@@ -73,10 +74,10 @@ class CameraAnnouncer:
 
     async def event_ended(self, event, number: int, facts) -> None:
         """Motion stopped: an `update` with what was measured; `captioning` when it will be captioned."""
-        if self._open is None:  # an event the camera did not see start (e.g. no frame-by-frame hook)
-            await self._start_event()
-        before = replace(self._open, objects=list(self._open.objects))
         record = self._open
+        if record is None:  # an event the camera did not see start (e.g. no frame-by-frame hook)
+            record = await self._start_event()
+        before = replace(record, objects=list(record.objects))
         record.end_time = self.clock()
         record.frames = event.frame_count
         record.peak_area = round(float(event.peak_area), 4)
@@ -141,12 +142,13 @@ class CameraAnnouncer:
         if not task.cancelled() and task.exception() is not None:
             log.warning("Home Assistant discovery not re-sent: %s", task.exception())
 
-    async def _start_event(self) -> None:
-        self._open = EventRecord(id=ha.event_id(self.clock(), _suffix()), camera=self.link.device_id,
-                                 start_time=self.clock())
-        self.state.last_event_id = self._open.id
-        await self._publish(ha.event_message(self.link.topics, self.link.device_id, "new", self._open))
+    async def _start_event(self) -> EventRecord:
+        record = self._open = EventRecord(id=ha.event_id(self.clock(), _suffix()), camera=self.link.device_id,
+                                          start_time=self.clock())
+        self.state.last_event_id = record.id
+        await self._publish(ha.event_message(self.link.topics, self.link.device_id, "new", record))
         await self._publish_state("motion")
+        return record
 
     def _note_caption(self, caption, record: EventRecord) -> None:
         state = self.state

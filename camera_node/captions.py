@@ -237,8 +237,8 @@ def score_caption(caption: str, truth: Sequence[Mapping[str, Any]]) -> CaptionSc
     mentions = parse_caption(caption)
     pairs = []
     for i, obj in enumerate(truth):
-        for j, m in enumerate(mentions):
-            agree = sum(_accepts(obj, k, getattr(m, k)) for k in ("kind", "colour", "direction"))
+        for j, mention in enumerate(mentions):
+            agree = sum(_accepts(obj, k, getattr(mention, k)) for k in ("kind", "colour", "direction"))
             pairs.append((-agree, i, j))
     pairs.sort()
     matched: dict[int, int] = {}

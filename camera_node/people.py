@@ -21,7 +21,8 @@ class PeopleDetector:
         self._hog = None
         if hasattr(cv2, "HOGDescriptor"):
             self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+            # cv2's stub calls the detector a Sequence[float]; it is the ndarray setSVMDetector takes
+            self._hog.setSVMDetector(cv2.HOGDescriptor.getDefaultPeopleDetector())  # type: ignore[call-overload]
 
     @property
     def available(self) -> bool:

@@ -163,7 +163,7 @@ def random_scene(seed: int, width: int = 320, height: int = 240) -> Scene:
         dark = int(rng.integers(20, 70))
         second = (dark + int(rng.integers(0, 12)), dark, dark)  # dark trousers, tinted windows
         objects.append(SceneObject(kind, colour, bgr, direction, x0, y0, x1, y1, h0, h1, aspect,  # type: ignore[arg-type]
-                                   stop_at, second))  # type: ignore[arg-type]
+                                   stop_at, second))
     return Scene(tuple(objects), background, floor, seed, width, height)  # type: ignore[arg-type]
 
 

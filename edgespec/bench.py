@@ -102,7 +102,8 @@ async def null_round_trips(url: str, rounds: int, gamma: int, keys=None) -> list
 # ------------------------------------------------------------------ driver
 
 
-def run_workload(name: str, cases: list[Case], target, draft, url: str, args, keys) -> dict:
+def run_workload(name: str, cases: list[Case], target, draft, url: str, args,
+                 keys) -> tuple[dict, dict[str, ModeResult]]:
     """All modes on one workload, interleaved rep by rep."""
     from speculative.loop import generate_autoregressive, run_local
     from speculative.sampling import SamplingParams
@@ -197,12 +198,13 @@ def encryption_overhead(gamma: int, q_top: int = DEFAULTS.q_top) -> dict:
     import numpy as np
 
     from schemas import DraftMsg, Features, SessionOpen, SparseQWire, Topics, VerdictMsg, encode
+    from schemas.messages import Message
     from security.channel import device_open
     from security.keys import generate_keypair
 
     sid = os.urandom(16)
     device, verifier = generate_keypair(), generate_keypair()
-    examples = {
+    examples: dict[str, Message] = {
         "open (4x32 fp16 features)": SessionOpen(sid, [1, 2], Features.from_array(np.zeros((4, 32))),
                                                   max_new_tokens=DEFAULTS.max_new_tokens),
         f"draft, greedy, k={gamma}": DraftMsg(sid, 7, 20, list(range(100, 100 + gamma)), None),

@@ -103,7 +103,8 @@ async def dashboard(url: str, prefix: str, expected: int, timeout_s: float, tall
             async with asyncio.timeout(timeout_s) as scope:
                 def cameras_gone(task: asyncio.Task) -> None:  # a last result may be on its way: 2 s more
                     if not task.cancelled() and not scope.expired():
-                        scope.reschedule(min(scope.when(), asyncio.get_running_loop().time() + 2.0))
+                        deadline, soon = scope.when(), asyncio.get_running_loop().time() + 2.0
+                        scope.reschedule(soon if deadline is None else min(deadline, soon))
 
                 watcher = asyncio.create_task(all_exited(cameras)) if cameras else None
                 if watcher is not None:

@@ -163,7 +163,7 @@ def registry_for(collector) -> CollectorRegistry:
     return registry
 
 
-async def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> asyncio.AbstractServer:
+async def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> asyncio.Server:
     """Serve ``GET /metrics`` (and ``/``) in the Prometheus text format on the running loop.
     Port 0 picks a free one (``server.sockets[0].getsockname()[1]``)."""
 
@@ -191,6 +191,6 @@ async def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0
         raise MetricsPortError(f"metrics endpoint cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def metrics_url(server: asyncio.AbstractServer) -> str:
+def metrics_url(server: asyncio.Server) -> str:
     host, port = server.sockets[0].getsockname()[:2]
     return f"http://{host}:{port}/metrics"

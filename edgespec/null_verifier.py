@@ -23,14 +23,14 @@ VERIFIER_ID = "null"
 
 
 async def serve_null(broker_url: str, prefix: str, busy_poll_s: float = 0.02) -> None:
-    from security.channel import verifier_open
+    from security.channel import SessionCipher, verifier_open
     from security.dev_identity import default_home, ensure_verifier_keys
     from security.registry import FleetRegistry
 
     topics = Topics(prefix)
     ensure_verifier_keys(None)
     registry = FleetRegistry(default_home())
-    ciphers: dict[bytes, object] = {}
+    ciphers: dict[bytes, SessionCipher | None] = {}
 
     def reply(sid: bytes, device: str, msg) -> bytes:
         cipher = ciphers.get(sid)
@@ -42,13 +42,19 @@ async def serve_null(broker_url: str, prefix: str, busy_poll_s: float = 0.02) ->
         msg = decode(payload)
         if isinstance(msg, SealedOpen):
             key = registry.verifier_keys().get(msg.verifier_key_id)
-            ciphers[msg.session_id], _ = verifier_open(key, registry.public_key(device), device, topic, msg)
+            device_pub = registry.public_key(device)
+            if device_pub is None:  # not a provisioned device
+                return None
+            ciphers[msg.session_id], _ = verifier_open(key, device_pub, device, topic, msg)
             return topics.down(device), reply(msg.session_id, device, Opened(msg.session_id, VERIFIER_ID, 1))
         if isinstance(msg, SessionOpen):
             ciphers[msg.session_id] = None
             return topics.down(device), reply(msg.session_id, device, Opened(msg.session_id, VERIFIER_ID, 1))
         if isinstance(msg, Sealed):
-            inner, _ = ciphers[msg.session_id].open(topic, msg)
+            cipher = ciphers[msg.session_id]
+            if cipher is None:  # a sealed message in a plaintext session
+                return None
+            inner, _ = cipher.open(topic, msg)
             msg = decode(inner)
         if not isinstance(msg, DraftMsg):
             return None

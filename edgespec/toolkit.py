@@ -18,7 +18,9 @@ def drain(proc: subprocess.Popen, keep: int = 200) -> collections.deque:
     """Keep reading a child's output in a daemon thread (a full pipe would block the child);
     returns the last `keep` lines."""
     tail: collections.deque = collections.deque(maxlen=keep)
-    threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True).start()
+    out = proc.stdout
+    assert out is not None, "drain needs stdout=subprocess.PIPE"
+    threading.Thread(target=lambda: tail.extend(out), daemon=True).start()
     return tail
 
 

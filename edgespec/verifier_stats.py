@@ -12,6 +12,10 @@ import json
 import os
 import signal
 import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiomqtt
 
 
 class StatsWatcher:
@@ -21,7 +25,7 @@ class StatsWatcher:
     def __init__(self, url: str, topic_filter: str):
         self.url, self.topic_filter = url, topic_filter
         self.stats: dict[str, dict] = {}
-        self._client = None
+        self._client: aiomqtt.Client | None = None
         self._collector: asyncio.Task | None = None
 
     async def __aenter__(self) -> StatsWatcher:
@@ -39,6 +43,7 @@ class StatsWatcher:
         await self._client.__aexit__(*exc)
 
     async def _collect(self) -> None:
+        assert self._client is not None
         async for message in self._client.messages:
             body = json.loads(message.payload)
             self.stats[body["verifier_id"]] = body

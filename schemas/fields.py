@@ -7,6 +7,7 @@ to a message is one line: append it, with a default, after the message's last fi
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import functools
@@ -24,7 +25,9 @@ Bound = Any
 
 
 class Reader:
-    """Typed, bounded access to a decoded array's fields, naming each field in errors."""
+    """Typed, bounded access to a decoded array's fields, naming each field in errors.
+    Its methods `int`, `bytes` and `str` shadow the builtins in the class body: annotations after
+    them name `builtins.int` and the like."""
 
     def __init__(self, items: list[Any], mtype: Any, limits: Any):
         self.items = items
@@ -54,7 +57,7 @@ class Reader:
             raise self.bad(name, f"must be in [{lo}, {hi}], got {value}", ErrorCode.OUT_OF_RANGE)
         return value
 
-    def float(self, index: int, name: str, lo: float, hi: float, default: Any = ...) -> float:
+    def float(self, index: builtins.int, name: str, lo: float, hi: float, default: Any = ...) -> float:
         value = self.get(index, name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.bad(name, f"must be a number, got {type(value).__name__}")
@@ -63,19 +66,19 @@ class Reader:
             raise self.bad(name, f"must be in [{lo}, {hi}], got {value}", ErrorCode.OUT_OF_RANGE)
         return value
 
-    def bool(self, index: int, name: str, default: Any = ...) -> bool:
+    def bool(self, index: builtins.int, name: str, default: Any = ...) -> bool:
         value = self.get(index, name, default)
         if not isinstance(value, bool):
             raise self.bad(name, f"must be a boolean, got {type(value).__name__}")
         return value
 
-    def bytes(self, index: int, name: str, size: int) -> bytes:
+    def bytes(self, index: builtins.int, name: str, size: builtins.int) -> bytes:
         value = self.get(index, name)
         if not isinstance(value, bytes) or len(value) != size:
             raise self.bad(name, f"must be {size} bytes")
         return value
 
-    def blob(self, index: int, name: str, max_len: int) -> bytes:
+    def blob(self, index: builtins.int, name: str, max_len: builtins.int) -> builtins.bytes:
         value = self.get(index, name)
         if not isinstance(value, bytes):
             raise self.bad(name, f"must be bytes, got {type(value).__name__}")
@@ -83,7 +86,7 @@ class Reader:
             raise self.bad(name, f"is {len(value)} bytes, limit {max_len}", ErrorCode.OVERSIZE)
         return value
 
-    def str(self, index: int, name: str, default: Any = ...) -> str:
+    def str(self, index: builtins.int, name: str, default: Any = ...) -> str:
         value = self.get(index, name, default)
         if not isinstance(value, str):
             raise self.bad(name, f"must be a string, got {type(value).__name__}")
@@ -91,7 +94,8 @@ class Reader:
             raise self.bad(name, f"is longer than {self.limits.max_text_chars} characters", ErrorCode.OVERSIZE)
         return value
 
-    def tokens(self, index: int, name: str, max_len: int, default: Any = ...) -> list[int]:
+    def tokens(self, index: builtins.int, name: builtins.str, max_len: builtins.int,
+               default: Any = ...) -> list[builtins.int]:
         value = self.get(index, name, default)
         if not isinstance(value, list):
             raise self.bad(name, f"must be an array of token ids, got {type(value).__name__}")
@@ -180,7 +184,7 @@ def wire_fields(cls: type) -> tuple[tuple[str, Wire], ...]:
 def encode_fields(msg: Any) -> list[Any]:
     """A message's fields after `[version, type]`, in wire order."""
     out: list[Any] = []
-    for name, spec in wire_fields(type(msg)):
+    for name, spec in wire_fields(type(msg)):  # type: ignore[arg-type]  # mypy: type[Any] is not Hashable
         value = getattr(msg, name)
         if value is None and spec.omit_none:
             continue

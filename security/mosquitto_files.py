@@ -21,6 +21,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,6 +228,11 @@ def _set_listeners(text: str, ports: dict[int, int], tls_bind: str | None, loopb
     return text
 
 
+def _constant(text: str) -> Callable[[re.Match[str]], str]:
+    """A `re.sub` replacement that is `text` as it stands (backslashes included)."""
+    return lambda _m: text
+
+
 def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
                        client_cert_port: int = 8885, wss_port: int = 8884,
                        tls_bind: str | None = None, user: str | None = None,
@@ -254,7 +260,7 @@ def render_prod_config(files: BrokerFiles, *, mqtts_port: int = 8883,
             raise MosquittoFileError(f"{attr} path must not contain a newline")
         if key == "persistence_location" and not value.endswith("/"):
             value += "/"  # Mosquitto concatenates the file name onto it
-        text = re.sub(rf"(?m)^{key}\s+.*$", lambda _m, k=key, v=value: f"{k} {v}", text)
+        text = re.sub(rf"(?m)^{key}\s+.*$", _constant(f"{key} {value}"), text)
     text = _set_listeners(text, {1: mqtts_port, 2: client_cert_port, 3: wss_port}, tls_bind, loopback_port,
                           websockets)
     if user is not None:

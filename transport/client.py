@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from typing import cast
 
 import aiomqtt
+from paho.mqtt.client import CallbackOnConnect_v2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -76,7 +78,8 @@ def _follow_receive_maximum(client: aiomqtt.Client) -> None:
     is a protocol error that gets the connection closed. Uses the paho client aiomqtt keeps,
     as `publish_now` does."""
     paho = client._client
-    on_connect = paho.on_connect
+    # aiomqtt's own handler, with paho's version-2 signature
+    on_connect = cast(CallbackOnConnect_v2, paho.on_connect)
 
     def follow(paho_client, userdata, flags, reason_code, properties=None) -> None:
         # Set before paho resends a resumed session's unacknowledged publishes (after this

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PARENT_ENV = "EDGESPEC_PARENT_PID"
@@ -39,7 +40,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _sigterm(signum: int, frame: object) -> None:
+def _sigterm(signum: int, frame: FrameType | None) -> None:
     received.append(signum)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
@@ -164,6 +165,11 @@ def stop_children(procs: Sequence[subprocess.Popen], grace_s: float = GRACE_S) -
     return killed
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def all_exited(procs: Sequence[subprocess.Popen]) -> None:
     """Return once every process in `procs` has exited (a pidfd per process on Linux 5.3+,
     else a 0.2 s poll)."""
@@ -178,7 +184,7 @@ async def all_exited(procs: Sequence[subprocess.Popen]) -> None:
                 await asyncio.sleep(0.2)
             continue
         done = loop.create_future()
-        loop.add_reader(fd, lambda d=done: d.done() or d.set_result(None))
+        loop.add_reader(fd, _resolve, done)
         try:
             await done
         finally:

@@ -41,14 +41,14 @@ def publish_many(client: aiomqtt.Client, messages: list[tuple[str, bytes]], qos:
     if all(info.rc != 0 for info in infos):
         return infos
     sock = paho.socket()
-    cork = len(messages) > 1 and CORK is not None and isinstance(sock, socket.socket)
-    if cork:
-        sock.setsockopt(socket.IPPROTO_TCP, CORK, 1)
+    corked = sock if len(messages) > 1 and isinstance(sock, socket.socket) else None
+    if corked is not None and CORK is not None:
+        corked.setsockopt(socket.IPPROTO_TCP, CORK, 1)
     try:
         paho.loop_write()
     finally:
-        if cork and sock.fileno() >= 0:
-            sock.setsockopt(socket.IPPROTO_TCP, CORK, 0)  # sends what the cork held, now
+        if corked is not None and CORK is not None and corked.fileno() >= 0:
+            corked.setsockopt(socket.IPPROTO_TCP, CORK, 0)  # sends what the cork held, now
     if sock is not None and not paho.want_write():
         # aiomqtt adds its write callback through call_soon_threadsafe, so it would arrive
         # after the write above emptied paho's queue, and then run on every loop turn (paho

@@ -111,6 +111,7 @@ class DashboardServer:
     @property
     def url(self) -> str:
         host = self._httpd.server_address[0]
+        assert isinstance(host, str)  # an AF_INET address
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}/"
 
     def start(self) -> DashboardServer:

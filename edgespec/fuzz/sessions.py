@@ -15,7 +15,7 @@ from schemas import (
     Close, DraftMsg, ErrorCode, ErrorMsg, Opened, Resync, Sealed, SparseQWire, VerdictMsg, WireError, decode,
     encode,
 )
-from schemas.messages import PROTOCOL_VERSION
+from schemas.messages import PROTOCOL_VERSION, Message
 
 from .attacks import _seal_open, _tokens, fields_of, pack, valid_open
 from .contract import NO_REPLY, OPENED, RESYNC, VERDICT, Attack, Captured, FuzzContext, _exp, fence, reason
@@ -150,17 +150,17 @@ class SessionAttacker:
             msg = s.cipher.seal(self.ctx.topics.session_up(self.me.device_id, "other-verifier"), inner)
         else:
             msg = s.cipher.seal(self.up, inner)
-            ct = bytearray(msg.ciphertext)
+            body = bytearray(msg.ciphertext)
             if how == "flip":
-                ct[self.rng.randrange(len(ct))] ^= 1 << self.rng.randrange(8)
-                msg = Sealed(s.sid, msg.seq, bytes(ct))
+                body[self.rng.randrange(len(body))] ^= 1 << self.rng.randrange(8)
+                msg = Sealed(s.sid, msg.seq, bytes(body))
             elif how == "truncate":
-                msg = Sealed(s.sid, msg.seq, bytes(ct[:self.rng.randrange(len(ct))]))
+                msg = Sealed(s.sid, msg.seq, bytes(body[:self.rng.randrange(len(body))]))
             elif how == "relabel_seq":
-                msg = Sealed(s.sid, msg.seq + self.rng.randint(1, 1000), bytes(ct))
+                msg = Sealed(s.sid, msg.seq + self.rng.randint(1, 1000), bytes(body))
             else:  # the session id of another of this device's sessions? a fresh one: RESYNC
                 await self.att.request(Attack("session_tamper", self.up, encode(Sealed(self.rng.randbytes(16),
-                                              msg.seq, bytes(ct))), _exp(RESYNC), cipher=s.cipher, note=how))
+                                              msg.seq, bytes(body))), _exp(RESYNC), cipher=s.cipher, note=how))
                 return
         await self.att.request(Attack("session_tamper", self.up, encode(msg), _exp(reason(ErrorCode.DECRYPT_FAILED)),
                                       cipher=s.cipher, note=how))
@@ -217,8 +217,9 @@ class SessionAttacker:
         elif how == "missing_q":
             inner, expect = encode(self._draft(s, tokens=tokens, q=None)), _exp(mal)
         elif how == "wrong_type":
-            inner = encode(rng.choice([Opened(s.sid, "v", 3), VerdictMsg(s.sid, 0, [True], 1, 1, 3),
-                                       Resync(s.sid, "x"), ErrorMsg(s.sid, 0, 1, "x"), valid_open(ctx, rng, s.sid)]))
+            wrong: list[Message] = [Opened(s.sid, "v", 3), VerdictMsg(s.sid, 0, [True], 1, 1, 3),
+                                    Resync(s.sid, "x"), ErrorMsg(s.sid, 0, 1, "x"), valid_open(ctx, rng, s.sid)]
+            inner = encode(rng.choice(wrong))
             expect = _exp(reason(ErrorCode.UNKNOWN_TYPE))
         elif how == "garbage":
             inner = rng.randbytes(rng.randint(0, 30))
@@ -230,6 +231,7 @@ class SessionAttacker:
         elif how == "other_sid":  # the envelope's session is ours, the inner draft's is unknown
             inner, expect = encode(self._draft(s, sid=rng.randbytes(16))), _exp(RESYNC, mal)
         elif how == "seq_jump":
+            assert s.last_seq is not None
             inner, expect = encode(self._draft(s, seq=s.last_seq + 2 + rng.randrange(100))), _exp(bad_seq)
         elif how == "seq_stale":  # behind the last verdict (or, after seq 0, ahead of the next)
             assert s.last_seq is not None

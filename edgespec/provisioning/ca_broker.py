@@ -180,7 +180,7 @@ def cmd_broker_files_init(args: argparse.Namespace) -> int:
              for name, default in DEFAULT_PORTS.items()}
     websockets = (args.websockets if args.websockets is not None
                   else (old.websockets if old else False))
-    user = args.user or (old.user if old else _default_user())
+    user: str = args.user or (old.user if old else None) or _default_user()
     # The admin account of the dynamic-security plugin: `revoke` kicks a revoked device's live
     # connections with it (SIGHUP does not drop a client-certificate device).
     admin = None
@@ -204,7 +204,7 @@ def cmd_broker_files_init(args: argparse.Namespace) -> int:
                       tls_bind=settings.bind, user=settings.user, loopback_port=settings.loopback_port,
                       websockets=settings.websockets,
                       dynsec_file=d / DYNSEC_DIR / "dynamic-security.json" if admin else None)
-    owner = _give_to_broker_user(d, files, settings.user)
+    owner = _give_to_broker_user(d, files, user)
     if owner:
         notes.append(owner)
     _write_json(d / BROKER_SETTINGS, settings.to_json())
