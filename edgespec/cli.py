@@ -20,7 +20,7 @@ from .cli_args import (
     privacy_from_args,
     start_metrics,
 )
-from .config import DEFAULTS, resolve_model_dir, set_threads
+from .config import DEFAULTS, VERIFIER, resolve_model_dir, set_threads
 from .identity import add_client_auth_args, add_device_identity_args
 
 # Modules that add their own subcommands with `register(subparsers)`, with the commands each
@@ -59,8 +59,9 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     from speculative.models import load_lm
     from transport.lifecycle import note
     from transport.urls import redact_url
-    from verifier_node.core import VerifierConfig, VerifierCore
+    from verifier_node.core import VerifierCore
     from verifier_node.service import serve_reconnecting
+    from verifier_node.settings import VerifierSettings
 
     from .identity import client_auth_from_args, resolve_verifier_crypto, warn_password_in_url
 
@@ -72,11 +73,12 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     lm = load_lm(resolve_model_dir(args.target_model, "target"), dtype=args.dtype, device=args.device,
                  device_map=args.device_map)
-    core = VerifierCore(lm, VerifierConfig(verifier_id=args.verifier_id, max_sessions=args.max_sessions,
-                                           max_sessions_per_device=args.max_sessions_per_device,
-                                           device_rate=args.device_rate, device_burst=args.device_burst,
-                                           batching=args.max_batch > 1),
-                        Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
+    settings = VerifierSettings(verifier_id=args.verifier_id, max_sessions=args.max_sessions,
+                                max_sessions_per_device=args.max_sessions_per_device,
+                                device_rate=args.device_rate, device_burst=args.device_burst,
+                                max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000,
+                                busy_poll_s=args.busy_poll_ms / 1000)
+    core = VerifierCore(lm, settings, Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -95,9 +97,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         metrics = await start_metrics(args, VerifierCollector(core), f"verifier {args.verifier_id}")
         announcer = asyncio.create_task(announce())
         try:
-            await serve_reconnecting(core, broker, auth=auth, ready=ready, stop=stop,
-                                     batch_window_s=args.batch_window_ms / 1000,
-                                     max_batch=args.max_batch, busy_poll_s=args.busy_poll_ms / 1000)
+            await serve_reconnecting(core, broker, auth=auth, ready=ready, stop=stop)
         finally:
             announcer.cancel()
             if metrics is not None:
@@ -259,16 +259,16 @@ def _add_verifier(sub) -> None:
     p = sub.add_parser("verifier", help="serve the target model to devices over MQTT")
     add_common_args(p)
     p.add_argument("--target-model", default="default", help="model folder, or `default`")
-    p.add_argument("--verifier-id", default="verifier-1")
+    p.add_argument("--verifier-id", default=VERIFIER.verifier_id)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     p.add_argument("--device-map", help="`auto`: spread a target larger than one accelerator (needs accelerate)")
-    p.add_argument("--max-sessions", type=int, default=1024)
-    p.add_argument("--max-sessions-per-device", type=int, default=8,
+    p.add_argument("--max-sessions", type=int, default=VERIFIER.max_sessions)
+    p.add_argument("--max-sessions-per-device", type=int, default=VERIFIER.max_sessions_per_device,
                    help="a device opening more gives up its own oldest session, never another device's")
-    p.add_argument("--device-rate", type=float, default=1000.0,
+    p.add_argument("--device-rate", type=float, default=VERIFIER.device_rate,
                    help="uplink messages per second per device; more are dropped and counted as busy")
-    p.add_argument("--device-burst", type=int, default=2000)
+    p.add_argument("--device-burst", type=int, default=VERIFIER.device_burst)
     p.add_argument("--home", metavar="DIR", help="fleet registry and verifier keys (default: the development home)")
     p.add_argument("--allow-plaintext", action="store_true", help="also accept unencrypted sessions")
     add_client_auth_args(p, broker_dir=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.topics import PROTOCOL
+from verifier_node.settings import DEFAULTS as VERIFIER
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: where spawned nodes run
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "default_models"
@@ -30,10 +31,10 @@ class Defaults:
     gamma: int = 4  # draft tokens per round
     q_top: int = 16  # entries of q sent per drafted token
     poll_ms: float = 20.0  # a device polls the socket this long after sending a block
-    # The verifier (and the verifiers loadtest starts).
-    max_batch: int = 64
-    batch_window_ms: float = 2.0
-    busy_poll_ms: float = 20.0
+    # The verifier (and the verifiers loadtest starts): its own defaults (verifier_node/settings.py).
+    max_batch: int = VERIFIER.max_batch
+    batch_window_ms: float = VERIFIER.batch_window_s * 1000
+    busy_poll_ms: float = VERIFIER.busy_poll_s * 1000
 
 
 DEFAULTS = Defaults()

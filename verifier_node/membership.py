@@ -10,8 +10,8 @@ the last word of a verifier that is long gone.
 
 Why not an MQTT shared subscription: a broker hands each member of a share group its part of
 the messages, and Mosquitto 2.0's ACL cannot refuse anyone the SUBSCRIBE, so any account that
-joined `$share/<group>/...` silently swallowed its part of other devices' opens. A plain subscription to a topic an account may not read delivers it nothing and takes
-nothing from anyone, on any broker.
+joined `$share/<group>/...` silently swallowed its part of other devices' opens. A plain subscription to a topic an
+account may not read delivers it nothing and takes nothing from anyone, on any broker.
 
 When views differ for a moment (a verifier starting, or one that died before its Last Will
 came), an OPEN may be answered twice (the device takes the first OPENED; the other session

@@ -6,32 +6,34 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from typing import Any
-
+from schemas import Opened
 from speculative.loop import StopRule
 from speculative.target import TargetSession
+
+from .protocol import SessionProtocol
 
 
 @dataclass
 class Session:
-    """What the verifier holds for one device session."""
+    """What the verifier holds for one live device session: its protocol state and its model
+    state (the target's KV cache and committed tokens)."""
 
-    device_id: str
-    session_id: bytes
+    protocol: SessionProtocol
     target: TargetSession
     stop: StopRule
     prompt_len: int
+    opened: Opened  # the answer to its OPEN
     gamma: int = 32  # the most drafts per block the device announced
-    last_seq: int | None = None
-    last_reply: bytes | None = None  # the verdict for last_seq, re-sent for a duplicate
-    opened: Any = None  # schemas.Opened, the answer to its OPEN
-    opened_reply: bytes | None = None  # that answer as sent (with the first verdict when the OPEN carried a block)
-    opened_with_block: bool = False  # the OPEN carried the first block (seq 0)
-    cipher: Any = None  # security.channel.SessionCipher for an encrypted session
     resumed: int = 0  # generated tokens the device supplied at its OPEN (a re-open), not verified here
-    done: bool = False
-    ended: bool = False  # closed by its device, or answered with RESYNC or an error, by this verifier
     last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def device_id(self) -> str:
+        return self.protocol.device_id
+
+    @property
+    def session_id(self) -> bytes:
+        return self.protocol.session_id
 
     @property
     def committed_len(self) -> int:
@@ -42,41 +44,25 @@ class Session:
         return self.target.committed[self.prompt_len:]
 
 
-@dataclass(frozen=True)
-class FinishedSession:
-    """What the verifier keeps of a session whose last VERDICT said `done`: enough to
-    authenticate and answer a QoS-1 redelivery of its last DRAFT or of its OPEN. Its KV cache
-    is gone; the device sends no CLOSE (one that comes anyway is accepted)."""
-
-    device_id: str
-    session_id: bytes
-    last_seq: int | None
-    last_reply: bytes | None
-    opened_reply: bytes | None
-    cipher: Any
-
-    @classmethod
-    def of(cls, s: Session) -> "FinishedSession":
-        return cls(s.device_id, s.session_id, s.last_seq, s.last_reply, s.opened_reply, s.cipher)
-
-
 class FinishedSessions:
-    """The most recent `limit` finished sessions by id (oldest forgotten first)."""
+    """The most recent `limit` finished sessions by id (oldest forgotten first): their protocol
+    state, enough to authenticate and answer a QoS-1 redelivery of the last DRAFT or of the
+    OPEN. Their KV caches are gone; a device sends no CLOSE (one that comes is accepted)."""
 
     def __init__(self, limit: int = 4096):
         self.limit = limit
-        self._by_id: OrderedDict[bytes, FinishedSession] = OrderedDict()
+        self._by_id: OrderedDict[bytes, SessionProtocol] = OrderedDict()
 
     def add(self, session: Session) -> None:
-        self._by_id[session.session_id] = FinishedSession.of(session)
+        self._by_id[session.session_id] = session.protocol
         self._by_id.move_to_end(session.session_id)
         while len(self._by_id) > self.limit:
             self._by_id.popitem(last=False)
 
-    def get(self, session_id: bytes) -> FinishedSession | None:
+    def get(self, session_id: bytes) -> SessionProtocol | None:
         return self._by_id.get(session_id)
 
-    def pop(self, session_id: bytes) -> FinishedSession | None:
+    def pop(self, session_id: bytes) -> SessionProtocol | None:
         return self._by_id.pop(session_id, None)
 
     def __len__(self) -> int:
