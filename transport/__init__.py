@@ -9,6 +9,8 @@ needs only `transport.lifecycle` does not load aiomqtt):
   in-flight limit), `routing_queue`, `until_disconnected`.
 * `transport.publish`: `publish_now`, `publish_many`, `read_waiting`.
 * `transport.reconnect`: `RECONNECT_BACKOFF_S`, `reconnect_delay`, `get_within`, `BusyPoll`.
+* `transport.retry`: `RetryPolicy` (tries, backoff, timeouts) and `Tries`, one run of it.
+* `transport.presence`: `Status` (Last Will, retained online/offline) and `reconnect`, for both nodes.
 * `transport.topics`: topic and filter checks, `topic_matches` (`+`, `#`).
 * `transport.port`: the `MessageBus` protocol; `transport.mqtt_bus.MqttBus` and
   `transport.memory.MemoryBus` implement it.
