@@ -87,14 +87,6 @@ class VerifierCore:
         return self.tally.batch_times
 
     @property
-    def freshness(self):
-        return self.sealed_opens.freshness
-
-    @property
-    def limiter(self):
-        return self.gate.limiter
-
-    @property
     def has_deferred(self) -> bool:
         """Blocks wait for the next `handle_batch` (which may be given no messages)."""
         return self.scheduler.has_deferred
