@@ -29,34 +29,38 @@ from .objects import ObjectFacts
 from .link import EdgeLink
 from .privacy import PrivacyConfig
 from .session import EdgeOutcome, EdgeRequest, result_message, run_edge_session
+from .settings import DEFAULTS
 
 log = logging.getLogger("edgespec.camera")
 JPEG_QUALITY = 80  # what a cloud-only captioner would be sent, for the bandwidth comparison
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CameraConfig:
+    """The camera node's settings (keyword-only); the session settings' defaults are
+    camera_node.settings.DEFAULTS."""
+
     device_id: str
     source: str = "synthetic"
     broker: str = "mqtt://127.0.0.1:1883"
     prefix: str = PROTOCOL
     prompt: str = CAPTION_PROMPT
-    sampling: SamplingParams = SamplingParams()
-    gamma: int = 4
-    max_new_tokens: int = 48
+    sampling: SamplingParams = DEFAULTS.sampling
+    gamma: int = DEFAULTS.gamma
+    max_new_tokens: int = DEFAULTS.max_new_tokens
     # Sampling seed: None (the default) derives each caption's from the device id, the event and
     # a nonce drawn at every start (`caption_seed`), so cameras, events and restarts never share
     # a random stream; a number makes runs reproducible: caption n uses seed + n.
     seed: int | None = None
     max_events: int | None = None  # stop after this many captions
     realtime: bool = False  # pace file/synthetic sources at their frame rate
-    timeout_s: float = 10.0
+    timeout_s: float = DEFAULTS.timeout_s
     motion: MotionConfig = field(default_factory=MotionConfig)
     auth: ClientAuth = ClientAuth()
     keys: object | None = None  # security.channel.DeviceKeys; None: plaintext sessions
     privacy: PrivacyConfig = PrivacyConfig()
-    draft_ahead: bool = True  # pipelining: draft the next block while one is verified
-    busy_poll_s: float = 0.02  # poll for a verdict this long before sleeping (0 on battery)
+    draft_ahead: bool = DEFAULTS.draft_ahead  # pipelining: draft the next block while one is verified
+    busy_poll_s: float = DEFAULTS.busy_poll_s  # poll for a verdict this long before sleeping (0 on battery)
     stall_s: float = 5.0  # a source that gives no frame this long ends the open event
 
 
@@ -131,8 +135,9 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
     else:
         features = extractor.extract(event)
     features = cfg.privacy.features(features)
-    req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, cfg.sampling, cfg.gamma,
-                      cfg.max_new_tokens, seed, draft_ahead=cfg.draft_ahead, busy_poll_s=cfg.busy_poll_s)
+    req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, sampling=cfg.sampling, gamma=cfg.gamma,
+                      max_new_tokens=cfg.max_new_tokens, seed=seed, draft_ahead=cfg.draft_ahead,
+                      busy_poll_s=cfg.busy_poll_s)
     outcome = await run_edge_session(link, lm, req)
     text = lm.decode(outcome.result.token_ids)
     key_bytes, clip_bytes = event_jpeg_bytes(event)

@@ -12,16 +12,19 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from schemas import DraftMsg, Features, Resync, ResultMsg, SessionOpen, SparseQWire
+from schemas import DraftMsg, Features, Resync, ResultMsg, SessionOpen, SparseQWire, VerdictMsg
 from speculative.draft import DraftBlock, Drafter
 from speculative.loop import EdgeGeneration, GenerationResult, StopRule
 from speculative.models import LoadedLM
-from speculative.sampling import DEFAULT_Q_TOP, SamplingParams
+from speculative.sampling import SamplingParams
 
-from .link import EdgeLink, ResyncFailed, Traffic, VerifierLost, VerifierTimeout
+from .channel import SessionChannel
+from .link import EdgeLink, Traffic, VerifierLost, VerifierTimeout
+from .machine import BlockSent, Closed, DeviceSession, Fail, Lost, Opened, OpenSent, Resynced, State, Verdict
+from .settings import DEFAULTS
 
 log = logging.getLogger("edgespec.camera")
-MAX_REOPENS_PER_ROUND = 3
+MAX_REOPENS_PER_ROUND = DEFAULTS.reopens
 
 FEATURE_WIRE_DTYPE = "float16"
 
@@ -32,15 +35,15 @@ class EdgeRequest:
 
     prompt_ids: list[int]
     features: np.ndarray | None = None
-    sampling: SamplingParams = SamplingParams()
-    gamma: int = 4
-    max_new_tokens: int = 32
+    sampling: SamplingParams = DEFAULTS.sampling
+    gamma: int = DEFAULTS.gamma
+    max_new_tokens: int = DEFAULTS.max_new_tokens
     seed: int = 0
-    q_top: int = DEFAULT_Q_TOP
+    q_top: int = DEFAULTS.q_top
     stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
-    draft_ahead: bool = True  # draft the next block while this one is verified (see docs/benchmarks.md)
-    block_in_open: bool = True  # the OPEN carries the first block: one round trip and one forward fewer
-    busy_poll_s: float = 0.02  # poll the socket this long for a verdict before sleeping (see exchange_drafting_ahead)
+    draft_ahead: bool = DEFAULTS.draft_ahead  # see camera_node/settings.py
+    block_in_open: bool = DEFAULTS.block_in_open
+    busy_poll_s: float = DEFAULTS.busy_poll_s  # see exchange_drafting_ahead
 
 
 @dataclass
@@ -63,7 +66,7 @@ def wire_features(features: np.ndarray | None) -> tuple[Features | None, np.ndar
     return wire, wire.to_array()
 
 
-def result_message(device_id: str, outcome: "EdgeOutcome", text: str, extra: dict | None = None) -> ResultMsg:
+def result_message(device_id: str, outcome: EdgeOutcome, text: str, extra: dict | None = None) -> ResultMsg:
     """The dashboard record of a finished session."""
     r = outcome.result
     return ResultMsg(
@@ -120,19 +123,101 @@ async def exchange_drafting_ahead(channel, message: DraftMsg | SessionOpen, edge
             reply.cancel()
 
 
-async def wait_opened_retrying(channel, open_msg: SessionOpen) -> int:
+async def wait_opened_retrying(channel: SessionChannel, open_msg: SessionOpen, session: DeviceSession) -> int:
     """Wait for the OPENED of an OPEN already sent; if a verifier went offline meanwhile (the
     OPEN may have gone to it through the shared subscription) or the link reconnected, send
-    the OPEN again. Returns how many times it was re-sent."""
-    for attempt in range(MAX_REOPENS_PER_ROUND + 1):
+    the OPEN again, as long as `session` allows. Returns how many times it was re-sent."""
+    resent = 0
+    while True:
         try:
-            await (channel.reopen(open_msg) if attempt else channel.wait_opened())
-            return attempt
+            await (channel.reopen(open_msg) if resent else channel.wait_opened())
         except VerifierLost as exc:
-            if attempt == MAX_REOPENS_PER_ROUND:
+            if isinstance(session.step(Lost(exc)), Fail):
                 raise
             log.warning("%s; sending the open again", exc)
-    raise AssertionError("unreachable")
+            resent += 1
+            continue
+        session.step(Opened(channel.verifier_id))
+        return resent
+
+
+async def verify_block(channel: SessionChannel, session: DeviceSession, edge: EdgeGeneration, draft: DraftMsg,
+                       open_msg: SessionOpen, req: EdgeRequest, first: SessionOpen | None = None) -> VerdictMsg:
+    """Send one block (a DRAFT, or `first`: the OPEN carrying block 0) and return its verdict.
+    When the session is lost (a RESYNC, a timeout, a verifier gone) it is re-opened with the
+    full context on the pool and the block sent again, as often as `session`'s policy allows."""
+    session.step(OpenSent(carries_block=True) if first is not None else BlockSent(draft.seq))
+    reopen = False
+    while True:
+        try:
+            if reopen:
+                await channel.reopen(replace(open_msg, generated_ids=list(edge.generated)))
+                session.step(Opened(channel.verifier_id))
+                session.step(BlockSent(draft.seq))
+            ahead = req.draft_ahead and edge.ahead_worthwhile
+            message = first if first is not None and not reopen else draft
+            reply = await exchange_drafting_ahead(channel, message, edge if ahead else None, req.busy_poll_s)
+        except VerifierTimeout as exc:  # the verifier died, went silent, or the link dropped
+            if isinstance(session.step(Lost(exc)), Fail):
+                raise
+            log.warning("%s; re-opening the session on the pool", exc)
+            reopen = True
+            continue
+        if not isinstance(reply, Resync):
+            if session.state is not State.ACTIVE:  # the verdict of the OPEN: it was opened
+                session.step(Opened(channel.verifier_id))
+            session.step(Verdict(reply.seq, reply.done))
+            return reply
+        action = session.step(Resynced(reply.reason))
+        if isinstance(action, Fail):
+            raise action.error
+        reopen = True
+
+
+def open_message(session_id: bytes, lm: LoadedLM, req: EdgeRequest, wire: Features | None,
+                 stops: tuple[int, ...]) -> SessionOpen:
+    return SessionOpen(
+        session_id=session_id, prompt_ids=list(req.prompt_ids), features=wire,
+        temperature=req.sampling.temperature, top_k=req.sampling.top_k, top_p=req.sampling.top_p,
+        seed=req.seed, gamma=req.gamma, q_top=req.q_top, max_new_tokens=req.max_new_tokens,
+        stop_token_ids=list(stops), tokenizer_fp=lm.fingerprint,
+    )
+
+
+async def _generate(channel: SessionChannel, session: DeviceSession, edge: EdgeGeneration, prepare,
+                    open_msg: SessionOpen, req: EdgeRequest) -> tuple[bool, list[float]]:
+    """The session's rounds; returns whether the OPEN carried the first block, and each
+    round's seconds from send to verdict."""
+    # 1. Draft the first block and send it in the OPEN (the verifier prefills and verifies it
+    # in one forward, and its verdict follows the OPENED); or open first (the OPEN is on the
+    # socket when send_open returns) and draft while the verifier prefills.
+    block = prepare() if req.block_in_open else None
+    carried = block is not None
+    if not carried:
+        await channel.send_open(open_msg)
+        session.step(OpenSent())
+        if not req.block_in_open:
+            block = prepare()
+        await wait_opened_retrying(channel, open_msg, session)
+    seq = 0
+    round_seconds: list[float] = []
+    while not edge.done:
+        # 2. Draft a block (the first was drafted before or while the session opened) and send
+        # it with its exact q; 3. a lost session is re-opened and the block sent again.
+        if block is None:
+            block = edge.next_block()
+        draft = DraftMsg(channel.session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
+        first = None
+        if carried and seq == 0:
+            first = replace(open_msg, first_block=list(block.tokens), first_q=draft.q)
+        sent_at = time.perf_counter()
+        reply = await verify_block(channel, session, edge, draft, open_msg, req, first)
+        # 4. Apply the verdict.
+        round_seconds.append(time.perf_counter() - sent_at)
+        edge.apply(reply.n_accepted, reply.next_token)
+        block = None
+        seq += 1
+    return carried, round_seconds
 
 
 async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, drafter=None) -> EdgeOutcome:
@@ -144,16 +229,10 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     started = time.perf_counter()
     session_id = os.urandom(16)
     channel = link.channel(session_id)
+    session = DeviceSession(link.retry)
     stops = lm.eos_token_ids if req.stop_token_ids is None else req.stop_token_ids
     wire, features = wire_features(req.features)
-    open_msg = SessionOpen(
-        session_id=session_id, prompt_ids=list(req.prompt_ids), features=wire,
-        temperature=req.sampling.temperature, top_k=req.sampling.top_k, top_p=req.sampling.top_p,
-        seed=req.seed, gamma=req.gamma, q_top=req.q_top, max_new_tokens=req.max_new_tokens,
-        stop_token_ids=list(stops), tokenizer_fp=lm.fingerprint,
-    )
-    resyncs = 0
-    finished = False  # the verifier said done: it has ended the session, no CLOSE to send
+    open_msg = open_message(session_id, lm, req, wire, tuple(stops))
     try:
         drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
@@ -162,63 +241,15 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
             drafter.start(list(req.prompt_ids), features)
             return None if edge.done else edge.next_block()
 
-        # 1. Draft the first block and send it in the OPEN (the verifier prefills and verifies
-        # it in one forward, and its verdict follows the OPENED); or open first (the OPEN is on
-        # the socket when send_open returns) and draft while the verifier prefills.
-        block = prepare() if req.block_in_open else None
-        carried = block is not None
-        if not carried:
-            await channel.send_open(open_msg)
-            if not req.block_in_open:
-                block = prepare()
-            resyncs += await wait_opened_retrying(channel, open_msg)
-        seq = 0
-        round_seconds: list[float] = []
-        while not edge.done:
-            # 2. Draft a block (the first was drafted before or while the session opened) and
-            # send it with its exact q.
-            if block is None:
-                block = edge.next_block()
-            draft = DraftMsg(session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
-            first: SessionOpen | None = None
-            if carried and seq == 0:
-                first = replace(open_msg, first_block=list(block.tokens), first_q=draft.q)
-            sent_at = time.perf_counter()
-            reopen = False
-            for attempt in range(MAX_REOPENS_PER_ROUND + 1):
-                try:
-                    if reopen:
-                        # 3. The verifier lost the session (or we lost it): re-open with the full
-                        # context on the pool, then resend the same block.
-                        await channel.reopen(replace(open_msg, generated_ids=list(edge.generated)))
-                    ahead = req.draft_ahead and edge.ahead_worthwhile
-                    message = first if first is not None and not reopen else draft
-                    reply = await exchange_drafting_ahead(channel, message, edge if ahead else None, req.busy_poll_s)
-                except VerifierTimeout as exc:  # the verifier died, went silent, or the link dropped
-                    if attempt == MAX_REOPENS_PER_ROUND:
-                        raise
-                    if channel.verifier_id is None and not isinstance(exc, VerifierLost):
-                        raise  # no verifier ever answered the open: say so now
-                    log.warning("%s; re-opening the session on the pool", exc)
-                    reply = Resync(session_id, str(exc))
-                if not isinstance(reply, Resync):
-                    break
-                if attempt == MAX_REOPENS_PER_ROUND:
-                    raise ResyncFailed(f"session lost {attempt + 1} times in one round: {reply.reason}")
-                resyncs += 1
-                reopen = True
-            # 4. Apply the verdict.
-            round_seconds.append(time.perf_counter() - sent_at)
-            edge.apply(reply.n_accepted, reply.next_token)
-            finished = reply.done
-            block = None
-            seq += 1
+        carried, round_seconds = await _generate(channel, session, edge, prepare, open_msg, req)
     finally:
-        await channel.close(finished=finished)
+        # The verifier said done: it has ended the session, no CLOSE to send.
+        await channel.close(finished=session.finished)
+        session.step(Closed())
     result = edge.result
     # Verified alone, an OPEN needs a prefill forward unless it carried the first block (or
     # has nothing to prefill: one token, no features); so does every re-open.
-    prefills = (0 if carried or (len(req.prompt_ids) == 1 and wire is None) else 1) + resyncs
+    prefills = (0 if carried or (len(req.prompt_ids) == 1 and wire is None) else 1) + session.resyncs
     result.target_forwards = result.rounds + prefills
     result.seconds = time.perf_counter() - started
     return EdgeOutcome(
@@ -226,7 +257,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
         verifier_id=channel.verifier_id or "",
         result=result,
         traffic=channel.traffic,
-        resyncs=resyncs,
+        resyncs=session.resyncs,
         feature_bytes=len(wire.data) if wire is not None else 0,
         round_seconds=round_seconds,
     )
