@@ -153,7 +153,7 @@ def evaluate(
         shares, ids, texts = caption_accuracy(lm, scenes, features, prompt, cfg)
         greedy_ids[name] = ids
         report["models"][name] = {
-            "parameters": parameter_count(lm.model, lm.projector),
+            "parameters": parameter_count(*(m for m in (lm.model, lm.projector) if m is not None)),
             "accuracy": shares,
             "examples": [
                 {"seed": s.seed, "caption": t} for s, t in zip(scenes[:3], texts[:3], strict=True)

@@ -53,9 +53,9 @@ async def _run_devices(url: str, prefix: str, lm, cases, references, args, procs
     async with StatsWatcher(url, topics.all_verifier_stats()) as watcher:
         links = []
         for i in range(args.devices):
-            device = f"load-{i}"
-            keys = DeviceKeys.from_bundle(ensure_dev_identity(None, device, broker_url=url, prefix=prefix)[0])
-            links.append(EdgeLink(url, device, topics=topics, keys=keys, timeout_s=120))
+            device_id = f"load-{i}"
+            keys = DeviceKeys.from_bundle(ensure_dev_identity(None, device_id, broker_url=url, prefix=prefix)[0])
+            links.append(EdgeLink(url, device_id, topics=topics, keys=keys, timeout_s=120))
         await asyncio.gather(*(link.__aenter__() for link in links))
 
         async def device(i: int, link):

@@ -58,6 +58,7 @@ def _serve(target, cases, references, *, speculative: bool, gamma: int, acceptan
     for i, case in enumerate(cases):
         s = TargetSession(target, SamplingParams())
         s.open(case.prompt_ids, case.features)
+        drafter: Drafter | RecordedDrafter
         if draft is not None and speculative:  # the edge's draft model (its time is the edge's, not timed)
             drafter = Drafter(draft, SamplingParams())
         else:

@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,11 @@ from edgespec.defaultpair.modeling import (
     token_logits,
 )
 from edgespec.pair_commands import add_train_arguments
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+    from speculative.vision_prefix import VisionProjector
 
 # Share of the wall-clock cap the target phase may use; the draft phase gets the rest.
 TARGET_TIME_SHARE = 0.65
@@ -84,8 +89,8 @@ def _shifted_targets(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 
 def train_target(
-    model: torch.nn.Module,
-    projector: torch.nn.Module,
+    model: LlamaForCausalLM,
+    projector: VisionProjector,
     batches: CaptionBatches,
     cfg: TrainConfig,
     deadline: float,
@@ -133,10 +138,10 @@ def train_target(
 
 
 def distil_draft(
-    draft: torch.nn.Module,
-    draft_projector: torch.nn.Module,
-    target: torch.nn.Module,
-    target_projector: torch.nn.Module,
+    draft: LlamaForCausalLM,
+    draft_projector: VisionProjector,
+    target: LlamaForCausalLM,
+    target_projector: VisionProjector,
     batches: CaptionBatches,
     cfg: TrainConfig,
     deadline: float,
@@ -219,6 +224,7 @@ def train_default(
         scenes, features = compute_features(seeds, None, progress, workers=cfg.threads)
         if features_cache is not None:
             np.savez_compressed(features_cache, seeds=np.array(seeds), features=features)
+    assert scenes is not None  # read with the cached features, or computed with them
     feature_seconds = time.monotonic() - started
     # The cap counts from here: how long features took (or a cache hit) does not eat into
     # the models' share.

@@ -169,7 +169,7 @@ def _forward(
         position_ids=positions.to(device),
         attention_mask=mask,  # [B, 1, T, P+T]
         use_cache=True,
-        **{lm.cache_kwarg: Cache(layers=layers)},
+        **{lm.cache_kwarg: Cache(layers=[*layers])},
     )
     return out.logits[: len(rows)].float()  # [B, T, V]
 

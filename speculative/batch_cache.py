@@ -5,6 +5,7 @@ scatter steps between them (the layout is described in `speculative.batch`)."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ class BatchLayer(DynamicLayer):
 
     `update` writes the T new entries into columns [P, P+T) and returns the whole buffers.
     """
+
+    keys: torch.Tensor  # always set (DynamicLayer's may be None)
+    values: torch.Tensor
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, past: int):
         super().__init__()
@@ -61,7 +65,7 @@ def cache_layers(session: TargetSession) -> list[DynamicLayer]:
 
 def layer_kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(keys, values) [1, H_kv, L, D] of a session's cache layer, None while it is empty."""
-    if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
+    if not layer.is_initialized or layer.keys is None or layer.values is None or layer.keys.numel() == 0:
         return None
     return layer.keys, layer.values
 
@@ -282,6 +286,7 @@ def gather_pool(slots: list[int], lengths: list[int], width: int, pool: KVPool) 
     """
     past = max(lengths)
     pool.reserve(past + width)
+    assert pool.store is not None  # allocated since the pool was made
     store = pool.store.narrow(4, 0, past + width)
     in_pool = slots == list(range(slots[0], slots[0] + len(slots)))
     if in_pool:
@@ -297,7 +302,7 @@ def scatter_pool(
     verdicts: list[Verdict],
     batch: PoolRows,
     pool: KVPool,
-    opening: list[tuple[TargetSession, int]] = (),  # type: ignore[assignment]
+    opening: Sequence[tuple[TargetSession, int]] = (),
 ) -> None:
     """Row i's kept entries move from batch columns [P, P+keep) to its slot's [L_i, L_i+keep).
 
@@ -305,6 +310,7 @@ def scatter_pool(
     its slot's [0, n).
     """
     past, rows = batch.past, batch.tensor
+    assert pool.store is not None  # allocated since the pool was made
     keeps = [v.n_accepted + 1 for v in verdicts] + [n for _, n in opening]
     # Per row, one copy of its kept columns for every layer's K and V (a row keeps one run of
     # columns; on the CPU this is cheaper than one advanced-indexing assignment for all rows).

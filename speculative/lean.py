@@ -124,8 +124,8 @@ class LeanCachedLM:
 
     def crop(self, length: int) -> None:
         if length < self._length:
-            self._keys = [k[:, :length] for k in self._keys]
-            self._values = [v[:, :length] for v in self._values]
+            self._keys = [None if k is None else k[:, :length] for k in self._keys]
+            self._values = [None if v is None else v[:, :length] for v in self._values]
             self._length = length
 
     @torch.inference_mode()
@@ -148,7 +148,9 @@ class LeanCachedLM:
 
     @torch.inference_mode()
     def extend(self, token_ids: list[int]) -> torch.Tensor:
-        return self._forward(self.w.embed[torch.tensor(token_ids)])
+        out = self._forward(self.w.embed[torch.tensor(token_ids)])
+        assert out is not None  # logits were asked for
+        return out
 
     def _forward(self, x: torch.Tensor, *, logits: bool = True) -> torch.Tensor | None:
         """Feed embeddings x [n, H] after the cache; logits [n, V] (float32)."""
@@ -166,9 +168,10 @@ class LeanCachedLM:
             v = F.linear(h, *v_p).view(n, w.kv_heads, w.head_dim).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            if self._keys[i] is not None:
-                k = torch.cat((self._keys[i], k), dim=1)
-                v = torch.cat((self._values[i], v), dim=1)
+            past_k, past_v = self._keys[i], self._values[i]
+            if past_k is not None and past_v is not None:
+                k = torch.cat((past_k, k), dim=1)
+                v = torch.cat((past_v, v), dim=1)
             self._keys[i], self._values[i] = k, v
             if group > 1:
                 k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)

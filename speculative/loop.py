@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,10 +73,25 @@ class StopRule:
         return clipped, len(clipped) >= self.max_new_tokens
 
 
+class DraftSource(Protocol):
+    """What `EdgeGeneration` drafts with: a `Drafter`, or a stand-in such as `RecordedDrafter`."""
+
+    @property
+    def forwards(self) -> int: ...
+
+    def start(self, prompt_ids: list[int], features: Any = None) -> None: ...
+
+    def propose(self, gamma: int) -> DraftBlock: ...
+
+    def draft_ahead_step(self, next_gamma: int) -> bool: ...
+
+    def commit(self, n_accepted: int, next_token: int) -> None: ...
+
+
 class EdgeGeneration:
     """The device side of one session, one round at a time."""
 
-    def __init__(self, drafter: Drafter, prompt_ids: list[int], gamma: int, stop: StopRule):
+    def __init__(self, drafter: DraftSource, prompt_ids: list[int], gamma: int, stop: StopRule):
         if gamma < 0:
             raise ValueError("gamma must be >= 0")
         self.drafter = drafter

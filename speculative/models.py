@@ -129,7 +129,8 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map).eval()
             device = str(next(model.parameters()).device)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+            # transformers types PreTrainedModel.to through a wrapper that drops its arguments' types
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ModelLoadError(f"{path}: cannot load a causal LM and tokenizer: {exc}") from exc
     projector = VisionProjector.from_pretrained(path)
@@ -234,7 +235,9 @@ class CachedLM:
     @torch.inference_mode()
     def extend(self, token_ids: list[int]) -> torch.Tensor:
         """Feed `token_ids` after what is cached; returns their logits [n, V] (float32)."""
-        return self._forward(input_ids=torch.tensor([token_ids], device=self._device))
+        out = self._forward(input_ids=torch.tensor([token_ids], device=self._device))
+        assert out is not None  # logits were asked for
+        return out
 
     def crop(self, length: int) -> None:
         """Keep the first `length` cache positions."""

@@ -11,6 +11,8 @@ are copied into each session's own cache; afterwards every session is where
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -37,12 +39,14 @@ def open_batch(sessions: list[TargetSession], contexts: list[Context]) -> None:
     from transformers import DynamicCache
 
     cache = DynamicCache(config=lm.model.config)
-    kwargs = {lm.cache_kwarg: cache}
+    kwargs: dict[str, Any] = {lm.cache_kwarg: cache}
     if lm.logits_to_keep:
         kwargs["logits_to_keep"] = 1  # an open needs the cache, not the logits
     lm.model(inputs_embeds=pad_sequence([e for _, e in rows], batch_first=True), use_cache=True, **kwargs)
     for i, (session, embeds) in enumerate(rows):
         n = embeds.shape[0]
         for mine, shared in zip(cache_layers(session), cache.layers):
-            set_layer(mine, shared.keys[i : i + 1, :, :n].clone(), shared.values[i : i + 1, :, :n].clone())
+            # transformers types cache.layers as any kind of layer; a DynamicCache's hold keys and values
+            set_layer(mine, shared.keys[i : i + 1, :, :n].clone(),  # type: ignore[union-attr,index]
+                      shared.values[i : i + 1, :, :n].clone())  # type: ignore[union-attr,index]
         session.state.forwards += 1

@@ -57,6 +57,7 @@ class TargetSession:
         if not prompt_ids:
             raise ValueError("a session needs at least one prompt token")
         logits = self.state.prefill([*prompt_ids, *tokens], features, last=len(tokens) + 1)
+        assert logits is not None  # there were tokens to feed
         self.committed = list(prompt_ids)
         verdict = self.judge(logits, tokens, q)
         self.settle(tokens, verdict)

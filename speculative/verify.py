@@ -105,8 +105,11 @@ def verify_block(
     if params.greedy:
         return verify_greedy(target_logits, draft_tokens)
     k = int(draft_tokens.shape[0])
+    q_or_empty: SparseQ | torch.Tensor
     if q is None:
         if k:
             raise ValueError("sampled verification needs the draft distribution q")
-        q = torch.zeros(0, target_logits.shape[-1])
-    return verify_sampled(warp_probs(target_logits, params), draft_tokens, q, generator)
+        q_or_empty = torch.zeros(0, target_logits.shape[-1])
+    else:
+        q_or_empty = q
+    return verify_sampled(warp_probs(target_logits, params), draft_tokens, q_or_empty, generator)

@@ -118,7 +118,7 @@ class VisionProjector(torch.nn.Module):
                 f"(expected {PROJECTOR_FORMAT_VERSION} / {ARCHITECTURE!r})"
             )
         projector = cls(
-            feature_shape=tuple(config["feature_shape"]),  # type: ignore[arg-type]
+            feature_shape=tuple(config["feature_shape"]),
             hidden_size=config["hidden_size"],
             inner_size=config.get("inner_size"),
             metadata=config.get("metadata"),

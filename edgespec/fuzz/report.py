@@ -83,7 +83,7 @@ def print_report(rep: dict) -> None:
               f"{r['verifier']:>10}{mark}")
     tot = rep["rejected_total"]
     print(f"{'total':<22}{'':>26}{tot['expected']:>10}{tot['verifier']:>10}")
-    other = Counter()
+    other: Counter[str] = Counter()
     for outcomes in rep["outcomes"].values():
         for k, v in outcomes.items():
             if k in NON_REJECTIONS:

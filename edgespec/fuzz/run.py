@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
     ctx.victims = tuple(device_ids)
     device_keys = {d: DeviceKeys.from_bundle(ensure_dev_identity(home, d)[0]) for d in device_ids}
     system: SelfStarted | None = None
+    auth: Callable[[str], ClientAuth]
     if own:
         system = SelfStarted(cfg, target_dir, [*device_ids, *(i.device_id for i in stateless_ids + session_ids)],
                              home, work)
@@ -64,6 +66,7 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
         auth = system.auth
         pid = system.proc.pid if system.proc else None
     else:
+        assert cfg.broker is not None  # not own
         url, pid = cfg.broker, cfg.verifier_pid
 
         def auth(_user: str) -> ClientAuth:
@@ -113,7 +116,8 @@ async def run_mqtt(cfg: FuzzConfig) -> dict:
                 await stack.enter_async_context(MqttTransport(
                     url, f"fuzz-spoof-observer-{suffix}", ClientAuth(), [topics.down(d) for d in device_ids],
                     spoof_observer))
-            attackers, session_attackers = [], []
+            attackers: list[Attacker] = []
+            session_attackers: list[Attacker] = []
             for ident in stateless_ids + session_ids:
                 box: dict[str, Attacker] = {}
                 transport = MqttTransport(url, f"fuzz-{ident.device_id}-{suffix}", auth(ident.device_id),

@@ -106,8 +106,10 @@ class RssWatch:
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-watch")
 
     def _run(self) -> None:
+        pid = self.pid
+        assert pid is not None  # the thread runs only with a pid (start)
         while not self._stop.is_set():
-            kb = read_rss_kb(self.pid)  # the thread runs only with a pid (start)
+            kb = read_rss_kb(pid)
             if kb is not None:
                 self.samples.append((time.monotonic(), kb))
             self._stop.wait(self.interval_s)
