@@ -58,6 +58,7 @@ class TrackConfig:
     fragment_share: float = 0.25  # ... when its box is also smaller than this share of the largest
     fragment_inside: float = 0.6  # a track lying this much inside a larger one is part of it
     fragment_travel: float = 0.15  # a short track that travelled this far is a thing of its own
+    coast_inside: float = 0.6  # a lost track whose predicted box lies this much inside a region
     # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
     person_aspect: float = 1.5
     person_area: float = 0.01
@@ -162,6 +163,7 @@ class ObjectTracker:
             neighbours = (small[max(0, k - 1)], small[min(len(small) - 1, k + 1)])
             observations = self._observe(image, sharp, backgrounds, neighbours, t)
             self._associate(tracks, observations)
+            self._coast(tracks, observations, t)
         needed = max(2, math.ceil(cfg.min_observations * len(frames)))
         kept = [tr for tr in tracks if len(tr.observations) >= needed]
         kept.sort(key=lambda tr: -sum(o.area for o in tr.observations))
@@ -209,7 +211,7 @@ class ObjectTracker:
         solid = mask.astype(bool)  # the object's own pixels, for its colour
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((cfg.close_kernel,) * 2, np.uint8))
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        height, width = mask.shape
+        height, width = mask.shape  # type: ignore[misc]  # cv2's stub: a Mat's shape is a tuple of unknown length
         out: list[Observation] = []
         for label in range(1, count):
             x, y, w, h, pixels = (int(v) for v in stats[label])
@@ -246,6 +248,18 @@ class ObjectTracker:
         for i, obs in enumerate(observations):
             if i not in taken_obs:
                 tracks.append(Track([obs]))
+
+    def _coast(self, tracks: list[Track], observations: list[Observation], t: float) -> None:
+        """A track that found no region of its own at ``t`` while its predicted box lies inside
+        another object's region has merged with it for a while (two things crossing): it
+        goes on where its own motion takes it, with no colour of its own, until it separates."""
+        cfg = self.config
+        for tr in tracks:
+            if tr.last.t >= t or len(tr.observations) < 2:
+                continue
+            box = _predict(tr, t)
+            if any(o.t == t and _overlap_share(box, o.box) >= cfg.coast_inside for o in observations):
+                tr.observations.append(Observation(t, box, tr.last.area, np.zeros_like(tr.last.colours)))
 
     def _people(self, tracks: list[Track], frames: Sequence[np.ndarray], times: Sequence[float]) -> None:
         """Run the people detector on up to ``checks`` samples and credit overlapping tracks."""
@@ -380,6 +394,16 @@ class ObjectTracker:
         if area < cfg.animal_area and low <= aspect <= high:
             return "animal"
         return "object"
+
+
+def _predict(track: Track, t: float) -> tuple[float, float, float, float]:
+    """The track's last box moved on to time ``t`` at the speed of its last two samples."""
+    a, b = track.observations[-2], track.observations[-1]
+    step = (t - b.t) / max(b.t - a.t, 1e-6)
+    x, y, w, h = b.box
+    x += (b.box[0] - a.box[0]) * step
+    y += (b.box[1] - a.box[1]) * step
+    return (min(max(x, -w), 1.0), min(max(y, -h), 1.0), w, h)
 
 
 def _travel_of(track: Track) -> float:

@@ -108,7 +108,7 @@ async def exchange_drafting_ahead(channel, message: DraftMsg | SessionOpen, edge
                 # draft forward now would hold the verdict back for its whole length).
                 await asyncio.sleep(0)
                 continue
-            if stepping:
+            if stepping and edge is not None:
                 stepping = edge.draft_ahead_step()
                 poll_until = time.perf_counter() + busy_poll_s
             elif time.perf_counter() >= poll_until:

@@ -83,8 +83,13 @@ def cmd_verifier(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            note(sig)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda sig=sig: (note(sig), stop.set()))
+            loop.add_signal_handler(sig, on_signal, sig)
         ready = asyncio.Event()
 
         async def announce() -> None:
