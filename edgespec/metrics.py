@@ -137,7 +137,7 @@ class CameraCollector:
                        sum(c.jpeg_bytes_keyframes for c in captions))
         yield _counter(p + "rounds", "Draft/verify rounds", sum(c.rounds for c in captions))
         yield _counter(p + "resyncs", "Sessions re-opened after a RESYNC", sum(s.resyncs for s in sessions))
-        lengths: dict[float, int] = {}
+        lengths: dict[float, int] = {}  # histogram_from_counts's values (whole numbers here)
         drafted = accepted = 0
         for s in sessions:
             for n in s.result.accepted_per_round:
@@ -145,7 +145,7 @@ class CameraCollector:
             drafted += sum(s.result.drafted_per_round)
             accepted += sum(s.result.accepted_per_round)
         yield histogram_from_counts(p + "accepted_length", "Drafts accepted per round", lengths,
-                                    range(max([8, *lengths]) + 1), sum(k * n for k, n in lengths.items()))
+                                    range(int(max([8, *lengths])) + 1), sum(k * n for k, n in lengths.items()))
         yield _counter(p + "drafted_tokens", "Tokens drafted", drafted)
         yield _counter(p + "accepted_tokens", "Drafted tokens accepted", accepted)
         rounds: dict[float, int] = {}

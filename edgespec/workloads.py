@@ -70,7 +70,8 @@ class ForwardCounter:
         return self
 
     def __exit__(self, *exc):
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
 
 
 def hf_generate(target, case: Case, n: int, assistant=None, gamma: int = 4) -> tuple[list[int], float, int]:
