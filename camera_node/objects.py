@@ -59,6 +59,7 @@ class TrackConfig:
     fragment_inside: float = 0.6  # a track lying this much inside a larger one is part of it
     fragment_travel: float = 0.15  # a short track that travelled this far is a thing of its own
     coast_inside: float = 0.6  # a lost track whose predicted box lies this much inside a region
+    coast_travel: float = 0.05  # ... and that had travelled this far goes on with its own motion
     # kind rules on the median box: aspect = h / w (frame-normalised to pixels), area share
     person_aspect: float = 1.5
     person_area: float = 0.01
@@ -79,6 +80,7 @@ class Observation:
     box: tuple[float, float, float, float]
     area: float  # foreground pixels / frame pixels
     colours: np.ndarray  # [len(COLOUR_NAMES)]
+    coasted: bool = False  # predicted while merged with another object's region, not seen
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -96,6 +98,11 @@ class Track:
     @property
     def last(self) -> Observation:
         return self.observations[-1]
+
+    @property
+    def seen(self) -> int:
+        """Samples in which the object had a region of its own."""
+        return sum(not o.coasted for o in self.observations)
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,7 @@ class ObjectTracker:
             self._associate(tracks, observations)
             self._coast(tracks, observations, t)
         needed = max(2, math.ceil(cfg.min_observations * len(frames)))
-        kept = [tr for tr in tracks if len(tr.observations) >= needed]
+        kept = [tr for tr in tracks if tr.seen >= needed]
         kept.sort(key=lambda tr: -sum(o.area for o in tr.observations))
         kept = self._distinct(kept, len(frames))[: 2 * cfg.max_objects]
         self._people(kept, frames, times)
@@ -186,7 +193,7 @@ class ObjectTracker:
         for tr in tracks:
             size = float(np.median([o.box[2] * o.box[3] for o in tr.observations]))
             largest = largest or size
-            brief = len(tr.observations) < needed and _travel_of(tr) < cfg.fragment_travel
+            brief = tr.seen < needed and _travel_of(tr) < cfg.fragment_travel
             if kept and brief and size < cfg.fragment_share * largest:
                 continue
             if any(_inside_share(tr, bigger) >= cfg.fragment_inside for bigger in kept):
@@ -255,11 +262,11 @@ class ObjectTracker:
         goes on where its own motion takes it, with no colour of its own, until it separates."""
         cfg = self.config
         for tr in tracks:
-            if tr.last.t >= t or len(tr.observations) < 2:
+            if tr.last.t >= t or tr.seen < 2 or _travel_of(tr) < cfg.coast_travel:
                 continue
             box = _predict(tr, t)
             if any(o.t == t and _overlap_share(box, o.box) >= cfg.coast_inside for o in observations):
-                tr.observations.append(Observation(t, box, tr.last.area, np.zeros_like(tr.last.colours)))
+                tr.observations.append(Observation(t, box, tr.last.area, np.zeros_like(tr.last.colours), True))
 
     def _people(self, tracks: list[Track], frames: Sequence[np.ndarray], times: Sequence[float]) -> None:
         """Run the people detector on up to ``checks`` samples and credit overlapping tracks."""

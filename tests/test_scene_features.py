@@ -281,3 +281,14 @@ def test_a_small_thing_that_runs_into_a_larger_one_is_still_reported() -> None:
                        0.084, 0.084, 0.84, 1.0)
     facts = ObjectFeatures().facts(_event(Scene((person, ball), (150, 150, 150), (100, 95, 90), seed=11)))
     assert {(f.colour, f.direction) for f in facts} == {("green", "up"), ("white", "left")}
+
+
+def test_two_things_crossing_keep_their_own_directions() -> None:
+    """While a person walks through a car's region the two are one region; the person's track
+    goes on with its own motion and both are reported."""
+    car = SceneObject("vehicle", "red", PALETTE_BGR["red"], "left", 0.75, 0.6, 0.25, 0.6,
+                      0.22, 0.22, 0.5, 1.0)
+    person = SceneObject("person", "blue", PALETTE_BGR["blue"], "right", 0.15, 0.62, 0.85, 0.62,
+                         0.18, 0.18, 2.6, 1.0)
+    facts = ObjectFeatures().facts(_event(Scene((car, person), (150, 150, 150), (100, 95, 90), seed=11)))
+    assert {(f.colour, f.direction) for f in facts} == {("red", "left"), ("blue", "right")}
