@@ -28,56 +28,30 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-from cryptography.x509.oid import NameOID
 
 from schemas.topics import DEFAULT_PREFIX
+from security.bundle_checks import (BUNDLE_FORMAT, BUNDLE_VERSION, CA_NAME, CERT_KEY_NAME, CERT_NAME, CONFIG_NAME,
+                                    DEVICE_KEY_NAME, DIR_MODE, MAX_CONFIG_BYTES, MAX_PEM_BYTES, TLS_SCHEMES,
+                                    BundleError, check_broker_url, check_name, check_tls_material,
+                                    check_verifier_keys, device_topics, is_tls_url)
+from security.bundle_reader import read_bundle
 from security.ids import (InvalidIdentifier, InvalidTopicPrefix, validate_device_id,
                           validate_topic_prefix)
-from security.keys import (KeyFormatError, KeyPair, key_id, load_private_key,
-                           public_key_from_b64, public_key_to_b64, write_secret_file)
-from transport.urls import BrokerAddress, BrokerUrlError, ClientAuth
+from security.keys import KeyPair, public_key_from_b64, public_key_to_b64, write_secret_file
+from transport.urls import ClientAuth
 
-BUNDLE_FORMAT = "edgespec-device-bundle"
-BUNDLE_VERSION = 1
-CONFIG_NAME = "device.json"
-DEVICE_KEY_NAME = "device.key"
-CA_NAME = "ca.crt"
-CERT_NAME = "client.crt"
-CERT_KEY_NAME = "client.key"
-MAX_CONFIG_BYTES = 64 * 1024  # a bundle is a few KiB; anything larger is not one of ours
-MAX_PEM_BYTES = 64 * 1024
-DIR_MODE = 0o700
-TLS_SCHEMES = ("mqtts", "ssl", "wss")
+__all__ = [
+    "BUNDLE_FORMAT", "BUNDLE_VERSION", "CONFIG_NAME", "DEVICE_KEY_NAME", "CA_NAME", "CERT_NAME", "CERT_KEY_NAME",
+    "MAX_CONFIG_BYTES", "MAX_PEM_BYTES", "DIR_MODE", "TLS_SCHEMES", "BundleError", "device_topics", "DeviceBundle",
+]
 
-
-class BundleError(ValueError):
-    """A bundle that cannot be loaded or saved; the message says which file and what to do."""
-
-    def __init__(self, message: str, *, path: Path | None = None) -> None:
-        self.path = path
-        super().__init__(message)
-
-
-def device_topics(prefix: str, device_id: str) -> dict[str, str]:
-    """The device's own topics (schemas/topics.py layout), written into the bundle for reference.
-
-    `session_up` names the verifier that holds the session with a `{verifier_id}` placeholder.
-    """
-    base = f"{prefix}/dev/{device_id}"
-    return {"open": f"{base}/up/open", "session_up": f"{base}/up/v/{{verifier_id}}",
-            "down": f"{base}/down", "result": f"{base}/result", "status": f"{base}/status",
-            "verifier_status": f"{prefix}/verifier/+/status"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +83,20 @@ class DeviceBundle:
     directory: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        self._check_identity()
+        if not isinstance(self.device_key, KeyPair):
+            raise BundleError("device_key must be a security.keys.KeyPair")
+        check_broker_url(self.broker_url)
+        self._set("verifier_keys", dict(self.verifier_keys))
+        check_verifier_keys(self.verifier_keys, self.verifier_key_id)
+        self._check_files()
+        check_tls_material(self)
+        self._set_topics()
+        if self.directory is not None:
+            self._set("directory", Path(self.directory))
+
+    def _check_identity(self) -> None:
+        """Device id, topic prefix, username and password."""
         try:
             validate_device_id(self.device_id)
             validate_topic_prefix(self.prefix)
@@ -123,14 +111,12 @@ class DeviceBundle:
         if self.password is not None and (not isinstance(self.password, str)
                                           or self.password == "" or "\0" in self.password):
             raise BundleError("password must be a non-empty string without NUL, or absent")
-        if not isinstance(self.device_key, KeyPair):
-            raise BundleError("device_key must be a security.keys.KeyPair")
-        _check_broker_url(self.broker_url)
-        self._set("verifier_keys", dict(self.verifier_keys))
-        _check_verifier_keys(self.verifier_keys, self.verifier_key_id)
+
+    def _check_files(self) -> None:
+        """The TLS material's pairing and the bundle's file names (defaults filled in)."""
         if (self.cert_pem is None) != (self.cert_key_pem is None):
             raise BundleError("a client certificate needs both cert_pem and cert_key_pem")
-        if self.cert_pem is not None and not _is_tls_url(self.broker_url):
+        if self.cert_pem is not None and not is_tls_url(self.broker_url):
             raise BundleError(f"broker URL {self.broker_url!r} is not TLS, but the device "
                               "authenticates with a client certificate: use mqtts://HOST:PORT "
                               "(the client-certificate listener, 8885 by default)")
@@ -142,13 +128,15 @@ class DeviceBundle:
                 if name is not None:
                     raise BundleError(f"{name_attr} {name!r} is set but there is no {pem_attr}")
                 continue
-            self._set(name_attr, _check_name(default if name is None else name, name_attr))
-        _check_name(self.device_key_file, "device_key_file")
+            self._set(name_attr, check_name(default if name is None else name, name_attr))
+        check_name(self.device_key_file, "device_key_file")
         names = [n for n in (self.device_key_file, self.ca_file, self.cert_file, self.key_file,
                              CONFIG_NAME) if n is not None]
         if len(set(names)) != len(names):
             raise BundleError(f"bundle file names must differ from each other: {names}")
-        _check_tls_material(self)
+
+    def _set_topics(self) -> None:
+        """The derived topics, or the given ones after checking they match them."""
         derived = device_topics(self.prefix, self.device_id)
         if not self.topics:
             self._set("topics", derived)
@@ -159,8 +147,6 @@ class DeviceBundle:
                 raise BundleError(f"topics do not match device id {self.device_id!r} and prefix "
                                   f"{self.prefix!r}: expected {wrong}")
             self._set("topics", topics)
-        if self.directory is not None:
-            self._set("directory", Path(self.directory))
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen dataclass's own fields
@@ -259,213 +245,4 @@ class DeviceBundle:
         With `check_permissions`, secret files (private keys, and `device.json` when it holds a
         password) that other users may read or write are refused, as ssh does.
         """
-        d = Path(directory)
-        if not d.is_dir():
-            raise BundleError(f"{d} is not a folder: pass the folder `edgespec flash DEVICE_ID "
-                              f"--out DIR` wrote", path=d)
-        config_path = d / CONFIG_NAME
-        raw = _read_limited(config_path, MAX_CONFIG_BYTES,
-                            f"{d} has no {CONFIG_NAME}: is it a bundle written by "
-                            "`edgespec flash`?")
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{config_path} is not valid JSON: {exc}", path=config_path) from None
-        if not isinstance(doc, dict):
-            raise BundleError(f"{config_path} must hold a JSON object", path=config_path)
-        get = _Fields(doc, config_path)
-        if doc.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{config_path}: 'format' is {doc.get('format')!r}, expected "
-                              f"{BUNDLE_FORMAT!r}", path=config_path)
-        version = doc.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise BundleError(f"{config_path}: 'version' must be a positive integer",
-                              path=config_path)
-        if version > BUNDLE_VERSION:
-            raise BundleError(f"{config_path} is bundle version {version}; this edgespec reads "
-                              f"up to version {BUNDLE_VERSION}: upgrade edgespec", path=config_path)
-
-        password = get.optional_text("password")
-        key_name = _check_name(get.text("device_key_file"), "device_key_file", config_path)
-        ca_name = _opt_name(get.optional_text("ca_file"), "ca_file", config_path)
-        cert_name = _opt_name(get.optional_text("cert_file"), "cert_file", config_path)
-        cert_key_name = _opt_name(get.optional_text("key_file"), "key_file", config_path)
-        if check_permissions:
-            secrets_ = [key_name] + ([cert_key_name] if cert_key_name else [])
-            secrets_ += [CONFIG_NAME] if password is not None else []
-            for name in secrets_:
-                _check_private_mode(d / name)
-        try:
-            device_key = load_private_key(_existing(d / key_name, "device_key_file"))
-        except KeyFormatError as exc:
-            raise BundleError(f"{d / key_name}: {exc}", path=d / key_name) from None
-        stated = get.optional_text("device_public_key")
-        if stated is not None and stated != public_key_to_b64(device_key.public_bytes):
-            raise BundleError(f"{d / key_name} does not hold the key named by "
-                              f"'device_public_key' in {config_path}: the files come from "
-                              "different flashes; re-flash the device", path=d / key_name)
-        verifier = get.obj("verifier")
-        keys = verifier.get("keys")
-        if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in keys.items()):
-            raise BundleError(f"{config_path}: 'verifier.keys' must map key ids to base64 "
-                              "strings", path=config_path)
-        topics = doc.get("topics", {})
-        if not isinstance(topics, dict) or not all(isinstance(v, str) for v in topics.values()):
-            raise BundleError(f"{config_path}: 'topics' must map names to topic strings",
-                              path=config_path)
-
-        def pem(name: str | None, what: str) -> bytes | None:
-            if name is None:
-                return None
-            return _read_limited(_existing(d / name, what), MAX_PEM_BYTES,
-                                 f"{d / name} ({what}) is missing")
-
-        try:
-            return cls(
-                device_id=get.text("device_id"), username=get.optional_text("username"),
-                password=password, broker_url=get.text("broker_url"),
-                prefix=get.text("prefix"), device_key=device_key,
-                verifier_keys=keys,
-                verifier_key_id=verifier.get("current"),  # type: ignore[arg-type]
-                ca_pem=pem(ca_name, "ca_file"), cert_pem=pem(cert_name, "cert_file"),
-                cert_key_pem=pem(cert_key_name, "key_file"), ca_file=ca_name,
-                cert_file=cert_name, key_file=cert_key_name, device_key_file=key_name,
-                topics=topics, directory=d)
-        except BundleError as exc:
-            raise BundleError(f"{config_path}: {exc}", path=config_path) from None
-
-
-# ---------------------------------------------------------------- validation helpers
-
-
-class _Fields:
-    """Typed access to device.json's fields with messages that name the file and field."""
-
-    def __init__(self, doc: dict[str, Any], path: Path) -> None:
-        self.doc, self.path = doc, path
-
-    def text(self, key: str) -> str:
-        value = self.doc.get(key)
-        if not isinstance(value, str) or value == "":
-            raise BundleError(f"{self.path}: {key!r} must be a non-empty string, got {value!r}",
-                              path=self.path)
-        return value
-
-    def optional_text(self, key: str) -> str | None:
-        return None if self.doc.get(key) is None else self.text(key)
-
-    def obj(self, key: str) -> dict[str, Any]:
-        value = self.doc.get(key)
-        if not isinstance(value, dict):
-            raise BundleError(f"{self.path}: {key!r} must be a JSON object", path=self.path)
-        return value
-
-
-def _is_tls_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in TLS_SCHEMES if "://" in url else False
-
-
-def _check_broker_url(url: object) -> None:
-    if not isinstance(url, str) or not url:
-        raise BundleError(f"broker_url must be a non-empty string like mqtts://HOST:8883, "
-                          f"got {url!r}")
-    try:
-        addr = BrokerAddress.parse(url)
-    except BrokerUrlError as exc:
-        raise BundleError(str(exc)) from None
-    if addr.password is not None:
-        raise BundleError(f"broker URL {url!r} embeds a password: keep credentials in the "
-                          "bundle's username/password fields")
-
-
-def _check_verifier_keys(keys: Mapping[str, str], current: object) -> None:
-    if not keys:
-        raise BundleError("the bundle holds no verifier public key: flash the device again "
-                          "after `edgespec keys init`")
-    if not isinstance(current, str) or current not in keys:
-        raise BundleError(f"the current verifier key id {current!r} is not among the bundle's "
-                          f"verifier keys {sorted(keys)}")
-    for kid, b64 in keys.items():
-        try:
-            public = public_key_from_b64(b64)
-        except (KeyFormatError, ValueError, TypeError) as exc:
-            raise BundleError(f"verifier key {kid!r}: {exc}") from None
-        if key_id(public) != kid:
-            raise BundleError(f"verifier key {kid!r} has the fingerprint {key_id(public)!r}: "
-                              "the key id and the key do not belong together")
-
-
-def _check_name(name: object, what: str, config_path: Path | None = None) -> str:
-    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
-            or "\0" in name or name.startswith(".")):
-        where = f"{config_path}: " if config_path else ""
-        raise BundleError(f"{where}{what} {name!r} must be a plain file name inside the bundle "
-                          "folder (no '/', no leading '.')", path=config_path)
-    return name
-
-
-def _opt_name(name: str | None, what: str, config_path: Path) -> str | None:
-    return None if name is None else _check_name(name, what, config_path)
-
-
-def _existing(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise BundleError(f"{path} ({what}) is missing or not a file: copy the whole bundle "
-                          "folder that `edgespec flash` wrote", path=path)
-    return path
-
-
-def _read_limited(path: Path, limit: int, missing: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise BundleError(missing, path=path) from None
-    except PermissionError:
-        raise BundleError(f"{path} is not readable by this user: check its owner and mode",
-                          path=path) from None
-    if len(data) > limit:
-        raise BundleError(f"{path} is larger than {limit} bytes: not a bundle file", path=path)
-    return data
-
-
-def _check_private_mode(path: Path) -> None:
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        return  # reported as missing by the reader, with its own message
-    if mode & 0o077:
-        raise BundleError(f"{path} holds a secret but other users may access it (mode "
-                          f"{mode:04o}): run `chmod 600 {path}`", path=path)
-
-
-def _check_tls_material(bundle: DeviceBundle) -> None:
-    """The CA and client certificate parse, belong together and name this device."""
-    ca_cert = None
-    if bundle.ca_pem is not None:
-        try:
-            ca_cert = x509.load_pem_x509_certificate(bundle.ca_pem)
-        except ValueError as exc:
-            raise BundleError(f"{bundle.ca_file}: not a PEM certificate ({exc})") from None
-    if bundle.cert_pem is None or bundle.cert_key_pem is None:
-        return
-    try:
-        cert = x509.load_pem_x509_certificate(bundle.cert_pem)
-        key = serialization.load_pem_private_key(bundle.cert_key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise BundleError(f"{bundle.cert_file} / {bundle.key_file}: cannot read the client "
-                          f"certificate or its key ({exc})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
-        raise BundleError(f"{bundle.key_file} is not the private key of {bundle.cert_file}")
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = names[0].value if names else None
-    if cn != bundle.device_id:
-        raise BundleError(f"{bundle.cert_file} is issued to {cn!r}, not to device "
-                          f"{bundle.device_id!r}: the broker would apply another device's ACL")
-    if ca_cert is not None:
-        try:
-            cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise BundleError(f"{bundle.cert_file} is not signed by {bundle.ca_file}: the "
-                              "broker would refuse it") from None
+        return read_bundle(cls, directory, check_permissions=check_permissions)
