@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from camera_node.colours import COLOUR_NAMES, dominant_colour, name_histogram
 from camera_node.people import PeopleDetector
+from camera_node.tracks import (Observation, Track, border_side, inside_share, iou, overlap_share, predict,
+                                 travel_of)
 
 KINDS: tuple[str, ...] = ("person", "vehicle", "small object", "animal", "object")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down", "towards", "away", "still")
@@ -70,39 +72,6 @@ class TrackConfig:
     animal_area: float = 0.028
     vehicle_extent: float = 0.6  # foreground pixels / box area
     animal_aspect: tuple[float, float] = (0.55, 1.3)
-
-
-@dataclass
-class Observation:
-    """One object in one sample: normalised box (x, y, w, h) and its pixels' colour counts."""
-
-    t: float
-    box: tuple[float, float, float, float]
-    area: float  # foreground pixels / frame pixels
-    colours: np.ndarray  # [len(COLOUR_NAMES)]
-    coasted: bool = False  # predicted while merged with another object's region, not seen
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        x, y, w, h = self.box
-        return x + w / 2, y + h / 2
-
-
-@dataclass
-class Track:
-    """One object followed across the samples."""
-
-    observations: list[Observation] = field(default_factory=list)
-    people_hits: int = 0  # samples in which the people detector found a person on this box
-
-    @property
-    def last(self) -> Observation:
-        return self.observations[-1]
-
-    @property
-    def seen(self) -> int:
-        """Samples in which the object had a region of its own."""
-        return sum(not o.coasted for o in self.observations)
 
 
 @dataclass(frozen=True)
@@ -193,10 +162,10 @@ class ObjectTracker:
         for tr in tracks:
             size = float(np.median([o.box[2] * o.box[3] for o in tr.observations]))
             largest = largest or size
-            brief = tr.seen < needed and _travel_of(tr) < cfg.fragment_travel
+            brief = tr.seen < needed and travel_of(tr) < cfg.fragment_travel
             if kept and brief and size < cfg.fragment_share * largest:
                 continue
-            if any(_inside_share(tr, bigger) >= cfg.fragment_inside for bigger in kept):
+            if any(inside_share(tr, bigger) >= cfg.fragment_inside for bigger in kept):
                 continue
             kept.append(tr)
         return kept
@@ -238,11 +207,11 @@ class ObjectTracker:
         for i, obs in enumerate(observations):
             for j, tr in enumerate(live):
                 last = tr.last
-                iou = _iou(obs.box, last.box)
+                shared = iou(obs.box, last.box)
                 jump = math.dist(obs.centre, last.centre)
                 size = max(last.box[2], last.box[3], obs.box[2], obs.box[3])
-                if iou > 0 or jump <= max(cfg.match_distance, size):
-                    pairs.append((-iou + jump, i, j))
+                if shared > 0 or jump <= max(cfg.match_distance, size):
+                    pairs.append((-shared + jump, i, j))
         pairs.sort()
         taken_obs: set[int] = set()
         taken_track: set[int] = set()
@@ -262,10 +231,10 @@ class ObjectTracker:
         goes on where its own motion takes it, with no colour of its own, until it separates."""
         cfg = self.config
         for tr in tracks:
-            if tr.last.t >= t or tr.seen < 2 or _travel_of(tr) < cfg.coast_travel:
+            if tr.last.t >= t or tr.seen < 2 or travel_of(tr) < cfg.coast_travel:
                 continue
-            box = _predict(tr, t)
-            if any(o.t == t and _overlap_share(box, o.box) >= cfg.coast_inside for o in observations):
+            box = predict(tr, t)
+            if any(o.t == t and overlap_share(box, o.box) >= cfg.coast_inside for o in observations):
                 tr.observations.append(Observation(t, box, tr.last.area, np.zeros_like(tr.last.colours), True))
 
     def _people(self, tracks: list[Track], frames: Sequence[np.ndarray], times: Sequence[float]) -> None:
@@ -279,7 +248,7 @@ class ObjectTracker:
                 continue
             for tr in tracks:
                 obs = min(tr.observations, key=lambda o: abs(o.t - times[int(k)]))
-                if any(_overlap_share(b, obs.box) >= 0.3 for b in boxes):
+                if any(overlap_share(b, obs.box) >= 0.3 for b in boxes):
                     tr.people_hits += 1
 
     def _measure(self, track: Track, shape: tuple[int, ...]) -> ObjectFacts:
@@ -403,63 +372,10 @@ class ObjectTracker:
         return "object"
 
 
-def _predict(track: Track, t: float) -> tuple[float, float, float, float]:
-    """The track's last box moved on to time ``t`` at the speed of its last two samples."""
-    a, b = track.observations[-2], track.observations[-1]
-    step = (t - b.t) / max(b.t - a.t, 1e-6)
-    x, y, w, h = b.box
-    x += (b.box[0] - a.box[0]) * step
-    y += (b.box[1] - a.box[1]) * step
-    return (min(max(x, -w), 1.0), min(max(y, -h), 1.0), w, h)
-
-
-def _travel_of(track: Track) -> float:
-    """How far (frame-normalised) the centre moved from the first observation to the last."""
-    return math.dist(track.observations[0].centre, track.last.centre)
-
-
-def _inside_share(small: Track, big: Track) -> float:
-    """Mean share of ``small``'s box inside ``big``'s box, over the samples both are in."""
-    boxes = {o.t: o.box for o in big.observations}
-    shares = [_overlap_share(o.box, boxes[o.t]) for o in small.observations if o.t in boxes]
-    return float(np.mean(shares)) if shares else 0.0
-
-
-def border_side(box: tuple[float, float, float, float], margin: float) -> str:
-    """The frame border a normalised (x, y, w, h) box touches within ``margin`` (the nearest
-    if several), or ``inside`` (touching nothing, or three borders or more: it fills the frame)."""
-    x, y, w, h = box
-    gaps = {"left": x, "right": 1 - (x + w), "top": y, "bottom": 1 - (y + h)}
-    touching = {side: gap for side, gap in gaps.items() if gap <= margin}
-    if not touching or len(touching) >= 3:
-        return "inside"
-    return min(touching, key=lambda s: touching[s])
-
-
 def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel BGR Euclidean distance [H, W] of two images [H, W, 3]."""
     diff = a.astype(np.float32) - b
     return np.sqrt(np.einsum("hwc,hwc->hw", diff, diff))
-
-
-def _intersection(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """Area of the overlap of two (x, y, w, h) boxes."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return iw * ih
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    inter = _intersection(a, b)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _overlap_share(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """Intersection of a and b as a share of a's area."""
-    return _intersection(a, b) / max(a[2] * a[3], 1e-9)
 
 
 __all__ = ["COLOUR_NAMES", "DIRECTIONS", "KINDS", "SIDES", "ObjectFacts", "ObjectTracker", "TrackConfig",
