@@ -45,7 +45,10 @@ give `--verifier-pid` to watch its memory and `--home` for its fleet registry.
 The package's modules:
 
   contract   outcomes, `Attack`, what attackers know (`FuzzContext`) and `predict`
-  attacks    stateless attack generators and the table of kinds (`STATELESS`)
+  templates  valid message templates the generators mutate
+  attacks_plain, attacks_sealed, attacks_foreign
+             stateless attack generators: plaintext wire format, sealed OPENs, others' traffic
+  attacks    the table of stateless kinds with their weights (`STATELESS`)
   tally      `Budget`, `Tally` and `Attacker` (each reply matched with its payload)
   transport  `MqttTransport` and the in-process `LocalBus`
   sessions   `SessionAttacker`: hostile messages inside sessions of its own
@@ -62,14 +65,15 @@ from .contract import (
     RESYNC, OPENED, VERDICT, NO_REPLY, DROPPED, SPOOFED, NON_REJECTIONS, KNOWN_BUG_KINDS, reason,
     Attack, Captured, FuzzContext, Identity, peek_session_id, predict,
 )
-from .attacks import (
-    pack, fields_of, valid_open, templates, UPLINK_TYPES, WRONG_TYPES, OUT_OF_RANGE, Gen,
+from .templates import pack, fields_of, valid_open, templates, UPLINK_TYPES, WRONG_TYPES, OUT_OF_RANGE
+from .attacks_plain import (
     gen_random_bytes, gen_truncated, gen_bitflip_plain, gen_bad_version, gen_bad_type,
     gen_field_type, gen_field_range, gen_oversize, gen_token_vocab, gen_features_plain,
-    gen_features_overflow, gen_bad_topic, gen_sealed_open_tamper, gen_sealed_open_semantic,
-    gen_resume_overflow, gen_replay_captured, gen_foreign_session, gen_unknown_session, gen_spoof,
-    STATELESS, STATEFUL_KINDS, CAPS,
+    gen_features_overflow, gen_bad_topic,
 )
+from .attacks_sealed import gen_sealed_open_tamper, gen_sealed_open_semantic, gen_resume_overflow
+from .attacks_foreign import gen_replay_captured, gen_foreign_session, gen_unknown_session, gen_spoof
+from .attacks import Gen, STATELESS, STATEFUL_KINDS, CAPS
 from .tally import Budget, Tally, Attacker
 from .transport import Transport, MqttTransport, LocalBus
 from .sessions import OwnSession, SessionAttacker

@@ -13,10 +13,11 @@ from typing import Any
 
 from schemas import Topics
 
-from .attacks import CAPS, STATEFUL_KINDS, STATELESS, _topic
+from .attacks import CAPS, STATEFUL_KINDS, STATELESS
 from .contract import Attack, FuzzContext, Identity, fence
 from .sessions import SessionAttacker
 from .tally import Attacker, Budget, Tally, counter_delta
+from .templates import _topic
 from .transport import LocalBus
 
 

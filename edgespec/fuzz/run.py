@@ -15,12 +15,12 @@ from typing import Any
 
 from schemas import ErrorCode, ErrorMsg, Sealed, SealedOpen, Topics, decode
 
-from .attacks import _topic
 from .campaign import FuzzConfig, attack, fuzz_context, identities
 from .contract import Captured, error_outcome, fence, reason
 from .report import build_report
 from .system import DeviceRecord, RssWatch, SelfStarted, StatsFeed, device_loop
 from .tally import Attacker, Tally
+from .templates import _topic
 from .transport import MqttTransport
 
 

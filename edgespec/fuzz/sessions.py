@@ -17,9 +17,10 @@ from schemas import (
 )
 from schemas.messages import PROTOCOL_VERSION, Message
 
-from .attacks import _seal_open, _tokens, fields_of, pack, valid_open
+from .attacks_sealed import _seal_open
 from .contract import NO_REPLY, OPENED, RESYNC, VERDICT, Attack, Captured, FuzzContext, _exp, fence, reason
 from .tally import Attacker, Budget
+from .templates import _tokens, fields_of, pack, valid_open
 
 
 # A SessionAttacker's actions and the attack kind that enables each.
