@@ -20,6 +20,7 @@ from .cli_args import (
     privacy_from_args,
     start_metrics,
 )
+from . import settings_file
 from .config import DEFAULTS, VERIFIER, resolve_model_dir, set_threads
 from .identity import add_client_auth_args, add_device_identity_args
 
@@ -246,6 +247,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     imported; the other plugin commands are listed (for --help) from PLUGIN_COMMANDS without
     importing their modules. Without `argv`, every plugin module is imported."""
     parser = argparse.ArgumentParser(prog="edgespec", description="Edge-cloud speculative decoding over MQTT")
+    parser.add_argument("--settings", metavar="FILE",
+                        help="TOML file of flag defaults, per command (env: EDGESPEC_SETTINGS; "
+                             "flags and EDGESPEC_* variables win over it)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_broker, _add_verifier, _add_generate, _add_camera):
         add(sub)
@@ -351,7 +355,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sigterm_as_interrupt()  # SIGTERM stops every command the way Ctrl-C does (children, temp folders)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    try:
+        settings, argv = settings_file.settings_path(argv)
+    except settings_file.SettingsFileError:
+        settings, argv = None, ["--settings"]  # argparse then says what is missing
+    parser = build_parser(argv)
+    try:
+        if settings:
+            settings_file.apply(parser, _command_of(argv), settings_file.load(settings), settings)
+    except settings_file.SettingsFileError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(argv)
     from .logs import configure_logging
 
     configure_logging(verbose=getattr(args, "verbose", False), json_lines=getattr(args, "log_json", False))

@@ -1,7 +1,8 @@
 """Settings shared by the commands: defaults, environment variables, model name resolution.
 
-Flags win over environment variables (EDGESPEC_BROKER, EDGESPEC_PREFIX, EDGESPEC_THREADS),
-which win over these defaults.
+Flags win over environment variables (EDGESPEC_BROKER, EDGESPEC_PREFIX, EDGESPEC_THREADS,
+EDGESPEC_TIMEOUT), which win over an optional settings file (edgespec/settings_file.py), which
+wins over these defaults.
 """
 
 from __future__ import annotations
