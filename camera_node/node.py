@@ -165,6 +165,81 @@ def _next_frame(frames):
     return next(frames, None)
 
 
+class _Captioner:
+    """Captions the events of one run, one at a time, and reports each as it goes."""
+
+    def __init__(self, cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtractor, run: CameraRun,
+                 link: EdgeLink, on_caption=None, on_event=None, announce=None) -> None:
+        self.cfg, self.lm, self.extractor, self.run, self.link = cfg, lm, extractor, run, link
+        self.on_caption, self.on_event, self.announce = on_caption, on_event, announce
+        self.boot_nonce = os.urandom(16)  # fresh per start: seeds never repeat across restarts
+
+    async def __call__(self, event: MotionEvent) -> bool:
+        """Caption one event; True when max_events is reached."""
+        cfg, run, announce = self.cfg, self.run, self.announce
+        run.events += 1
+        facts = self.extractor.facts(event) if isinstance(self.extractor, ObjectFeatures) else None
+        if self.on_event is not None:
+            self.on_event(event, run.events, facts)
+        if announce is not None:
+            await announce.event_ended(event, run.events, facts)
+        seed = cfg.seed + len(run.captions) if cfg.seed is not None \
+            else caption_seed(cfg.device_id, self.boot_nonce, run.events, event.start_t)
+        result = await describe_event(self.link, self.lm, self.extractor, event, cfg, seed, facts)
+        if result is None:
+            run.nothing_followed += 1
+            log.info("event %d: no moving object followed, not captioned", run.events)
+        else:
+            run.captions.append(result)
+        if announce is not None:
+            await announce.event_done(result)
+        if result is not None and self.on_caption is not None:
+            self.on_caption(result)
+        return result is not None and cfg.max_events is not None and len(run.captions) >= cfg.max_events
+
+
+async def _watch(cfg: CameraConfig, source, detector: MotionDetector, run: CameraRun, caption: _Captioner,
+                 announce=None) -> None:
+    """Feed the source's frames to the motion detector, read on a worker thread, until the
+    source ends (its open event is captioned) or ``max_events`` captions were made. A source
+    that gives no frame for ``cfg.stall_s`` seconds ends its open event and is waited for."""
+    loop = asyncio.get_running_loop()
+    frames = iter(source)
+    started, t0 = time.monotonic(), None
+    pending: asyncio.Future | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = loop.run_in_executor(None, _next_frame, frames)
+            done, _ = await asyncio.wait({pending}, timeout=cfg.stall_s)
+            if not done:  # the source stalls: end the open event, keep waiting
+                run.stalls += 1
+                log.warning("%s: no frame for %.1f s", cfg.source, cfg.stall_s)
+                stalled = detector.flush()
+                if stalled is not None and await caption(stalled):
+                    return
+                continue
+            frame, pending = pending.result(), None
+            if frame is None:
+                break
+            run.frames += 1
+            if cfg.realtime:
+                t0 = frame.t if t0 is None else t0
+                await asyncio.sleep(max(0.0, (frame.t - t0) - (time.monotonic() - started)))
+            event = detector.feed(frame)
+            if event is not None and await caption(event):
+                return
+            if announce is not None and detector.in_event:
+                await announce.motion()
+        tail = detector.flush()  # motion that lasted to the source's last frame
+        if tail is not None:
+            await caption(tail)
+    finally:
+        if pending is not None and not pending.done():
+            # Let the reader thread finish its frame before the source is released.
+            await asyncio.wait({pending}, timeout=cfg.stall_s)
+
+
 async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtractor | None = None,
                      on_caption=None, on_event=None, run: CameraRun | None = None,
                      announce=None) -> list[Caption]:
@@ -180,77 +255,17 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
     camera's state, events and Home Assistant discovery as the run goes.
     """
     extractor = extractor or ObjectFeatures()
-    detector = MotionDetector(cfg.motion)
     run = run if run is not None else CameraRun()
-    loop = asyncio.get_running_loop()
-    boot_nonce = os.urandom(16)  # fresh per start: seeds never repeat across restarts
-
-    async def caption(event: MotionEvent) -> bool:
-        """Caption one event; True when max_events is reached."""
-        run.events += 1
-        facts = extractor.facts(event) if isinstance(extractor, ObjectFeatures) else None
-        if on_event is not None:
-            on_event(event, run.events, facts)
-        if announce is not None:
-            await announce.event_ended(event, run.events, facts)
-        seed = cfg.seed + len(run.captions) if cfg.seed is not None \
-            else caption_seed(cfg.device_id, boot_nonce, run.events, event.start_t)
-        result = await describe_event(link, lm, extractor, event, cfg, seed, facts)
-        if result is None:
-            run.nothing_followed += 1
-            log.info("event %d: no moving object followed, not captioned", run.events)
-            if announce is not None:
-                await announce.event_done(None)
-            return False
-        run.captions.append(result)
-        if announce is not None:
-            await announce.event_done(result)
-        if on_caption is not None:
-            on_caption(result)
-        return cfg.max_events is not None and len(run.captions) >= cfg.max_events
-
     # The source first: a wrong path or URL fails before anything connects.
     with open_source(cfg.source) as source:
         async with EdgeLink(cfg.broker, cfg.device_id, topics=Topics(cfg.prefix), auth=cfg.auth,
                             timeout_s=cfg.timeout_s, keys=cfg.keys) as link:
-            frames = iter(source)
-            started, t0 = time.monotonic(), None
-            pending: asyncio.Future | None = None
+            caption = _Captioner(cfg, lm, extractor, run, link, on_caption, on_event, announce)
             try:
                 if announce is not None:
                     await announce.attach(link, run)
-                while True:
-                    if pending is None:
-                        pending = loop.run_in_executor(None, _next_frame, frames)
-                    done, _ = await asyncio.wait({pending}, timeout=cfg.stall_s)
-                    if not done:  # the source stalls: end the open event, keep waiting
-                        run.stalls += 1
-                        log.warning("%s: no frame for %.1f s", cfg.source, cfg.stall_s)
-                        stalled = detector.flush()
-                        if stalled is not None and await caption(stalled):
-                            return run.captions
-                        continue
-                    frame, pending = pending.result(), None
-                    if frame is None:
-                        break
-                    run.frames += 1
-                    if cfg.realtime:
-                        t0 = frame.t if t0 is None else t0
-                        delay = (frame.t - t0) - (time.monotonic() - started)
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    event = detector.feed(frame)
-                    if event is not None and await caption(event):
-                        return run.captions
-                    if announce is not None and detector.in_event:
-                        await announce.motion()
-                tail = detector.flush()  # motion that lasted to the source's last frame
-                if tail is not None:
-                    await caption(tail)
+                await _watch(cfg, source, MotionDetector(cfg.motion), run, caption, announce)
             finally:
-                if pending is not None and not pending.done():
-                    # Let the reader thread finish its frame before the source is released.
-                    await asyncio.wait({pending}, timeout=cfg.stall_s)
                 if announce is not None:
                     await announce.detach()
     return run.captions
