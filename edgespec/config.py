@@ -14,6 +14,8 @@ from pathlib import Path
 from schemas.topics import PROTOCOL
 from verifier_node.settings import DEFAULTS as VERIFIER
 
+from .model_registry import REGISTRY, fetched_dir
+
 REPO = Path(__file__).resolve().parent.parent  # the checkout: where spawned nodes run
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "default_models"
 
@@ -46,7 +48,11 @@ class ModelNotFound(FileNotFoundError):
 
 
 def resolve_model_dir(name: str | os.PathLike, role: str) -> Path:
-    """`default` selects the committed default pair; anything else is a local folder."""
+    """`default` selects the committed default pair; a known model's name (REGISTRY, e.g.
+    `smollm2-135m`) its folder in the models cache (`edgespec models fetch NAME` makes it);
+    anything else is a local folder."""
+    if str(name) in REGISTRY:
+        return fetched_dir(str(name))
     if str(name) == "default":
         path = DEFAULT_MODELS_DIR / role
         if not (path / "config.json").is_file():

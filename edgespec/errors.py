@@ -18,6 +18,7 @@ KNOWN_ERRORS = (
     ("camera_node.link", "ResyncFailed"), ("camera_node.link", "VerifierRejected"),
     ("camera_node.link", "VerifierTimeout"),
     ("edgespec.config", "ModelNotFound"),
+    ("edgespec.models_fetch", "ModelFetchError"), ("edgespec.model_registry", "ModelNotFetched"),
     ("transport.urls", "BrokerUrlError"),
     ("schemas", "WireError"),
     ("speculative.models", "ModelLoadError"),

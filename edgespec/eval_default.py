@@ -38,6 +38,7 @@ from camera_node.scene import ground_truth
 from edgespec.defaultpair.config import DEFAULT_MODELS_DIR, EvalConfig
 from edgespec.defaultpair.data import compute_features, eval_seeds, prompt_ids
 from edgespec.defaultpair.modeling import greedy_captions, parameter_count
+from edgespec.model_registry import pair_dirs
 from edgespec.pair_commands import add_eval_arguments
 from edgespec.toolkit import expected_tokens_per_round
 
@@ -138,8 +139,7 @@ def evaluate(
 
     cfg = cfg or EvalConfig()
     torch.set_num_threads(cfg.threads)
-    models_dir = Path(models_dir)
-    target, draft = load_lm(models_dir / "target"), load_lm(models_dir / "draft")
+    target, draft = (load_lm(d) for d in pair_dirs(models_dir))
     if target.fingerprint != draft.fingerprint:
         raise ValueError(f"{models_dir}: target and draft tokenizers differ")
     scenes, features = compute_features(
@@ -252,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_report(report))
     if labels is not None:
         torch.set_num_threads(cfg.threads)
-        target, draft = load_lm(args.models / "target"), load_lm(args.models / "draft")
+        target, draft = (load_lm(d) for d in pair_dirs(args.models))
         report["footage"] = evaluate_footage(args.footage, labels, target, draft,
                                              FootageConfig(gamma=args.gamma), keyframes=args.keyframes)
         print(("\n" if args.scenes > 0 else "") + format_footage(report["footage"]))

@@ -46,7 +46,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--models",
         type=Path,
         default=DEFAULT_MODELS_DIR,
-        help="folder holding target/ and draft/ (default: the built-in pair)",
+        help="folder holding target/ and draft/ (default: the built-in pair), or a fetched model's name "
+             "(it drafts for itself; edgespec models list)",
     )
     parser.add_argument(
         "--scenes", type=int, default=defaults.scenes,
