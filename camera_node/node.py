@@ -19,7 +19,7 @@ from schemas import Topics
 from schemas.topics import PROTOCOL
 from speculative.models import LoadedLM
 from transport.urls import ClientAuth
-from speculative.sampling import SamplingParams
+from speculative.sampling import QRule, SamplingParams
 
 from .captions import CAPTION_PROMPT
 from .capture import open_source
@@ -47,6 +47,7 @@ class CameraConfig:
     prompt: str = CAPTION_PROMPT
     sampling: SamplingParams = DEFAULTS.sampling
     gamma: int = DEFAULTS.gamma
+    q_rule: QRule = DEFAULTS.q_rule  # entries of q per drafted token
     max_new_tokens: int = DEFAULTS.max_new_tokens
     # Sampling seed: None (the default) derives each caption's from the device id, the event and
     # a nonce drawn at every start (`caption_seed`), so cameras, events and restarts never share
@@ -136,7 +137,7 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
         features = extractor.extract(event)
     features = cfg.privacy.features(features)
     req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, sampling=cfg.sampling, gamma=cfg.gamma,
-                      max_new_tokens=cfg.max_new_tokens, seed=seed, draft_ahead=cfg.draft_ahead,
+                      q_rule=cfg.q_rule, max_new_tokens=cfg.max_new_tokens, seed=seed, draft_ahead=cfg.draft_ahead,
                       busy_poll_s=cfg.busy_poll_s)
     outcome = await run_edge_session(link, lm, req)
     text = lm.decode(outcome.result.token_ids)

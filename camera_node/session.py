@@ -16,7 +16,7 @@ from schemas import DraftMsg, Features, Resync, ResultMsg, SessionOpen, SparseQW
 from speculative.draft import DraftBlock, Drafter
 from speculative.loop import EdgeGeneration, GenerationResult, StopRule
 from speculative.models import LoadedLM
-from speculative.sampling import SamplingParams
+from speculative.sampling import QRule, SamplingParams
 
 from .channel import SessionChannel
 from .link import EdgeLink, Traffic, VerifierLost, VerifierTimeout
@@ -39,7 +39,7 @@ class EdgeRequest:
     gamma: int = DEFAULTS.gamma
     max_new_tokens: int = DEFAULTS.max_new_tokens
     seed: int = 0
-    q_top: int = DEFAULTS.q_top
+    q_rule: QRule = DEFAULTS.q_rule
     stop_token_ids: tuple[int, ...] | None = None  # None: the draft model's eos ids
     draft_ahead: bool = DEFAULTS.draft_ahead  # see camera_node/settings.py
     block_in_open: bool = DEFAULTS.block_in_open
@@ -179,7 +179,7 @@ def open_message(session_id: bytes, lm: LoadedLM, req: EdgeRequest, wire: Featur
     return SessionOpen(
         session_id=session_id, prompt_ids=list(req.prompt_ids), features=wire,
         temperature=req.sampling.temperature, top_k=req.sampling.top_k, top_p=req.sampling.top_p,
-        seed=req.seed, gamma=req.gamma, q_top=req.q_top, max_new_tokens=req.max_new_tokens,
+        seed=req.seed, gamma=req.gamma, q_top=req.q_rule.bound, max_new_tokens=req.max_new_tokens,
         stop_token_ids=list(stops), tokenizer_fp=lm.fingerprint,
     )
 
@@ -234,7 +234,7 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     wire, features = wire_features(req.features)
     open_msg = open_message(session_id, lm, req, wire, tuple(stops))
     try:
-        drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_top=req.q_top)
+        drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_rule=req.q_rule)
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
 
         def prepare():

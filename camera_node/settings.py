@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from speculative.sampling import DEFAULT_Q_TOP, SamplingParams
+from speculative.sampling import DEFAULT_Q_RULE, QRule, SamplingParams
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,7 +16,7 @@ class SessionSettings:
     sampling: SamplingParams = SamplingParams()
     gamma: int = 4  # draft tokens per round
     max_new_tokens: int = 48
-    q_top: int = DEFAULT_Q_TOP  # entries of q sent per drafted token
+    q_rule: QRule = DEFAULT_Q_RULE  # entries of q sent per drafted token: mass-sized (or a fixed q_top)
     draft_ahead: bool = True  # draft the next block while this one is verified (see docs/benchmarks.md)
     block_in_open: bool = True  # the OPEN carries the first block: one round trip and one forward fewer
     busy_poll_s: float = 0.02  # poll the socket this long for a verdict before sleeping (0 on battery)

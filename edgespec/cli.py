@@ -18,6 +18,7 @@ from .cli_args import (
     add_privacy_args,
     add_sampling_args,
     privacy_from_args,
+    q_rule_from_args,
     start_metrics,
 )
 from . import settings_file
@@ -32,6 +33,7 @@ PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.bench": {"bench": "benchmark the target alone, in-process, HF assisted and via Mosquitto"},
     "edgespec.demo": {"demo": "broker + verifier + three synthetic cameras, captions as they arrive"},
     "edgespec.batch_bench": {"bench-batch": "batched vs unbatched verification on one target, step by step"},
+    "edgespec.bench_q": {"bench-q": "acceptance and uplink bytes of fixed vs mass-sized q"},
     "edgespec.pair_commands": {"train-default": "train the built-in target/draft model pair",
                                "eval-default": "measure the built-in model pair on held-out scenes"},
     "edgespec.provisioning": {"ca": "the project's certificate authority",
@@ -141,7 +143,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids=prompt_ids,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(),
         gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-        seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little"), q_top=args.q_top,
+        seed=args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little"),
+        q_rule=q_rule_from_args(args),
         draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
     )
 
@@ -211,7 +214,8 @@ def cmd_camera(args: argparse.Namespace) -> int:
         device_id=ident.device_id, source=args.source, broker=ident.broker, prefix=ident.prefix, auth=ident.auth,
         keys=ident.keys, privacy=privacy_from_args(args),
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events, realtime=args.realtime,
+        q_rule=q_rule_from_args(args), max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events,
+        realtime=args.realtime,
         timeout_s=args.timeout, draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
         stall_s=args.stall,
     )

@@ -47,12 +47,29 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "a fresh seed per session (a camera derives it from its device id, the event and a "
                         "per-start nonce)")
     p.add_argument("--gamma", type=int, default=DEFAULTS.gamma, help="draft tokens per round")
-    p.add_argument("--q-top", type=int, default=DEFAULTS.q_top, help="entries of q sent per drafted token")
+    add_q_args(p)
     p.add_argument("--draft-ahead", action=argparse.BooleanOptionalAction, default=True,
                    help="draft the next block while the current one is verified (pipelining; default on)")
     p.add_argument("--poll-ms", type=float, default=DEFAULTS.poll_ms,
                    help="after sending a block, poll the socket this long before sleeping (0: sleep at once, "
                         "for battery-powered devices)")
+
+
+def add_q_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--q-mass", type=float, default=DEFAULTS.q_mass,
+                   help="send per drafted token the smallest part of q holding this share of its mass "
+                        "(default %(default)s)")
+    p.add_argument("--q-max", type=int, default=DEFAULTS.q_max,
+                   help="at most this many entries of q per drafted token (default %(default)s)")
+    p.add_argument("--q-top", type=int, default=DEFAULTS.q_top, metavar="N",
+                   help="cut q at a fixed N entries instead (default: sized by --q-mass)")
+
+
+def q_rule_from_args(args: argparse.Namespace):
+    """The QRule of --q-mass, --q-max and --q-top (a ValueError names a bad value)."""
+    from speculative.sampling import QRule
+
+    return QRule(args.q_mass, args.q_max, args.q_top).validate()
 
 
 def add_privacy_args(p: argparse.ArgumentParser) -> None:

@@ -32,7 +32,12 @@ class Defaults:
     # A generation: generate, camera, bench, loadtest (--tokens), serving (--tokens).
     max_new_tokens: int = 48
     gamma: int = 4  # draft tokens per round
-    q_top: int = 16  # entries of q sent per drafted token
+    # Entries of q sent per drafted token: the smallest support holding q_mass of the draft's
+    # distribution, at most q_max entries; q_top N instead cuts q at a fixed N entries.
+    # (speculative.sampling.QRule's defaults; written here too, as this module imports no torch)
+    q_mass: float = 0.995
+    q_max: int = 64
+    q_top: int | None = None
     poll_ms: float = 20.0  # a device polls the socket this long after sending a block
     # The verifier (and the verifiers loadtest starts): its own defaults (verifier_node/settings.py).
     max_batch: int = VERIFIER.max_batch

@@ -20,15 +20,8 @@ import torch
 
 from .lean import draft_state
 from .models import LoadedLM
-from .sampling import (
-    DEFAULT_Q_TOP,
-    SamplingParams,
-    SparseQ,
-    make_generator,
-    quantize_distribution,
-    sample_weights,
-    warp_probs,
-)
+from .sampling import (DEFAULT_Q_RULE, QRule, SamplingParams, SparseQ, make_generator, sample_weights, stack_q,
+                       warp_probs)
 
 DRAFT_STREAM = 0
 
@@ -61,10 +54,10 @@ class _Ahead:
 class Drafter:
     """KV-cached drafting for one session."""
 
-    def __init__(self, lm: LoadedLM, params: SamplingParams, *, seed: int = 0, q_top: int = DEFAULT_Q_TOP):
+    def __init__(self, lm: LoadedLM, params: SamplingParams, *, seed: int = 0, q_rule: QRule = DEFAULT_Q_RULE):
         self.lm = lm
         self.params = params.validate()
-        self.q_top = q_top
+        self.q_rule = q_rule.validate()
         self.state = draft_state(lm)  # the lean forward where it applies (speculative/lean.py)
         self._gen = make_generator(seed, DRAFT_STREAM)
         self._pending: list[int] = []  # committed tokens not yet fed to the model
@@ -100,7 +93,7 @@ class Drafter:
         if self.params.greedy:
             token = int(logits.argmax())
         else:
-            ids, weights = quantize_distribution(warp_probs(logits, self.params), self.q_top)
+            ids, weights = self.q_rule.quantize(warp_probs(logits, self.params))
             token = sample_weights(ids, weights, self._gen)
             part.q_ids.append(ids)
             part.q_weights.append(weights)
@@ -131,7 +124,7 @@ class Drafter:
             part = _Partial(part.tokens[:gamma], part.q_ids[:gamma], part.q_weights[:gamma])
         self._extend(part, gamma)
         self._drafted = part.tokens
-        q = SparseQ(torch.stack(part.q_ids), torch.stack(part.q_weights)) if part.q_ids else None
+        q = stack_q(part.q_ids, part.q_weights) if part.q_ids else None
         return DraftBlock(list(part.tokens), q)
 
     def draft_ahead_step(self, next_gamma: int) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .draft import DraftBlock, Drafter
 from .models import CachedLM, LoadedLM
-from .sampling import DEFAULT_Q_TOP, SamplingParams, make_generator, sample_probs, warp_probs
+from .sampling import DEFAULT_Q_RULE, QRule, SamplingParams, make_generator, sample_probs, warp_probs
 from .target import TargetSession
 
 
@@ -158,13 +158,13 @@ def run_local(
     gamma: int,
     max_new_tokens: int,
     seed: int = 0,
-    q_top: int = DEFAULT_Q_TOP,
+    q_rule: QRule = DEFAULT_Q_RULE,
     stop_token_ids: tuple[int, ...] | None = None,
 ) -> GenerationResult:
     """Speculative decoding in one process, with no broker (the reference loop)."""
     started = time.perf_counter()
     stops = target.eos_token_ids if stop_token_ids is None else stop_token_ids
-    drafter = Drafter(draft, sampling, seed=seed, q_top=q_top)
+    drafter = Drafter(draft, sampling, seed=seed, q_rule=q_rule)
     drafter.start(prompt_ids, features)
     verifier = TargetSession(target, sampling, seed=seed)
     edge = EdgeGeneration(drafter, prompt_ids, gamma, StopRule(max_new_tokens, stops))

@@ -1,9 +1,11 @@
 """Sampling helpers shared by the draft (edge) and the target (cloud).
 
-The draft's distribution q is truncated to at most `q_top` entries and quantized to integer
-weights *before* a draft token is drawn from it, and exactly those weights are sent on the
-wire. The verifier reconstructs q = w / sum(w) from the same integers, so rejection sampling
-stays exact (truncating after sampling would not be).
+The draft's distribution q is truncated (by default to the smallest support holding
+`q_mass` of it, at most `q_max` entries; or to a fixed `q_top` entries, see `QRule`) and
+quantized to integer weights *before* a draft token is drawn from it, and exactly those
+weights are sent on the wire. The verifier reconstructs q = w / sum(w) from the same
+integers, so rejection sampling stays exact for any support (truncating after sampling would
+not be).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from schemas.topics import PROTOCOL
 
 Q_WEIGHT_MAX = 65535  # weights travel as uint16
-DEFAULT_Q_TOP = 16
+DEFAULT_Q_TOP = 16  # the fixed cut of `--q-top` that `edgespec bench-q` compares with
+DEFAULT_Q_MASS = 0.995  # q holds the smallest support with at least this share of the draft's mass
+DEFAULT_Q_MAX = 64  # ... of at most this many entries (schemas.messages.Limits.max_q_top)
 # The smallest sampled temperature (0 is greedy). Tiny ones (about 1e-36 and below for logits
 # near 100) overflow logits / temperature to inf in float32: the warp gives NaN and
 # torch.multinomial raises, for every session of a batch. At 0.01 even the
@@ -102,6 +106,52 @@ class SparseQ:
         return hit.sum(-1) / w.sum(-1)
 
 
+@dataclass(frozen=True)
+class QRule:
+    """How many entries of q a drafted token sends.
+
+    `top` None (the default): the smallest support holding at least `mass` of the draft's
+    warped distribution, at most `max_entries` and never an entry of probability 0 (so never
+    more than the session's top-k). `top` N: a fixed cut of the N largest entries.
+    """
+
+    mass: float = DEFAULT_Q_MASS
+    max_entries: int = DEFAULT_Q_MAX
+    top: int | None = None
+
+    @property
+    def bound(self) -> int:
+        """The most entries a row may hold: the OPEN's `q_top`."""
+        return self.top if self.top is not None else self.max_entries
+
+    def validate(self) -> QRule:
+        if not 0.0 < self.mass <= 1.0:
+            raise ValueError(f"q mass must be in (0, 1], got {self.mass}")
+        if not 1 <= self.bound <= DEFAULT_Q_MAX:
+            raise ValueError(f"q entries must be in [1, {DEFAULT_Q_MAX}], got {self.bound}")
+        return self
+
+    def quantize(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [n], weights [n]) of [V] probabilities under this rule (see quantize_distribution)."""
+        if self.top is not None:
+            return quantize_distribution(probs, self.top)
+        top = torch.topk(probs.float(), max(1, min(self.max_entries, probs.shape[-1])))
+        reached = (top.values.cumsum(0) >= self.mass).nonzero()
+        n = int(reached[0]) + 1 if len(reached) else top.values.numel()
+        n = max(1, min(n, int((top.values > 0).sum())))
+        return _quantize_sorted(top.values[:n], top.indices[:n])
+
+
+DEFAULT_Q_RULE = QRule()
+
+
+def _quantize_sorted(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = torch.round(values / values.sum() * Q_WEIGHT_MAX).to(torch.int64)
+    weights = weights.clamp_(0, Q_WEIGHT_MAX)
+    weights[0] = weights[0].clamp(min=1)
+    return ids.to(torch.int64), weights
+
+
 def quantize_distribution(probs: torch.Tensor, q_top: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Truncate [V] probabilities to the `q_top` largest and quantize to uint16 weights.
 
@@ -110,11 +160,16 @@ def quantize_distribution(probs: torch.Tensor, q_top: int) -> tuple[torch.Tensor
     """
     q_top = max(1, min(q_top, probs.shape[-1]))
     top = torch.topk(probs.float(), q_top)
-    mass = top.values.sum()
-    weights = torch.round(top.values / mass * Q_WEIGHT_MAX).to(torch.int64)
-    weights = weights.clamp_(0, Q_WEIGHT_MAX)
-    weights[0] = weights[0].clamp(min=1)
-    return top.indices.to(torch.int64), weights
+    return _quantize_sorted(top.values, top.indices)
+
+
+def stack_q(ids: list[torch.Tensor], weights: list[torch.Tensor]) -> SparseQ:
+    """Rows of different lengths as one SparseQ: shorter rows are padded with id 0, weight 0
+    (padding is never drawn and adds nothing to q)."""
+    width = max(int(row.numel()) for row in ids)
+    pad = [width - int(row.numel()) for row in ids]
+    return SparseQ(torch.stack([torch.nn.functional.pad(r, (0, n)) for r, n in zip(ids, pad)]),
+                   torch.stack([torch.nn.functional.pad(w, (0, n)) for w, n in zip(weights, pad)]))
 
 
 def sample_weights(ids: torch.Tensor, weights: torch.Tensor, generator: torch.Generator) -> int:

@@ -22,6 +22,7 @@ import torch
 from schemas import Opened, SessionOpen, SparseQWire, Topics, VerdictMsg, decode, encode
 from schemas.messages import DraftMsg
 from speculative.sampling import SamplingParams, make_generator, sample_weights, warp_probs
+from exactness_stats import chi_square
 from tiny_models import make_lm, make_tokenizer
 from verifier_node.core import VerifierConfig, VerifierCore
 
@@ -56,25 +57,6 @@ def exact_distribution(lm, prompt: list[int], params: SamplingParams, n: int) ->
                 row = warp_probs(logits, params).double()
                 probs[prefix] *= row.reshape([vocab] + [1] * (n - depth - 1))
     return probs
-
-
-def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int, float, float]:
-    """(statistic, degrees of freedom, p-value, total variation) of `counts` against `probs`;
-    cells expected below 5 are pooled into one."""
-    counts, probs = counts.flatten().double(), probs.flatten().double()
-    total = float(counts.sum())
-    expected = probs * total
-    big = expected >= 5
-    obs = torch.cat([counts[big], counts[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    stat = float(((obs - exp) ** 2 / exp).sum())
-    dof = int(obs.numel()) - 1
-    p = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                      torch.tensor(stat / 2, dtype=torch.float64)))
-    tv = 0.5 * float((counts / total - probs).abs().sum())
-    return stat, dof, p, tv
 
 
 def draft_q(vocab: int) -> tuple[torch.Tensor, torch.Tensor, SparseQWire]:

@@ -7,12 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speculative.sampling import (
+    DEFAULT_Q_MASS,
+    DEFAULT_Q_MAX,
     Q_WEIGHT_MAX,
+    QRule,
     SamplingParams,
     SparseQ,
     make_generator,
     quantize_distribution,
     sample_weights,
+    stack_q,
     warp_probs,
 )
 
@@ -57,6 +61,55 @@ def test_quantized_q_is_a_distribution_over_at_most_q_top(values, q_top):
     top = probs[ids] / probs[ids].sum()
     n = len(ids)
     assert float((dense[ids] - top).abs().max()) <= (n + 2) / (Q_WEIGHT_MAX - n)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=80).filter(lambda xs: sum(xs) > 1e-3),
+       st.floats(0.05, 1.0), st.integers(1, 64))
+def test_mass_sized_q_is_the_smallest_support_holding_the_mass(values, mass, max_entries):
+    probs = torch.tensor(values) / sum(values)
+    ids, weights = QRule(mass, max_entries).quantize(probs)
+    n = len(ids)
+    ordered = torch.sort(probs, descending=True).values
+    smallest = int((ordered.cumsum(0) < mass).sum()) + 1  # the prefix that reaches the mass
+    assert 1 <= n <= max_entries
+    assert n == max(1, min(smallest, max_entries, int((probs > 0).sum())))
+    assert len(set(ids.tolist())) == n and bool((probs[ids] > 0).all() or n == 1)
+    assert int(weights.sum()) > 0 and int(weights.max()) <= Q_WEIGHT_MAX
+
+
+def test_mass_sized_q_never_exceeds_the_sessions_top_k():
+    """A flat distribution under top-k 50: q holds the 50 entries (all the mass), no more."""
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(0)) * 0.1
+    probs = warp_probs(logits, SamplingParams(temperature=1.0, top_k=50))
+    ids, _ = QRule().quantize(probs)
+    assert len(ids) == 50 and bool((probs[ids] > 0).all())
+    ids, _ = QRule(mass=1.0, max_entries=64).quantize(probs)  # mass 1 never reached in float32
+    assert len(ids) == 50
+    ids, _ = QRule(top=16).quantize(probs)  # the fixed cut, as before
+    assert torch.equal(ids, quantize_distribution(probs, 16)[0])
+
+
+def test_q_rule_bounds_and_defaults():
+    assert QRule().bound == DEFAULT_Q_MAX and QRule(top=16).bound == 16
+    for bad in (QRule(mass=0.0), QRule(mass=1.5), QRule(max_entries=0), QRule(top=65)):
+        try:
+            bad.validate()
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} validated")
+    from edgespec.config import DEFAULTS
+
+    assert (DEFAULTS.q_mass, DEFAULTS.q_max, DEFAULTS.q_top) == (DEFAULT_Q_MASS, DEFAULT_Q_MAX, None)
+
+
+def test_rows_of_different_lengths_stack_with_zero_weight_padding():
+    rows = [(torch.tensor([4, 2, 7]), torch.tensor([5, 3, 1])), (torch.tensor([9]), torch.tensor([2]))]
+    q = stack_q([r[0] for r in rows], [r[1] for r in rows])
+    assert q.ids.shape == (2, 3) and q.weights[1].tolist() == [2, 0, 0]
+    dense = q.dense(10)
+    assert float(dense[1, 9]) == 1.0 and float(dense[1, 0]) == 0.0
+    assert torch.allclose(q.prob_of(torch.tensor([2, 9])), torch.tensor([3 / 9, 1.0]))
 
 
 def test_sample_weights_never_draws_zero_weight_and_follows_weights():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speculative.sampling import SamplingParams, SparseQ, make_generator, quantize_distribution, sample_weights
+from exactness_stats import chi_square
+from speculative.sampling import (QRule, SamplingParams, SparseQ, make_generator, quantize_distribution,
+                                  sample_weights, stack_q, warp_probs)
 from speculative.verify import residual_distribution, verify_block, verify_greedy, verify_sampled
 
 V = 6
@@ -137,3 +139,80 @@ def test_negative_control_verifying_against_untruncated_q_fails():
     ids, weights = quantize_distribution(Q, q_top=4)
     hist = first_token_histogram(P, lambda g: sample_weights(ids, weights, g), Q[None])
     assert tv(hist, P) > 3 * TV_BOUND
+
+
+# ---------------------------------------------------------------- mass-sized q, two positions
+
+BIGRAM_V = 24
+BIGRAM = SamplingParams(temperature=1.0, top_k=12)
+MASS_RULE = QRule(mass=0.9)  # cuts well inside top-k 12, and rows of different lengths
+BIGRAM_TRIALS = 8_000
+_tables = torch.Generator().manual_seed(7)
+TARGET_LOGITS = torch.randn(BIGRAM_V, BIGRAM_V, generator=_tables) * 1.5  # row: logits after that token
+DRAFT_LOGITS = TARGET_LOGITS + torch.randn(BIGRAM_V, BIGRAM_V, generator=_tables)  # a draft unlike the target
+P_ROWS = warp_probs(TARGET_LOGITS, BIGRAM)
+Q_ROWS = warp_probs(DRAFT_LOGITS, BIGRAM)
+
+
+def first_two_tokens(verify_q: str = "sent", residual=residual_distribution) -> torch.Tensor:
+    """Counts [V, V] of the first two generated tokens after token 1: bigram tables as target
+    and draft, blocks of 2 drafted from mass-sized q, verified as the verifier does.
+    `verify_q`: "sent" (the q the drafts were drawn from) or "untruncated" (a negative control)."""
+    gen_draft, gen_verify = make_generator(99, 0), make_generator(99, 1)
+    counts = torch.zeros(BIGRAM_V, BIGRAM_V)
+    for _ in range(BIGRAM_TRIALS):
+        out = [1]
+        while len(out) < 3:
+            tokens, ids, weights = [], [], []
+            for _ in range(2):
+                row_ids, row_weights = MASS_RULE.quantize(Q_ROWS[(tokens or out)[-1]])
+                tokens.append(sample_weights(row_ids, row_weights, gen_draft))
+                ids.append(row_ids)
+                weights.append(row_weights)
+            p = P_ROWS[torch.tensor([out[-1], *tokens])]
+            q = stack_q(ids, weights) if verify_q == "sent" else Q_ROWS[torch.tensor([out[-1], tokens[0]])]
+            v = verify_sampled(p, torch.tensor(tokens), q, gen_verify, residual=residual)
+            out += tokens[: v.n_accepted] + [v.next_token]
+        counts[out[1], out[2]] += 1
+    return counts
+
+
+def exact_first_two() -> torch.Tensor:
+    return P_ROWS[1][:, None] * P_ROWS
+
+
+@pytest.mark.parametrize("case", ["exact", "negative-control-untruncated-q", "negative-control-residual-p"])
+def test_mass_sized_q_output_follows_the_target_at_the_first_positions(case):
+    """The joint distribution of the first two tokens, drafted from mass-sized q (rows of 2 to
+    12 entries, padded into one block), matches the target's own: chi-square at p >= 1e-3.
+    Verifying against the draft's untruncated q, or drawing the correction from p instead of
+    the residual, must fail it."""
+    sizes = {len(MASS_RULE.quantize(row)[0]) for row in Q_ROWS}
+    assert min(sizes) < max(sizes) < BIGRAM.top_k  # truly truncated, to varying sizes
+    if case == "exact":
+        counts = first_two_tokens()
+    elif case == "negative-control-untruncated-q":
+        counts = first_two_tokens(verify_q="untruncated")
+    else:
+        counts = first_two_tokens(residual=lambda p_row, q_row: p_row)
+    stat, dof, p_value, tv_dist = chi_square(counts, exact_first_two())
+    print(f"\n{case}: chi-square {stat:.1f} on {dof} dof, p = {p_value:.3g}, TV {tv_dist:.4f}")
+    if case == "exact":
+        assert p_value >= 1e-3
+    else:
+        assert p_value < 1e-6
+
+
+def test_flat_self_draft_acceptance_with_mass_sized_q():
+    """A draft equal to a flat target (300 tokens, T = 1, top-k 50): a fixed cut of 16 entries
+    accepts only the target's mass on them; mass-sized q accepts (almost) everything."""
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3)) * 0.3
+    p = warp_probs(logits, SamplingParams(temperature=1.0, top_k=50))
+
+    def acceptance(rule: QRule) -> float:  # sum over x of q(x) min(1, p(x) / q(x))
+        ids, weights = rule.quantize(p)
+        q = SparseQ(ids[None], weights[None]).dense(300)[0]
+        return float(torch.minimum(p, q).sum())
+
+    assert acceptance(QRule(top=16)) < 0.5
+    assert acceptance(QRule()) >= 0.99
