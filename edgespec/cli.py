@@ -46,6 +46,8 @@ PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.serving": {"serving": "verifier serving with edge drafts vs the target alone (cloud-only)"},
     "edgespec.dashboard": {"dashboard": "a live web page of the fleet (captions, availability, verifiers)"},
     "edgespec.models_fetch": {"models": "real models: fetch them at set-up (never at run time), list them"},
+    "edgespec.draft_commands": {"train-draft": "distil a small draft for a target language model",
+                                "eval-draft": "greedy acceptance and cost per token of a draft for its target"},
 }
 
 

@@ -1,0 +1,79 @@
+"""How good a draft is for its target: greedy acceptance on held-out prompts and cost per token.
+
+Acceptance comes from the project's own speculative loop (in-process, gamma 4, greedy) on
+prompts no draft was trained on (event descriptions and general questions); every output is
+checked token for token against the target alone. Cost per token is the median time of a
+one-token forward with the KV cache, draft against target, on the same thread count.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .lm_prompts import chat_ids, prompt_set
+
+
+def cost_per_token(lm, prompt_ids: list[int], steps: int = 16) -> float:
+    """Median seconds of a one-token forward after ``prompt_ids`` (KV cache in use)."""
+    from speculative.models import CachedLM
+
+    state = CachedLM(lm)
+    state.prefill(prompt_ids)
+    times = []
+    token = prompt_ids[-1]
+    with torch.no_grad():
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            logits = state.extend([token])
+            times.append(time.perf_counter() - t0)
+            token = int(logits[-1].argmax())
+    return statistics.median(times)
+
+
+def evaluate_draft(target_dir: Path, draft_dir: Path, *, events: int = 12, general: int = 6, gamma: int = 4,
+                   max_new_tokens: int = 48, threads: int = 1) -> dict:
+    from speculative.loop import generate_autoregressive, run_local
+    from speculative.models import load_lm
+    from speculative.sampling import SamplingParams
+
+    torch.set_num_threads(threads)
+    target, draft = load_lm(target_dir), load_lm(draft_dir)
+    greedy = SamplingParams()
+    rows = {}
+    for kind, n in (("event", events), ("general", general)):
+        accepted = drafted = judged = rounds = tokens = 0
+        identical = True
+        for prompt in prompt_set(kind, n, held_out=True):
+            ids = chat_ids(target.tokenizer, prompt)
+            spec = run_local(target, draft, ids, None, greedy, gamma, max_new_tokens)
+            alone = generate_autoregressive(target, ids, None, greedy, max_new_tokens)
+            identical &= spec.token_ids == alone.token_ids
+            accepted += sum(spec.accepted_per_round)
+            drafted += sum(spec.drafted_per_round)
+            judged += spec.evaluated_positions
+            rounds += spec.rounds
+            tokens += len(spec.token_ids)
+        rows[kind] = {"prompts": n, "acceptance": accepted / max(drafted, 1),
+                      "position_acceptance": accepted / max(judged, 1),
+                      "tokens_per_round": tokens / max(rounds, 1), "identical_to_target": identical}
+    probe = chat_ids(target.tokenizer, prompt_set("event", 1, held_out=True)[0])
+    t_target, t_draft = cost_per_token(target, probe), cost_per_token(draft, probe)
+    return {"gamma": gamma, "threads": threads, **rows,
+            "target_ms_per_token": round(t_target * 1000, 2), "draft_ms_per_token": round(t_draft * 1000, 2),
+            "draft_cost_share": round(t_draft / t_target, 3)}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'prompts':10s} {'n':>3s} {'accept':>7s} {'a':>6s} {'tok/rnd':>8s}  same as target"]
+    for kind in ("event", "general"):
+        r = report[kind]
+        lines.append(f"{kind:10s} {r['prompts']:3d} {r['acceptance']:7.3f} {r['position_acceptance']:6.3f} "
+                     f"{r['tokens_per_round']:8.2f}  {'yes' if r['identical_to_target'] else 'NO'}")
+    lines.append(f"one-token forward: target {report['target_ms_per_token']} ms, draft "
+                 f"{report['draft_ms_per_token']} ms ({report['draft_cost_share']:.0%} of the target), "
+                 f"{report['threads']} thread(s)")
+    return "\n".join(lines)

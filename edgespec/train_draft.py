@@ -1,0 +1,161 @@
+"""`edgespec train-draft`: distil a small draft for a target language model.
+
+Self-distillation: the target answers a set of prompts (the camera's event descriptions and
+general questions, in its chat template) greedily, and its own next-token distributions on
+those answers are what the draft learns. The draft is the target cut down: the target's
+embeddings and tied output layer (frozen), its final norm, and a few of its layers
+(``--layers``, default the first two and the last), trained to match the target's top
+entries (soft cross-entropy) and its greedy token (cross-entropy). It shares the target's
+tokenizer, so a device can draft for that target. The draft is a standard Hugging Face folder.
+
+Reproducible from ``--seed``: the same prompts, the same teacher data, the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .lm_prompts import chat_ids, prompt_set
+from .train_draft_recipe import DraftRecipe
+
+
+@dataclass
+class Example:
+    ids: list[int]  # prompt + the target's greedy answer
+    start: int  # first answer position
+    top_ids: torch.Tensor = field(repr=False)  # [answer len, teacher_top]
+    top_p: torch.Tensor = field(repr=False)  # teacher probabilities there (renormalised)
+
+
+def teacher_examples(target, tokenizer, prompts: list[str], recipe: DraftRecipe, progress: bool) -> list[Example]:
+    """The target's greedy answers to ``prompts`` and its top entries at every answer position."""
+    out: list[Example] = []
+    bar = tqdm(total=len(prompts), desc="teacher", disable=not progress)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for k in range(0, len(prompts), recipe.batch):
+        rows = [chat_ids(tokenizer, p) for p in prompts[k : k + recipe.batch]]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        with torch.no_grad():
+            gen = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=recipe.max_new_tokens,
+                                  do_sample=False, output_logits=True, return_dict_in_generate=True,
+                                  pad_token_id=pad)
+        logits = torch.stack(gen.logits, dim=1)  # [batch, new, vocab]
+        eos = set(_eos_ids(target, tokenizer))
+        for b, row in enumerate(rows):
+            answer = gen.sequences[b, width:].tolist()
+            n = next((i + 1 for i, t in enumerate(answer) if t in eos), len(answer))
+            probs = torch.softmax(logits[b, :n].float(), dim=-1)
+            top_p, top_ids = probs.topk(recipe.teacher_top, dim=-1)
+            out.append(Example(row + answer[:n], len(row), top_ids, top_p / top_p.sum(-1, keepdim=True)))
+        bar.update(len(rows))
+    bar.close()
+    return out
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return [i for i in [*ids, tokenizer.eos_token_id] if i is not None]
+
+
+def make_draft(target, layers: tuple[int, ...]):
+    """A model of the target's architecture with only ``layers``, copied from the target."""
+    from transformers import AutoModelForCausalLM
+
+    config = target.config.__class__.from_dict(target.config.to_dict())
+    picked = [i % target.config.num_hidden_layers for i in layers]
+    config.num_hidden_layers = len(picked)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target.config.layer_types[i] for i in picked]
+    draft = AutoModelForCausalLM.from_config(config)
+    draft.model.embed_tokens.load_state_dict(target.model.embed_tokens.state_dict())
+    draft.model.norm.load_state_dict(target.model.norm.state_dict())
+    for mine, theirs in enumerate(picked):
+        draft.model.layers[mine].load_state_dict(target.model.layers[theirs].state_dict())
+    if not config.tie_word_embeddings:
+        draft.lm_head.load_state_dict(target.lm_head.state_dict())
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    draft.lm_head.weight.requires_grad_(False)
+    return draft
+
+
+def _loss(draft, batch: list[Example], recipe: DraftRecipe, pad: int) -> torch.Tensor:
+    width = max(len(e.ids) for e in batch)
+    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in batch])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
+    logits = draft(input_ids=ids, attention_mask=mask).logits
+    soft, hard, count = torch.zeros(()), torch.zeros(()), 0
+    for b, e in enumerate(batch):
+        n = e.top_ids.shape[0]
+        logp = F.log_softmax(logits[b, e.start - 1 : e.start - 1 + n].float(), dim=-1)  # predicts the answer
+        soft = soft - (e.top_p * logp.gather(-1, e.top_ids)).sum()
+        hard = hard - logp.gather(-1, e.top_ids[:, :1]).sum()
+        count += n
+    return (soft + recipe.hard_weight * hard) / max(count, 1)
+
+
+def train(draft, examples: list[Example], recipe: DraftRecipe, pad: int, progress: bool) -> list[float]:
+    params = [p for p in draft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    rng = random.Random(recipe.seed)
+    steps = recipe.epochs * math.ceil(len(examples) / recipe.batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc="draft", disable=not progress)
+    draft.train()
+    for _ in range(recipe.epochs):
+        order = examples[:]
+        rng.shuffle(order)
+        for k in range(0, len(order), recipe.batch):
+            loss = _loss(draft, order[k : k + recipe.batch], recipe, pad)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    bar.close()
+    draft.eval()
+    return losses
+
+
+def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: bool = True) -> dict:
+    from speculative.models import load_lm
+
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    started = time.perf_counter()
+    target = load_lm(target_dir)
+    prompts = (prompt_set("event", recipe.event_prompts, held_out=False, seed=recipe.seed)
+               + prompt_set("general", recipe.general_prompts, held_out=False))
+    examples = teacher_examples(target.model, target.tokenizer, prompts, recipe, progress)
+    teacher_s = time.perf_counter() - started
+    draft = make_draft(target.model, recipe.layers)
+    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
+    losses = train(draft, examples, recipe, pad, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    draft.save_pretrained(out_dir)
+    target.tokenizer.save_pretrained(out_dir)
+    report = {
+        "target": str(target_dir), "recipe": asdict(recipe), "examples": len(examples),
+        "answer_tokens": sum(e.top_ids.shape[0] for e in examples),
+        "draft_parameters": sum(p.numel() for p in draft.parameters()),
+        "teacher_seconds": round(teacher_s, 1), "seconds": round(time.perf_counter() - started, 1),
+        "first_loss": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
+        "last_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
+    }
+    (out_dir / "edgespec-draft.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

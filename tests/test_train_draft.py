@@ -1,0 +1,56 @@
+"""The draft distillation's parts on a tiny random Llama: the cut-down copy and its loss."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from edgespec.lm_prompts import GENERAL_PROMPTS, prompt_set
+from edgespec.train_draft import Example, _loss, make_draft, train
+from edgespec.train_draft_recipe import DraftRecipe
+
+
+def _tiny_target() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_the_draft_is_the_targets_layers_and_frozen_embeddings() -> None:
+    target = _tiny_target()
+    draft = make_draft(target, (0, 1, -1))
+    assert draft.config.num_hidden_layers == 3
+    pairs = [(0, 0), (1, 1), (2, 4)]
+    for mine, theirs in pairs:
+        for (name, p), (_, q) in zip(draft.model.layers[mine].named_parameters(),
+                                     target.model.layers[theirs].named_parameters(), strict=True):
+            assert torch.equal(p, q), name
+    assert torch.equal(draft.model.embed_tokens.weight, target.model.embed_tokens.weight)
+    assert not draft.model.embed_tokens.weight.requires_grad and not draft.lm_head.weight.requires_grad
+    assert draft.lm_head.weight.data_ptr() == draft.model.embed_tokens.weight.data_ptr()  # tied
+
+
+def test_training_lowers_the_loss_and_moves_only_the_layers() -> None:
+    target = _tiny_target()
+    ids = [5, 9, 3, 7, 11, 2, 8]
+    with torch.no_grad():
+        probs = torch.softmax(target(input_ids=torch.tensor([ids])).logits[0, 2:-1], -1)
+    top_p, top_ids = probs.topk(8, -1)
+    example = Example(ids, 3, top_ids, top_p / top_p.sum(-1, keepdim=True))
+    recipe = DraftRecipe(epochs=8, batch=2, lr=1e-2)
+    draft = make_draft(target, (0, -1))
+    embeddings = draft.model.embed_tokens.weight.clone()
+    before = float(_loss(draft, [example], recipe, pad=0))
+    losses = train(draft, [example, example], recipe, pad=0, progress=False)
+    assert len(losses) == 8 and float(_loss(draft, [example], recipe, pad=0)) < before
+    assert torch.equal(draft.model.embed_tokens.weight, embeddings)
+
+
+def test_held_out_prompts_never_overlap_training_ones() -> None:
+    assert not set(prompt_set("general", 50, held_out=False)) & set(prompt_set("general", 50, held_out=True))
+    assert set(prompt_set("general", 50, held_out=False)) | set(prompt_set("general", 50, held_out=True)) == set(
+        GENERAL_PROMPTS)
+    train = prompt_set("event", 5, held_out=False)
+    assert len(set(train)) == 5 and not set(train) & set(prompt_set("event", 5, held_out=True))
+    assert all(p.startswith("A security camera reports: a") for p in train)
