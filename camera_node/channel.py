@@ -4,7 +4,10 @@ The link hands each downlink message and notice for this session to `SessionChan
 as a typed inbox entry. Entries wait in the inbox until a reply is awaited; a reply is awaited
 as a future of the link's `PendingReplies`, keyed by (session id, sequence number) (`OPEN`
 for the OPENED), and the inbox is read into it in order: duplicates (QoS 1 may deliver twice)
-and stale replies are dropped there, as is anything that fails authentication.
+and stale replies are dropped there, as is anything that fails authentication. A QUEUED
+(the verifier holds the awaited message in its queue) moves the wait's deadline instead of
+answering it: a device gives up only on a verifier silent for its timeout (schemas/README.md,
+"Waiting for a reply").
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from schemas import Close, DraftMsg, ErrorMsg, Opened, Resync, Sealed, SessionOpen, VerdictMsg, WireError
+from schemas import Close, DraftMsg, ErrorMsg, Opened, Queued, Resync, Sealed, SessionOpen, VerdictMsg, WireError
 from schemas.messages import decode, now_ms
 from schemas.topics import ONLINE
 from security.session_codec import PLAIN, SealedCodec, SessionCodec
@@ -117,6 +120,8 @@ class SessionChannel:
         msg = self._authentic(entry.msg)
         if msg is None:
             return None
+        if isinstance(msg, Queued):
+            return msg
         if self._awaited == OPEN:
             if isinstance(msg, Opened):
                 self.verifier_id, self.open_pending = msg.verifier_id, False
@@ -132,9 +137,9 @@ class SessionChannel:
         """The message as the session may take it: opened when sealed; None when refused."""
         try:
             if not isinstance(msg, Sealed):
-                # An encrypted session takes only RESYNC in the clear, and ERROR only while its
-                # open is unanswered (the verifier cannot seal before it has the keys).
-                if not isinstance(msg, (Resync, ErrorMsg) if self.open_pending else (Resync,)):
+                # An encrypted session takes only RESYNC and QUEUED in the clear, and ERROR only
+                # while its open is unanswered (the verifier cannot seal before it has the keys).
+                if not isinstance(msg, (Resync, Queued, ErrorMsg) if self.open_pending else (Resync, Queued)):
                     self.codec.refuse_plain()
                 return msg
             inner, duplicate = self.codec.open(self.link.downlink_topic, msg)
@@ -147,9 +152,11 @@ class SessionChannel:
     # -- waiting for a reply
 
     async def _await(self, seq: int, waiting_for: str, *, or_resync: bool = False):
-        """The reply to `seq` (OPEN: to the OPEN): a message `_answer` let through."""
+        """The reply to `seq` (OPEN: to the OPEN): a message `_answer` let through. Waits
+        `timeout_s` from the send or from the verifier's latest QUEUED plus its estimate."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.link.timeout_s
+        queued: Queued | None = None  # the latest QUEUED for this wait
         while True:
             key = (self.session_id, seq)
             self._reply = self.link.replies.expect(key)
@@ -158,13 +165,14 @@ class SessionChannel:
             try:
                 answer = await _within(self._reply, deadline - loop.time())
             except asyncio.TimeoutError:
-                raise VerifierTimeout(
-                    f"no verifier answered {waiting_for} within {self.link.timeout_s:.1f} s on "
-                    f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?"
-                ) from None
+                raise self._timeout(waiting_for, queued) from None
             finally:
                 self._awaited, self._reply = None, None
                 self.link.replies.forget(key)
+            if isinstance(answer, Queued):  # the verifier is alive and busy: wait on
+                queued = answer
+                deadline = max(deadline, loop.time() + self.link.timeout_s + answer.eta_ms / 1000)
+                continue
             if not isinstance(answer, VerifierGone):
                 return _raise_notice(answer, waiting_for)
             # A retained `offline` can be stale for a moment (a broker that restarted sends the
@@ -174,6 +182,16 @@ class SessionChannel:
             gone = answer.verifier_id
             if gone != self.verifier_id or self.link.verifier_status.get(gone) != ONLINE:
                 raise VerifierLost(f"verifier {gone} went offline while waiting for {waiting_for}")
+
+    def _timeout(self, waiting_for: str, queued: Queued | None) -> VerifierTimeout:
+        timeout = self.link.timeout_s
+        if queued is None:
+            return VerifierTimeout(
+                f"no verifier answered {waiting_for} within {timeout:.1f} s on "
+                f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?")
+        return VerifierTimeout(
+            f"no verifier answered {waiting_for}: silent for {timeout:.1f} s after it said the message was "
+            f"queued (answer expected in {queued.eta_ms / 1000:.1f} s) on {self.link.topics.prefix}")
 
     # -- the session's messages
 

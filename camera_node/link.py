@@ -18,7 +18,7 @@ import aiomqtt
 from schemas import ErrorMsg, ResultMsg, Sealed, Topics
 from schemas.messages import decode
 from schemas.topics import OFFLINE, ONLINE
-from transport.client import make_client, routing_queue, until_disconnected
+from transport.client import make_client, routing_queue, settle, until_disconnected
 from transport.port import PendingReplies
 from transport.presence import Status, reconnect
 from transport.publish import publish_now
@@ -129,12 +129,18 @@ class EdgeLink:
             else:
                 await asyncio.sleep(0.001)  # its PUBACK is on the way
         if self._reader is not None:
+            # Ended before the client closes: it reads the client's connection, and its own
+            # failure (BrokerUnreachable, already told to every session) is taken here.
             self._reader.cancel()
-        if self._connected.is_set() and await self.status.go_offline(self._client):
-            try:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        try:
+            if self._connected.is_set() and await self.status.go_offline(self._client):
                 await self._client.__aexit__(None, None, None)
-            except aiomqtt.MqttError:
-                pass
+        except (aiomqtt.MqttError, OSError):
+            pass  # the connection is gone already: nothing left to close cleanly
+        finally:
+            self._connected.clear()
+            settle(self._client)
 
     async def _read_forever(self) -> None:
         """Read the downlink; on a lost connection, reconnect and wake the waiting sessions."""

@@ -26,6 +26,7 @@ SESSION_ID_BYTES = 16
 FINGERPRINT_BYTES = 16
 MAX_SEED = 2**64 - 1
 MAX_SENT_AT_MS = 2**63 - 1
+MAX_ETA_MS = 3_600_000  # a QUEUED's estimate: at most an hour
 
 
 def now_ms() -> int:
@@ -46,6 +47,7 @@ class MsgType(IntEnum):
     ERROR = 7  # verifier -> device: a rejected message
     SEALED_OPEN = 8  # device -> verifier: an encrypted OPEN with the session's key agreement
     SEALED = 9  # either way: any other session message, encrypted
+    QUEUED = 10  # verifier -> device: the awaited OPEN or block is queued; wait on (plaintext)
 
 
 @dataclass(frozen=True)
@@ -329,9 +331,21 @@ class Sealed:
     type = MsgType.SEALED
 
 
-Message = SessionOpen | Opened | DraftMsg | VerdictMsg | Resync | Close | ErrorMsg | SealedOpen | Sealed
+@dataclass(frozen=True)
+class Queued:
+    """The verifier holds the session's awaited message (its OPEN, or its latest block) in its
+    queue: `ahead` messages before it, answered in about `eta_ms`. The device keeps waiting
+    (README.md, "Waiting for a reply"). In the clear: it carries nothing but the wait."""
+
+    session_id: bytes = wire(_SESSION_ID)
+    ahead: int = wire(integer(0, MAX_SEED))
+    eta_ms: int = wire(integer(0, MAX_ETA_MS))
+    type = MsgType.QUEUED
+
+
+Message = SessionOpen | Opened | DraftMsg | VerdictMsg | Resync | Close | ErrorMsg | SealedOpen | Sealed | Queued
 MESSAGES: dict[MsgType, type] = {cls.type: cls for cls in (
-    SessionOpen, Opened, DraftMsg, VerdictMsg, Resync, Close, ErrorMsg, SealedOpen, Sealed)}
+    SessionOpen, Opened, DraftMsg, VerdictMsg, Resync, Close, ErrorMsg, SealedOpen, Sealed, Queued)}
 
 
 # ---------------------------------------------------------------- encoding and decoding

@@ -98,6 +98,15 @@ async def until_disconnected(client: aiomqtt.Client) -> None:
         pass
 
 
+def settle(client: aiomqtt.Client) -> None:
+    """Take the error a closed client's connection ended with, if any, so asyncio does not
+    report it as "Future exception was never retrieved" when nobody waited for the end (a
+    node that gave up and left). Uses the future aiomqtt keeps (`_disconnected`, aiomqtt 2.x)."""
+    ended = getattr(client, "_disconnected", None)
+    if isinstance(ended, asyncio.Future) and ended.done() and not ended.cancelled():
+        ended.exception()
+
+
 def routing_queue(route) -> type:
     """An aiomqtt `queue_type` that hands each incoming message to `route(message)` at once,
     in the socket's read callback, instead of queueing it for `client.messages`: a reply

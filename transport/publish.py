@@ -41,7 +41,7 @@ def publish_many(client: aiomqtt.Client, messages: list[tuple[str, bytes]], qos:
     if all(info.rc != 0 for info in infos):
         return infos
     sock = paho.socket()
-    corked = sock if len(messages) > 1 and isinstance(sock, socket.socket) else None
+    corked = sock if len(messages) > 1 and isinstance(sock, socket.socket) and sock.fileno() >= 0 else None
     if corked is not None and CORK is not None:
         corked.setsockopt(socket.IPPROTO_TCP, CORK, 1)
     try:

@@ -29,6 +29,7 @@ from transport.urls import ClientAuth, redact_url
 from .core import VerifierCore
 from .replies import peek_ids
 from .membership import PoolMembership
+from .queue_notices import QueueNotices
 
 log = logging.getLogger("edgespec.verifier")
 STATS_INTERVAL_S = 5.0
@@ -162,9 +163,20 @@ async def _housekeeping(core: VerifierCore, greet: asyncio.Event, publish: Publi
 
 async def _verify_batches(core: VerifierCore, inbox: asyncio.Queue, clients: tuple[aiomqtt.Client, ...],
                           publish: Publish, poller: BusyPoll) -> None:
-    """Take batches from the inbox, verify them, publish the replies."""
+    """Take batches from the inbox, verify them, publish the replies. Before a batch runs, the
+    devices whose message will take a while (this batch, or the ones queued behind it) are told
+    QUEUED (queue_notices.py), so they keep waiting."""
+    notices = QueueNotices(core.topics, core.settings.max_batch)
     while True:
-        publish(core.handle_batch(await _next_batch(core, inbox, clients)) + core.take_verified())
+        batch = await _next_batch(core, inbox, clients)
+        told = notices.tell(batch, getattr(inbox, "_queue", ()), inbox.qsize())
+        if told:
+            core.stats["queued_notices"] += len(told)
+            publish(told)
+        started = time.perf_counter()
+        replies = core.handle_batch(batch) + core.take_verified()
+        notices.took(time.perf_counter() - started)
+        publish(replies)
         poller.kick()
         await asyncio.sleep(0)  # let the replies go out and new messages come in
 
