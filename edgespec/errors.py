@@ -16,7 +16,7 @@ KNOWN_ERRORS = (
     ("aiomqtt", "MqttError"),
     ("broker.runner", "BrokerError"),
     ("camera_node.link", "ResyncFailed"), ("camera_node.link", "VerifierRejected"),
-    ("camera_node.link", "VerifierTimeout"),
+    ("camera_node.link", "VerifierTimeout"), ("camera_node.errors", "BrokerUnreachable"),
     ("edgespec.config", "ModelNotFound"),
     ("edgespec.models_fetch", "ModelFetchError"), ("edgespec.model_registry", "ModelNotFetched"),
     ("transport.urls", "BrokerUrlError"),
