@@ -9,7 +9,10 @@ null protocol-only round trip through Mosquitto with a model-free verifier, plai
 
 Two workloads on the same pair: `vision` (the camera's job: captions conditioned on features
 of synthetic scenes) and `text` (text prompts, no features). Hugging Face assisted generation
-cannot give the draft its own vision prefix, so (c) runs in the text workload only.
+cannot give the draft its own vision prefix, so (c) runs in the text workload only. A target
+with a chat template and no vision prefix (a real model, `--pair smollm2-135m`) runs `event`
+(held-out camera event descriptions) and `general` (held-out general questions) instead, both
+in its chat template (edgespec.lm_prompts).
 Modes run interleaved, rep by rep, so machine noise hits them alike; ratios come from one run.
 """
 
@@ -25,8 +28,9 @@ from pathlib import Path
 
 from .bench_rounds import print_round_costs, round_costs, stop_for_final_stats
 from .config import DEFAULTS, resolve_model_dir, set_threads
+from .model_registry import pair_model_dirs
 from .toolkit import expected_tokens_per_round, percentile, spawn
-from .workloads import TEXT_PROMPTS, Case, hf_generate, text_cases, vision_cases
+from .workloads import TEXT_PROMPTS, Case, chat_cases, has_chat_template, hf_generate, text_cases, vision_cases
 
 NULL_PREFIX = "bench-null/v1"  # keeps the model-free verifier apart from the real one
 VERIFIER_ID = "bench-verifier"
@@ -137,12 +141,19 @@ def run_bench(args) -> dict:
     from speculative.models import load_lm
 
     set_threads(args.threads)
-    target_dir, draft_dir = resolve_model_dir(args.target_model, "target"), resolve_model_dir(args.draft_model, "draft")
+    if getattr(args, "pair", None):
+        target_dir, draft_dir = pair_model_dirs(args.pair)
+    else:
+        target_dir, draft_dir = (resolve_model_dir(args.target_model, "target"),
+                                 resolve_model_dir(args.draft_model, "draft"))
     target, draft = load_lm(target_dir), load_lm(draft_dir)
     keys = DeviceKeys.from_bundle(ensure_dev_identity(None, "bench-dev")[0])
     null_keys = DeviceKeys.from_bundle(ensure_dev_identity(None, "bench-null")[0])
-    workloads = {"vision": vision_cases(target, args.prompts)} if target.projector is not None else {}
-    workloads["text"] = text_cases(target, args.prompts)
+    if has_chat_template(target):
+        workloads = {kind: chat_cases(target, kind, args.prompts) for kind in ("event", "general")}
+    else:
+        workloads = {"vision": vision_cases(target, args.prompts)} if target.projector is not None else {}
+        workloads["text"] = text_cases(target, args.prompts)
     workloads = {k: v for k, v in workloads.items() if args.workload in ("all", k)}
     results, modes, null_plain, null_sealed = run_through_broker(args, target_dir, target, draft, workloads,
                                                                  keys, null_keys)
@@ -152,7 +163,8 @@ def run_bench(args) -> dict:
     result = {
         "config": {"target": str(target.path), "draft": str(draft.path), "target_params": target.num_parameters,
                    "draft_params": draft.num_parameters, "gamma": args.gamma, "max_new_tokens": args.max_new_tokens,
-                   "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__},
+                   "prompts": args.prompts, "reps": args.reps, "threads": args.threads, "torch": torch.__version__,
+                   "pair": getattr(args, "pair", None)},
         "workloads": results,
         "null_round_trip_ms": {"plain": latency_summary(null_plain), "encrypted": latency_summary(null_sealed)},
         "encryption_bytes": encryption_overhead(args.gamma),
@@ -351,12 +363,15 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark the target alone, in-process, HF assisted and via Mosquitto")
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")
+    p.add_argument("--pair", metavar="NAME", help="a known model as the target and its own draft "
+                   "(NAME-draft in the models cache, made by `edgespec train-draft`); overrides the two above")
     p.add_argument("--gamma", type=int, default=DEFAULTS.gamma)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--prompts", type=int, default=len(TEXT_PROMPTS))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--null-rounds", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workload", choices=("all", "vision", "text"), default="all")
+    p.add_argument("--workload", choices=("all", "vision", "text", "event", "general"), default="all",
+                   help="vision and text for the built-in pair; event and general for a chat model")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=cmd_bench)

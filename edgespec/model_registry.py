@@ -8,7 +8,9 @@ A known model is fetched once, at set-up, into the models cache:
       edgespec-model.json                                      the manifest (source, hashes, times)
 
 Every flag that takes a model folder (`--target-model`, `--draft-model`, `--models`) also takes
-a known name; nothing is downloaded at run time. Importing this module loads no model library.
+a known name; nothing is downloaded at run time. A known model's own draft (`edgespec bench
+--pair <name>`) is trained into <name>-draft/ beside it (`edgespec train-draft`). Importing
+this module loads no model library.
 """
 
 from __future__ import annotations
@@ -107,6 +109,22 @@ def fetched_dir(name: str, home: Path | None = None) -> Path:
         raise ModelNotFetched(f"model {name} is not fetched (looked in {folder}): "
                               f"run `edgespec models fetch {name}` (or `make models`)")
     return folder
+
+
+def pair_draft_dir(name: str, home: Path | None = None) -> Path:
+    """Where the draft paired with the known model `name` is (or would be) trained to."""
+    return (home or models_home()) / f"{known_model(name).name}-draft"
+
+
+def pair_model_dirs(name: str, home: Path | None = None) -> tuple[Path, Path]:
+    """(target folder, draft folder) of the known model `name` and its own draft;
+    ModelNotFetched (one line: what to run) when either is missing."""
+    target = fetched_dir(name, home)
+    draft = pair_draft_dir(name, home)
+    if not (draft / "config.json").is_file():
+        raise ModelNotFetched(f"no draft for {name} at {draft}: run "
+                              f"`edgespec train-draft --target {name} --out {draft}`")
+    return target, draft
 
 
 def pair_dirs(models: str | os.PathLike) -> tuple[Path, Path]:

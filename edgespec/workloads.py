@@ -1,7 +1,8 @@
 """Prompt sets the tools generate from, and what the target alone makes of them.
 
 `text` cases are plain prompts; `vision` cases are the camera's caption prompt with features
-of held-out synthetic scenes, as a camera sends them. Importing this module loads no model
+of held-out synthetic scenes, as a camera sends them; `chat` cases are held-out event
+descriptions or general questions in a real model's chat template. Importing this module loads no model
 library; the functions that need torch import it.
 """
 
@@ -28,6 +29,19 @@ class Case:
 
 def text_cases(lm, n: int) -> list[Case]:
     return [Case(lm.encode(p)) for p in TEXT_PROMPTS[:n]]
+
+
+def chat_cases(lm, kind: str, n: int) -> list[Case]:
+    """`n` held-out prompts of `kind` (edgespec.lm_prompts: "event" or "general") in the
+    model's chat template, for a general language model."""
+    from .lm_prompts import chat_ids, prompt_set
+
+    return [Case(chat_ids(lm.tokenizer, p)) for p in prompt_set(kind, n, held_out=True)]
+
+
+def has_chat_template(lm) -> bool:
+    """A text-only model with a chat template: its workloads are chat prompts."""
+    return lm.projector is None and bool(getattr(lm.tokenizer, "chat_template", None))
 
 
 def vision_cases(lm, n: int, seed: int = 900_000) -> list[Case]:

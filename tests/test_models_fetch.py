@@ -85,6 +85,21 @@ def test_cli_errors_are_one_line(monkeypatch, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "run `edgespec models fetch smollm2-135m`" in err
 
 
+def test_pair_draft_is_beside_the_model_and_its_absence_says_what_to_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+    target = _fake_fetched(tmp_path / "models" / NAME)
+    draft = tmp_path / "models" / f"{NAME}-draft"
+    assert reg.pair_draft_dir(NAME) == draft
+    run = f"run `edgespec train-draft --target {NAME} --out {draft}`"
+    with pytest.raises(reg.ModelNotFetched) as missing:
+        reg.pair_model_dirs(NAME)
+    assert str(missing.value) == f"no draft for {NAME} at {draft}: {run}"
+    code, _, err = _run_cli(["bench", "--pair", NAME], capsys)
+    assert code == 2 and err.count("\n") == 1 and run in err
+    _fake_fetched(draft)
+    assert reg.pair_model_dirs(NAME) == (target, draft)
+
+
 def test_missing_conversion_dependency_names_the_extra(monkeypatch):
     monkeypatch.setattr(mf, "CONVERT_MODULES", ("gguf", "no_such_module_for_edgespec"))
     with pytest.raises(mf.ModelFetchError, match=r"needs no_such_module_for_edgespec: install the `models` extra"):
