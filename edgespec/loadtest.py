@@ -1,9 +1,11 @@
 """`edgespec loadtest`: many simulated devices against a pool of verifier processes.
 
 The devices replay recorded drafts (speculative/recorded.py): the target's own greedy
-captions with mistakes injected at a chosen rate, so the verifiers do their real work while
-the devices cost almost nothing, and every session's output is checked against its
-recording. With `--batching both` the same load runs with batching on and off in one run.
+captions (for a chat model such as smollm2-135m: its greedy answers to held-out camera event
+descriptions in its chat template) with mistakes injected at a chosen rate, so the verifiers
+do their real work while the devices cost almost nothing, and every session's output is
+checked against its recording. With `--batching both` the same load runs with batching on
+and off in one run.
 """
 
 from __future__ import annotations
@@ -129,15 +131,18 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
 
 
 def cmd_loadtest(args) -> int:
+    from edgespec.workloads import chat_cases, has_chat_template, vision_cases
     from edgespec.workloads import references as target_references
-    from edgespec.workloads import vision_cases
     from speculative.models import load_lm
 
     set_threads(1)
     target_dir = resolve_model_dir(args.target_model, "target")
     target = load_lm(target_dir)
-    lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
-    cases = vision_cases(target, min(args.devices * args.sessions_per_device, args.distinct))
+    # The devices replay recordings: a model of theirs only gives the tokenizer and stop tokens.
+    lm = target if args.draft_model is None else load_lm(resolve_model_dir(args.draft_model, "draft"))
+    distinct = min(args.devices * args.sessions_per_device, args.distinct)
+    cases = (chat_cases(target, "event", distinct) if has_chat_template(target)  # a real chat model
+             else vision_cases(target, distinct))
     references = target_references(target, cases, args.tokens)
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     results = [run_mode(args, target_dir, lm, cases, references, b) for b in modes]
@@ -189,10 +194,11 @@ def register(sub) -> None:
     p.add_argument("--window-ms", type=float, default=DEFAULTS.batch_window_ms)
     p.add_argument("--busy-poll-ms", type=float, default=0.0,
                    help="the verifiers' busy polling (off here: under load it only adds spinning to their CPU time)")
-    p.add_argument("--distinct", type=int, default=16, help="distinct scenes among the devices")
+    p.add_argument("--distinct", type=int, default=16, help="distinct scenes (event prompts) among the devices")
     p.add_argument("--no-block-in-open", action="store_true",
                    help="devices send the first block after OPENED instead of in the OPEN")
     p.add_argument("--target-model", default="default")
-    p.add_argument("--draft-model", default="default")
+    p.add_argument("--draft-model", help="the devices' model (default: the target's own folder); the devices "
+                   "replay recorded drafts, so it only gives them the tokenizer and stop tokens")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=cmd_loadtest)
