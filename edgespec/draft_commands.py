@@ -17,7 +17,8 @@ def register(sub) -> None:
     defaults = DraftRecipe()
     p = sub.add_parser("train-draft", help="distil a small draft for a target language model (self-distillation)")
     p.add_argument("--target", required=True, help=f"the target: {MODEL_HELP}")
-    p.add_argument("--out", required=True, help="folder to write the draft to")
+    p.add_argument("--out", help="folder to write the draft to (default for a fetched model's name: the "
+                                 "pair's draft folder, ~/.edgespec/models/NAME-draft)")
     p.add_argument("--layers", default=",".join(map(str, defaults.layers)),
                    help="target layers the draft starts from, negative from the end (default %(default)s)")
     p.add_argument("--event-prompts", type=int, default=defaults.event_prompts,
@@ -58,10 +59,19 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     recipe = DraftRecipe(layers=_layers(args.layers), event_prompts=args.event_prompts,
                          general_prompts=args.general_prompts, max_new_tokens=args.max_new_tokens,
                          epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads)
-    report = train_draft(resolve_model_dir(args.target, "target"), Path(args.out), recipe, progress=not args.quiet)
+    out = Path(args.out) if args.out else _pair_draft(args.target)
+    report = train_draft(resolve_model_dir(args.target, "target"), out, recipe, progress=not args.quiet)
     print(json.dumps(report, indent=2))
-    print(f"draft written to {args.out}; measure it: edgespec eval-draft --target {args.target} --draft {args.out}")
+    print(f"draft written to {out}; measure it: edgespec eval-draft --target {args.target} --draft {out}")
     return 0
+
+
+def _pair_draft(target: str) -> Path:
+    from .model_registry import REGISTRY, pair_draft_dir
+
+    if target not in REGISTRY:
+        raise ValueError(f"--target {target}: give --out (a draft folder) for a target that is not a known model")
+    return pair_draft_dir(target)
 
 
 def cmd_eval_draft(args: argparse.Namespace) -> int:
