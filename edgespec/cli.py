@@ -23,6 +23,7 @@ from .cli_args import (
 )
 from . import settings_file
 from .config import DEFAULTS, VERIFIER, resolve_model_dir, set_threads
+from .lm_prompts import prompt_ids_for
 from .identity import add_client_auth_args, add_device_identity_args
 
 # Modules that add their own subcommands with `register(subparsers)`, with the commands each
@@ -140,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ident = resolve_device(args)
     lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
     prompt_sent = privacy_from_args(args).prompt(args.prompt)
-    prompt_ids = lm.encode(prompt_sent)
+    prompt_ids = prompt_ids_for(lm, prompt_sent, raw=args.raw_prompt)
     req = EdgeRequest(
         prompt_ids=prompt_ids,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(),
@@ -307,6 +308,8 @@ def _add_generate(sub) -> None:
     add_common_args(p)
     p.add_argument("--draft-model", default="default", help=MODEL_HELP)
     p.add_argument("--prompt", required=True)
+    p.add_argument("--raw-prompt", action="store_true",
+                   help="send the prompt as it is, not as a user turn of the model's chat template")
     add_max_new_tokens(p)
     add_device_identity_args(p, device_id_default="dev-1")
     add_client_auth_args(p)

@@ -62,6 +62,14 @@ def chat_ids(tokenizer, user_text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def prompt_ids_for(lm, text: str, *, raw: bool = False) -> list[int]:
+    """A user's prompt as the model expects it: a user turn of its chat template when it has
+    one (an instruction-tuned model), else (or with ``raw``) the text as it is."""
+    if getattr(lm.tokenizer, "chat_template", None) and not raw:
+        return chat_ids(lm.tokenizer, text)
+    return lm.encode(text)
+
+
 def prompt_set(kind: str, n: int, *, held_out: bool, seed: int = 0) -> list[str]:
     """``n`` prompts of ``kind`` ("event" or "general"); held-out ones never overlap training ones."""
     if kind == "event":

@@ -54,3 +54,31 @@ def test_held_out_prompts_never_overlap_training_ones() -> None:
     train = prompt_set("event", 5, held_out=False)
     assert len(set(train)) == 5 and not set(train) & set(prompt_set("event", 5, held_out=True))
     assert all(p.startswith("A security camera reports: a") for p in train)
+
+
+class _Tokenizer:
+    def __init__(self, template: str | None) -> None:
+        self.chat_template = template
+
+    def apply_chat_template(self, turns, tokenize: bool, add_generation_prompt: bool) -> str:
+        assert not tokenize and add_generation_prompt
+        return f"<user>{turns[0]['content']}<assistant>"
+
+    def __call__(self, text: str, add_special_tokens: bool) -> dict:
+        return {"input_ids": [ord(c) for c in text]}
+
+
+class _LM:
+    def __init__(self, template: str | None) -> None:
+        self.tokenizer = _Tokenizer(template)
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+
+def test_a_chat_model_gets_its_prompt_as_a_user_turn() -> None:
+    from edgespec.lm_prompts import prompt_ids_for
+
+    assert prompt_ids_for(_LM(None), "hi") == [ord("h"), ord("i")]
+    assert prompt_ids_for(_LM("t"), "hi") == [ord(c) for c in "<user>hi<assistant>"]
+    assert prompt_ids_for(_LM("t"), "hi", raw=True) == [ord("h"), ord("i")]
