@@ -30,7 +30,7 @@ import numpy as np
 from camera_node.colours import COLOUR_NAMES, dominant_colour, name_histogram
 from camera_node.people import PeopleDetector
 from camera_node.tracks import (Observation, Track, border_side, inside_share, iou, overlap_share, predict,
-                                 travel_of)
+                                 seen_travel, travel_of)
 
 KINDS: tuple[str, ...] = ("person", "vehicle", "small object", "animal", "object")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down", "towards", "away", "still")
@@ -141,7 +141,7 @@ class ObjectTracker:
             self._associate(tracks, observations)
             self._coast(tracks, observations, t)
         needed = max(2, math.ceil(cfg.min_observations * len(frames)))
-        kept = [tr for tr in tracks if tr.seen >= needed]
+        kept = [tr for tr in tracks if tr.seen >= needed or (tr.seen >= 2 and seen_travel(tr) >= cfg.fragment_travel)]
         kept.sort(key=lambda tr: -sum(o.area for o in tr.observations))
         kept = self._distinct(kept, len(frames))[: 2 * cfg.max_objects]
         self._people(kept, frames, times)

@@ -59,6 +59,12 @@ def travel_of(track: Track) -> float:
     return math.dist(track.observations[0].centre, track.last.centre)
 
 
+def seen_travel(track: Track) -> float:
+    """How far the centre moved between the first and the last sample the track was seen in."""
+    seen = [o for o in track.observations if not o.coasted]
+    return math.dist(seen[0].centre, seen[-1].centre) if seen else 0.0
+
+
 def inside_share(small: Track, big: Track) -> float:
     """Mean share of ``small``'s box inside ``big``'s box, over the samples both are in."""
     boxes = {o.t: o.box for o in big.observations}
