@@ -101,7 +101,7 @@ def test_pair_draft_is_beside_the_model_and_its_absence_says_what_to_run(monkeyp
 
 
 def test_missing_conversion_dependency_names_the_extra(monkeypatch):
-    monkeypatch.setattr(mf, "CONVERT_MODULES", ("gguf", "no_such_module_for_edgespec"))
+    monkeypatch.setattr(mf, "CONVERT_MODULES", ("json", "no_such_module_for_edgespec"))
     with pytest.raises(mf.ModelFetchError, match=r"needs no_such_module_for_edgespec: install the `models` extra"):
         mf.check_convert_dependencies()
 
