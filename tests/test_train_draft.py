@@ -41,9 +41,9 @@ def test_training_lowers_the_loss_and_moves_only_the_layers() -> None:
     recipe = DraftRecipe(epochs=8, batch=2, lr=1e-2)
     draft = make_draft(target, (0, -1))
     embeddings = draft.model.embed_tokens.weight.clone()
-    before = float(_loss(draft, [example], recipe, pad=0))
+    before = _loss(draft, [example], recipe, pad=0).item()
     losses = train(draft, [example, example], recipe, pad=0, progress=False)
-    assert len(losses) == 8 and float(_loss(draft, [example], recipe, pad=0)) < before
+    assert len(losses) == 8 and _loss(draft, [example], recipe, pad=0).item() < before
     assert torch.equal(draft.model.embed_tokens.weight, embeddings)
 
 
