@@ -132,9 +132,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     add("flat self-draft", flat, flat, prompts, SamplingParams(1.0, FLAT_TOP_K).validate())
     target = load_lm(resolve_model_dir(args.target_model, "target"))
     draft = load_lm(resolve_model_dir(args.draft_model, "draft"))
-    cases = vision_cases(target, args.sessions) if target.projector is not None else text_cases(target, args.sessions)
+    if target.projector is not None:
+        cases = vision_cases(target, args.sessions)
+    elif getattr(target.tokenizer, "chat_template", None):  # a chat model: held-out event descriptions
+        from .lm_prompts import chat_ids, prompt_set
+
+        cases = [Case(chat_ids(target.tokenizer, p)) for p in prompt_set("event", args.sessions, held_out=True)]
+    else:
+        cases = text_cases(target, args.sessions)
+    label = "default pair" if args.target_model == "default" else f"{Path(str(args.target_model)).name} pair"
     for temperature in PAIR_TEMPERATURES:
-        add("default pair", target, draft, cases, SamplingParams(temperature).validate())
+        add(label, target, draft, cases, SamplingParams(temperature).validate())
     return rows
 
 
