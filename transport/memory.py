@@ -11,9 +11,8 @@ delivered to each later subscription that matches it, with `retain=True`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
 
-from .port import BusStopped, Handler, Message, PendingReplies
+from .port import BusStopped, Handler, Message, PendingReplies, RepliesByKey
 from .topics import check_filter, check_topic, topic_matches
 
 
@@ -42,7 +41,7 @@ class MemoryHub:
                     loop.call_soon(bus.deliver, handler, delivered)
 
 
-class MemoryBus:
+class MemoryBus(RepliesByKey):
     """One client of a `MemoryHub` (a hub of its own when none is given)."""
 
     def __init__(self, hub: MemoryHub | None = None) -> None:
@@ -77,13 +76,6 @@ class MemoryBus:
     def deliver(self, handler: Handler, message: Message) -> None:
         if not self.stopped:
             handler(message)
-
-    async def request(self, topic: str, payload: bytes, *, key: Hashable, timeout_s: float,
-                      qos: int = 1) -> Message:
-        return await self._replies.request(self, topic, payload, key=key, timeout_s=timeout_s, qos=qos)
-
-    def resolve(self, key: Hashable, message: Message) -> bool:
-        return self._replies.resolve(key, message)
 
     async def stop(self) -> None:
         """Leave the hub: no more deliveries to this bus; waiting requests get `BusStopped`."""

@@ -4,16 +4,15 @@ callback."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 
 import aiomqtt
 
 from .client import make_client, routing_queue
-from .port import BusStopped, Handler, Message, PendingReplies
+from .port import BusStopped, Handler, Message, PendingReplies, RepliesByKey
 from .topics import check_filter, topic_matches
 
 
-class MqttBus:
+class MqttBus(RepliesByKey):
     """Use as `async with MqttBus(url, client_id=...) as bus:`; keyword arguments beyond the
     URL go to `make_client` (auth, will, keepalive, session settings)."""
 
@@ -48,13 +47,6 @@ class MqttBus:
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
         self.subscriptions.append((check_filter(topic_filter), handler))
         await self.client.subscribe(topic_filter, qos=qos)
-
-    async def request(self, topic: str, payload: bytes, *, key: Hashable, timeout_s: float,
-                      qos: int = 1) -> Message:
-        return await self._replies.request(self, topic, payload, key=key, timeout_s=timeout_s, qos=qos)
-
-    def resolve(self, key: Hashable, message: Message) -> bool:
-        return self._replies.resolve(key, message)
 
     async def stop(self) -> None:
         """Waiting requests get `BusStopped`; the connection is closed."""

@@ -89,3 +89,17 @@ class PendingReplies:
             return await asyncio.wait_for(future, timeout_s)
         finally:
             self.forget(key)
+
+
+class RepliesByKey:
+    """The request/resolve half of a `MessageBus`, over the bus's own `PendingReplies`."""
+
+    _replies: PendingReplies
+
+    async def request(self, topic: str, payload: bytes, *, key: Hashable, timeout_s: float,
+                      qos: int = 1) -> Message:
+        return await self._replies.request(self, topic, payload, key=key, timeout_s=timeout_s,  # type: ignore[arg-type]
+                                           qos=qos)
+
+    def resolve(self, key: Hashable, message: Message) -> bool:
+        return self._replies.resolve(key, message)
