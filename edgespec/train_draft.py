@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from speculative.models import LoadedLM, load_lm
+
 from .lm_prompts import chat_ids, prompt_set
 from .train_draft_recipe import DraftRecipe
 
@@ -36,22 +38,22 @@ class Example:
     top_p: torch.Tensor = field(repr=False)  # teacher probabilities there (renormalised)
 
 
-def teacher_examples(target, tokenizer, prompts: list[str], recipe: DraftRecipe, progress: bool) -> list[Example]:
+def teacher_examples(target: LoadedLM, prompts: list[str], recipe: DraftRecipe, pad: int,
+                     progress: bool) -> list[Example]:
     """The target's greedy answers to ``prompts`` and its top entries at every answer position."""
     out: list[Example] = []
     bar = tqdm(total=len(prompts), desc="teacher", disable=not progress)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokenizer, eos = target.tokenizer, set(target.eos_token_ids)
     for k in range(0, len(prompts), recipe.batch):
         rows = [chat_ids(tokenizer, p) for p in prompts[k : k + recipe.batch]]
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         with torch.no_grad():
-            gen = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=recipe.max_new_tokens,
+            gen = target.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=recipe.max_new_tokens,
                                   do_sample=False, output_logits=True, return_dict_in_generate=True,
                                   pad_token_id=pad)
         logits = torch.stack(gen.logits, dim=1)  # [batch, new, vocab]
-        eos = set(_eos_ids(target, tokenizer))
         for b, row in enumerate(rows):
             answer = gen.sequences[b, width:].tolist()
             n = next((i + 1 for i, t in enumerate(answer) if t in eos), len(answer))
@@ -61,12 +63,6 @@ def teacher_examples(target, tokenizer, prompts: list[str], recipe: DraftRecipe,
         bar.update(len(rows))
     bar.close()
     return out
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
-    return [i for i in [*ids, tokenizer.eos_token_id] if i is not None]
 
 
 def make_draft(target, layers: tuple[int, ...]):
@@ -133,18 +129,17 @@ def train(draft, examples: list[Example], recipe: DraftRecipe, pad: int, progres
 
 
 def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: bool = True) -> dict:
-    from speculative.models import load_lm
-
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(recipe.threads)
     started = time.perf_counter()
     target = load_lm(target_dir)
     prompts = (prompt_set("event", recipe.event_prompts, held_out=False, seed=recipe.seed)
                + prompt_set("general", recipe.general_prompts, held_out=False))
-    examples = teacher_examples(target.model, target.tokenizer, prompts, recipe, progress)
+    tokenizer = target.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else target.eos_token_ids[0]
+    examples = teacher_examples(target, prompts, recipe, pad, progress)
     teacher_s = time.perf_counter() - started
     draft = make_draft(target.model, recipe.layers)
-    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
     losses = train(draft, examples, recipe, pad, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     draft.save_pretrained(out_dir)
