@@ -118,7 +118,7 @@ def operator_command(proxy: NetemProxy, line: str) -> str:
         return "restored"
     if name == "stats" and not rest:
         s = proxy.stats
-        return (f"{s.connections} connections ({s.active} open, {s.refused} refused, {s.dropped} dropped, "
+        return (f"{s.connections} connections ({s.active} open, {s.dropped} dropped, "
                 f"{s.upstream_failures} upstream failures), {s.bytes_up} B up, {s.bytes_down} B down, "
                 f"{s.cuts} cuts; {'cut (' + proxy.cut_mode + ')' if proxy.cut_mode else 'link up'}")
     settings = {"delay": "delay_ms", "jitter": "jitter_ms", "rate": "rate_kbit"}

@@ -26,8 +26,9 @@ that the proxy stops reading, and TCP back-pressure reaches the sender.
 Cuts (`cut(mode)`, `cut_for(seconds, mode)`, `restore()`):
 
 * `"drop"` (a broken link, the default): every live connection is reset (RST to both ends,
-  queued bytes lost) and new ones are accepted and reset at once until `restore()`. MQTT
-  clients see the error at once and reconnect.
+  queued bytes lost) and the listening socket is closed, so new connections are refused by the
+  kernel (ECONNREFUSED) until `restore()` listens again on the same port. MQTT clients see
+  the error at once and reconnect.
 * `"blackhole"` (a dead route): connections stay open, nothing moves either way, and new
   connections are accepted but not forwarded. Bytes are held, not lost (TCP would retransmit
   them): on `restore()` they are released no sooner than one delay later, and waiting new
@@ -87,8 +88,7 @@ class NetemStats:
 
     connections: int = 0  # accepted
     active: int = 0  # open now
-    refused: int = 0  # accepted during a drop cut and reset at once
-    dropped: int = 0  # live connections reset by a drop cut
+    dropped: int = 0  # connections reset by a drop cut
     upstream_failures: int = 0  # the upstream refused or could not be reached
     bytes_up: int = 0
     bytes_down: int = 0
@@ -250,6 +250,9 @@ class NetemProxy:
         self.seed = seed if seed is not None else random.randrange(1 << 32)
         self.stats = NetemStats()
         self._server: asyncio.Server | None = None
+        self._relisten: asyncio.Task[None] | None = None  # restore() after a drop cut serves again
+        self._relisten_sock: socket.socket | None = None
+        self._running = False
         self._conns: set[_Connection] = set()
         self._cut: CutMode | None = None
         self._flowing = asyncio.Event()
@@ -260,24 +263,63 @@ class NetemProxy:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> NetemProxy:
-        if self._server is not None:
+        if self._running:
             return self
+        sock = self._listen_socket()
+        self.port = sock.getsockname()[1]
+        self._server = await asyncio.start_server(self._accept, sock=sock)
+        self._running = True
+        return self
+
+    def _listen_socket(self) -> socket.socket:
+        """A socket listening on listen_host:port (SO_REUSEADDR, as asyncio's servers)."""
         try:
-            self._server = await asyncio.start_server(self._accept, self.listen_host, self.port)
+            infos = socket.getaddrinfo(self.listen_host, self.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
         except OSError as exc:
             raise NetemError(f"cannot listen on {self.listen_host}:{self.port}: "
                              f"{exc.strerror or exc}") from None
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
+        return sock
+
+    async def _serve_on(self, sock: socket.socket) -> None:
+        # create_server with a socket and start_serving=False does not suspend: _server is set
+        # in this task's first step, before anything can cancel it halfway
+        self._server = await asyncio.start_server(self._accept, sock=sock, start_serving=False)
+        self._relisten_sock = None
+        await self._server.start_serving()
+
+    def _close_listener(self) -> None:
+        """Stop listening: the server, or the socket a pending re-listen was about to serve."""
+        task, self._relisten = self._relisten, None
+        if task is not None:
+            task.cancel()
+        if self._relisten_sock is not None:
+            self._relisten_sock.close()
+            self._relisten_sock = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     async def stop(self) -> None:
         """Stop listening, close every connection, and wait for all of the proxy's tasks."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        self._running = False
+        relisten, server = self._relisten, self._server
+        self._close_listener()
+        if relisten is not None:
+            await asyncio.gather(relisten, return_exceptions=True)
         tasks = [c.task for c in self._conns if c.task is not None]
         for task in tasks:
             task.cancel()
@@ -321,9 +363,9 @@ class NetemProxy:
         self._cut = mode
         self._flowing.clear()
         if mode == "drop":
+            self._close_listener()  # new connections are refused by the kernel
             for conn in list(self._conns):
-                if conn.upstream is not None or conn.tasks:
-                    self.stats.dropped += 1
+                self.stats.dropped += 1
                 conn.drop()
 
     def cut_for(self, seconds: float, mode: CutMode = "drop") -> None:
@@ -340,6 +382,11 @@ class NetemProxy:
             self._timer = None
         if self._cut is None:
             return
+        if self._cut == "drop" and self._running:
+            sock = self._listen_socket()  # the same port again; NetemError (still cut) if taken
+            self._close_listener()
+            self._relisten_sock = sock
+            self._relisten = asyncio.get_running_loop().create_task(self._serve_on(sock))
         self._cut = None
         self._restored_at = asyncio.get_running_loop().time()
         self._flowing.set()
@@ -349,8 +396,8 @@ class NetemProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
         conn = _Connection(self.stats.connections, writer, task=asyncio.current_task())
-        if self._cut == "drop" or self._server is None:
-            self.stats.refused += self._cut == "drop"
+        if self._cut == "drop" or not self._running:  # waited in the listen backlog
+            self.stats.dropped += self._cut == "drop"
             _reset(writer, rst=True)
             return
         self._conns.add(conn)
