@@ -217,6 +217,12 @@ def test_drop_cut_resets_live_and_new_connections_until_restore():
             w3.close()
             px.restore()  # at once, then a cut again before the listener is back
             px.cut()
+            px.cut("blackhole")  # listening again: new connections are held
+            r5, w5 = await connect(px)
+            w5.write(b"x")
+            px.cut()  # and dropped
+            assert await closed(r5)
+            w5.close()
             px.restore()
             px.cut_for(0.3)
             await asyncio.sleep(0.4)
@@ -227,7 +233,7 @@ def test_drop_cut_resets_live_and_new_connections_until_restore():
             return px.stats
 
     stats = run(scenario())
-    assert (stats.connections, stats.dropped, stats.cuts) == (3, 2, 4)
+    assert (stats.connections, stats.dropped, stats.cuts) == (4, 3, 4)
 
 
 def test_blackhole_holds_bytes_and_releases_them_on_restore():
@@ -272,7 +278,7 @@ def test_stop_leaves_no_task_socket_or_listener():
             px = NetemProxy("127.0.0.1", port, impairments=Impairments(delay_ms=200))
             await px.start()
             conns = [await connect(px) for _ in range(3)]
-            for reader, writer in conns[:2]:
+            for _, writer in conns[:2]:
                 writer.write(b"in flight")  # queued in the proxy when it stops
             await asyncio.sleep(0.05)
             assert px.stats.active == 3

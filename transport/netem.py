@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import socket
@@ -55,7 +56,10 @@ CUT_MODES: tuple[CutMode, ...] = ("drop", "blackhole")
 READ_BYTES = 64 * 1024  # one read from a socket
 PACKET = 1500  # bytes per packet when a rate limit cuts a chunk up
 QUEUE_BYTES = 1024 * 1024  # per direction; the proxy stops reading beyond it
+RETRY_LISTEN_S = 1.0  # a timed restore whose port was taken tries again after this
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+log = logging.getLogger(__name__)
 
 
 class NetemError(ValueError):
@@ -298,6 +302,13 @@ class NetemProxy:
         self._relisten_sock = None
         await self._server.start_serving()
 
+    def _listen_again(self) -> None:
+        """Listen on the same port again after a drop cut closed it; NetemError if taken."""
+        if not self._running or self._server is not None or self._relisten is not None:
+            return
+        self._relisten_sock = self._listen_socket()
+        self._relisten = asyncio.get_running_loop().create_task(self._serve_on(self._relisten_sock))
+
     def _close_listener(self) -> None:
         """Stop listening: the server, or the socket a pending re-listen was about to serve."""
         task, self._relisten = self._relisten, None
@@ -359,6 +370,8 @@ class NetemProxy:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if mode == "blackhole":
+            self._listen_again()  # after a drop cut: new connections are accepted and held
         self.stats.cuts += self._cut is None
         self._cut = mode
         self._flowing.clear()
@@ -373,7 +386,15 @@ class NetemProxy:
         if not (math.isfinite(seconds) and seconds >= 0):
             raise NetemError(f"cut for {seconds!r} s: must be a number >= 0")
         self.cut(mode)
-        self._timer = asyncio.get_running_loop().call_later(seconds, self.restore)
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_restore)
+
+    def _timed_restore(self) -> None:
+        self._timer = None
+        try:
+            self.restore()
+        except NetemError as exc:  # the port was taken meanwhile: still cut, try again
+            log.warning("netem: restore failed (%s); retrying in %g s", exc, RETRY_LISTEN_S)
+            self._timer = asyncio.get_running_loop().call_later(RETRY_LISTEN_S, self._timed_restore)
 
     def restore(self) -> None:
         """End a cut: held bytes (blackhole) move again, new connections go upstream."""
@@ -382,11 +403,7 @@ class NetemProxy:
             self._timer = None
         if self._cut is None:
             return
-        if self._cut == "drop" and self._running:
-            sock = self._listen_socket()  # the same port again; NetemError (still cut) if taken
-            self._close_listener()
-            self._relisten_sock = sock
-            self._relisten = asyncio.get_running_loop().create_task(self._serve_on(sock))
+        self._listen_again()
         self._cut = None
         self._restored_at = asyncio.get_running_loop().time()
         self._flowing.set()
