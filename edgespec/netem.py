@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 import threading
@@ -34,8 +35,8 @@ def register(subparsers: Any) -> None:
                     "delay in each direction (the round trip grows by twice it), jitter that never reorders "
                     "bytes, a rate limit per direction and connection, and cuts. Runs until Ctrl-C. "
                     + COMMANDS_HELP + ".")
-    p.add_argument("--listen", required=True, metavar="[HOST:]PORT",
-                   help="where clients connect (host default 127.0.0.1; port 0: any free port)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="where clients connect; PORT alone listens on 127.0.0.1, port 0 on any free port")
     p.add_argument("--to", required=True, metavar="HOST:PORT", help="the upstream, e.g. the broker 127.0.0.1:1883")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay, each direction (default 0)")
     p.add_argument("--jitter-ms", type=float, default=0.0,
@@ -51,6 +52,10 @@ def cmd_netem(args: argparse.Namespace) -> int:
     up_host, up_port = parse_hostport(args.to)
     if up_port == 0:
         raise NetemError(f"--to {args.to}: port 0 is not an upstream port")
+    flags = (("--delay-ms", args.delay_ms), ("--jitter-ms", args.jitter_ms), ("--rate-kbit", args.rate_kbit))
+    for flag, value in flags:
+        if not math.isfinite(value) or value < 0:
+            raise NetemError(f"{flag} {value:g}: must be a number >= 0")
     impairments = Impairments(args.delay_ms, args.jitter_ms, args.rate_kbit)
     asyncio.run(_run(NetemProxy(up_host, up_port, listen_host=listen_host, listen_port=listen_port,
                                 impairments=impairments, seed=args.seed)))

@@ -444,7 +444,7 @@ def test_netem_command_forwards_takes_stdin_commands_and_stops_on_ctrl_c():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--delay-ms", "-5"], "delay ms -5.0: must be a number >= 0"),
+    (["--delay-ms", "-5"], "--delay-ms -5: must be a number >= 0"),
     (["--to", "nohost"], "'nohost': expected HOST:PORT"),
     (["--listen", "127.0.0.1:x"], "port 'x' is not a number"),
     (["--listen", "PORT_IN_USE"], "cannot listen on 127.0.0.1:"),
