@@ -122,3 +122,31 @@ def test_bad_entries_have_one_line_errors(items: object, message: str) -> None:
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
     assert isinstance(err.value, ValueError)  # the CLI prints it as one line
+
+
+def test_tier_command_on_a_fake_device(tmp_path: Path, capsys) -> None:
+    from edgespec.cli import main
+
+    (tmp_path / "root").mkdir()
+    root = fake_root(tmp_path / "root", mem_kb=2 * 1024 * 1024, supplies={
+        "BAT0": {"type": "Battery", "capacity": "55", "status": "Discharging"}})
+    drafts = tmp_path / "drafts.toml"
+    drafts.write_text('[[drafts]]\ntier = "micro"\nmodel = "default"\n\n'
+                      '[[drafts]]\ntier = "accelerated"\nmodel = "default"\nquantize = "int8"\n')
+    main(["tier", "--root", str(root), "--drafts", str(drafts)])
+    out = capsys.readouterr().out
+    assert "memory       2.0 GiB" in out
+    assert "battery      55%, on battery (sysfs)" in out
+    assert "draft        default (none, an entry of tier micro)" in out
+
+
+def test_tier_command_bad_drafts_file_is_one_line(tmp_path: Path, capsys) -> None:
+    from edgespec.cli import main
+
+    drafts = tmp_path / "drafts.toml"
+    drafts.write_text('[[drafts]]\ntier = "small"\nmodel = "x"\nquantize = "fp8"\n')
+    with pytest.raises(SystemExit) as stop:
+        main(["tier", "--drafts", str(drafts)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"edgespec: error: {drafts}: drafts[0]: quantize 'fp8' is not one of none, int8"

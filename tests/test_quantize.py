@@ -95,3 +95,15 @@ def test_fbgemm_backend(loaded_pair) -> None:
 def test_bad_backend() -> None:
     with pytest.raises(ValueError, match="backend"):
         quantize_model(nn.Sequential(nn.Linear(4, 4)), "int4")  # type: ignore[arg-type]
+
+
+def test_bench_quant_on_the_default_pair() -> None:
+    from edgespec.tier_commands import bench_quant, format_report
+
+    report = bench_quant("default", backends=["rowwise"], keep_head=False, prompts=1, gamma=4, max_new_tokens=8,
+                         steps=2, threads=1)
+    assert set(report["variants"]) == {"fp32", "int8-rowwise"}
+    for variant in report["variants"].values():
+        assert variant["megabytes"] > 0 and variant["draft_ms_per_token"] > 0
+        assert all(w["identical_to_target"] for w in variant["workloads"].values())
+    assert "int8-rowwise" in format_report(report)
