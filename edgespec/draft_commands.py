@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--seed", type=int, default=defaults.seed, help="same seed, same draft")
     p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--head-vocab", type=int, default=defaults.head_vocab, metavar="K",
+                   help="a reduced output head over the K ids the target's answers put the most mass on "
+                        "(stop tokens included); 0: the full vocabulary (default %(default)s)")
+    p.add_argument("--from-draft", metavar="DIR",
+                   help="no training: give the draft in DIR the --head-vocab head (the teacher pass ranks the "
+                        "ids), written to --out (may be DIR itself)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_draft)
 
@@ -53,14 +59,21 @@ def _layers(text: str) -> tuple[int, ...]:
 
 
 def cmd_train_draft(args: argparse.Namespace) -> int:
-    from .train_draft import train_draft
+    from .train_draft import cut_head, train_draft
     from .train_draft_recipe import DraftRecipe
 
+    if args.head_vocab < 0:
+        raise ValueError(f"--head-vocab {args.head_vocab}: a number of ids, or 0 for the full vocabulary")
     recipe = DraftRecipe(layers=_layers(args.layers), event_prompts=args.event_prompts,
                          general_prompts=args.general_prompts, max_new_tokens=args.max_new_tokens,
-                         epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads)
+                         epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads,
+                         head_vocab=args.head_vocab)
     out = Path(args.out) if args.out else _pair_draft(args.target)
-    report = train_draft(resolve_model_dir(args.target, "target"), out, recipe, progress=not args.quiet)
+    target = resolve_model_dir(args.target, "target")
+    if args.from_draft:
+        report = cut_head(target, resolve_model_dir(args.from_draft, "draft"), out, recipe, progress=not args.quiet)
+    else:
+        report = train_draft(target, out, recipe, progress=not args.quiet)
     print(json.dumps(report, indent=2))
     print(f"draft written to {out}; measure it: edgespec eval-draft --target {args.target} --draft {out}")
     return 0

@@ -3,7 +3,10 @@
 Acceptance comes from the project's own speculative loop (in-process, gamma 4, greedy) on
 prompts no draft was trained on (event descriptions and general questions); every output is
 checked token for token against the target alone. Cost per token is the median time of a
-one-token forward with the KV cache, draft against target, on the same thread count.
+one-token forward with the KV cache, draft against target, on the same thread count: the
+Hugging Face forward of each (`CachedLM`, a reduced head's logits spread over all ids), and the
+forward the drafter runs (`speculative.lean.draft_state`: the lean one where it applies, a
+reduced head's K logits as they are).
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import torch
 from .lm_prompts import chat_ids, prompt_set
 
 
-def cost_per_token(lm, prompt_ids: list[int], steps: int = 16) -> float:
-    """Median seconds of a one-token forward after ``prompt_ids`` (KV cache in use)."""
+def cost_per_token(lm, prompt_ids: list[int], steps: int = 16, drafter: bool = False) -> float:
+    """Median seconds of a one-token forward after ``prompt_ids`` (KV cache in use): the Hugging
+    Face forward (`CachedLM`), or with ``drafter`` the one a `Drafter` runs."""
+    from speculative.lean import draft_state
     from speculative.models import CachedLM
 
-    state = CachedLM(lm)
+    state = draft_state(lm) if drafter else CachedLM(lm)
+    if isinstance(state, CachedLM) and drafter:
+        state.full_vocab = False  # as the drafter reads a reduced head
     state.prefill(prompt_ids)
     times = []
     token = prompt_ids[-1]
@@ -30,7 +37,7 @@ def cost_per_token(lm, prompt_ids: list[int], steps: int = 16) -> float:
             t0 = time.perf_counter()
             logits = state.extend([token])
             times.append(time.perf_counter() - t0)
-            token = int(logits[-1].argmax())
+            token = int(lm.head_token_ids(logits[-1].argmax()))
     return statistics.median(times)
 
 
@@ -62,13 +69,17 @@ def evaluate_draft(target_dir: Path, draft_dir: Path, *, events: int = 12, gener
                       "tokens_per_round": tokens / max(rounds, 1), "identical_to_target": identical}
     probe = chat_ids(target.tokenizer, prompt_set("event", 1, held_out=True)[0])
     t_target, t_draft = cost_per_token(target, probe), cost_per_token(draft, probe)
-    return {"gamma": gamma, "threads": threads, **rows,
+    t_drafter = cost_per_token(draft, probe, drafter=True)
+    return {"gamma": gamma, "threads": threads, "head_vocab": draft.head_size, "vocab": draft.vocab_size, **rows,
             "target_ms_per_token": round(t_target * 1000, 2), "draft_ms_per_token": round(t_draft * 1000, 2),
-            "draft_cost_share": round(t_draft / t_target, 3)}
+            "draft_cost_share": round(t_draft / t_target, 3),
+            "drafter_ms_per_token": round(t_drafter * 1000, 2), "drafter_cost_share": round(t_drafter / t_target, 3)}
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'prompts':10s} {'n':>3s} {'accept':>7s} {'a':>6s} {'tok/rnd':>8s}  same as target"]
+    head = ("full" if report["head_vocab"] == report["vocab"] else f"{report['head_vocab']:,} of")
+    lines = [f"draft output head: {head} {report['vocab']:,} ids",
+             f"{'prompts':10s} {'n':>3s} {'accept':>7s} {'a':>6s} {'tok/rnd':>8s}  same as target"]
     for kind in ("event", "general"):
         r = report[kind]
         lines.append(f"{kind:10s} {r['prompts']:3d} {r['acceptance']:7.3f} {r['position_acceptance']:6.3f} "
@@ -76,4 +87,6 @@ def format_report(report: dict) -> str:
     lines.append(f"one-token forward: target {report['target_ms_per_token']} ms, draft "
                  f"{report['draft_ms_per_token']} ms ({report['draft_cost_share']:.0%} of the target), "
                  f"{report['threads']} thread(s)")
+    lines.append(f"the drafter's forward: {report['drafter_ms_per_token']} ms "
+                 f"({report['drafter_cost_share']:.0%} of the target's forward)")
     return "\n".join(lines)

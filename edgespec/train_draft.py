@@ -8,6 +8,13 @@ embeddings and tied output layer (frozen), its final norm, and a few of its laye
 entries (soft cross-entropy) and its greedy token (cross-entropy). It shares the target's
 tokenizer, so a device can draft for that target. The draft is a standard Hugging Face folder.
 
+``--head-vocab K`` gives the draft a reduced output head: only the K ids the target's answers
+put the most mass on (the stop tokens always among them), their rows those of the frozen tied
+layer, so the draft's logits over them are the full head's and it computes a K x hidden product
+instead of the whole vocabulary's. The folder gains ``head_vocab.safetensors`` (the ids);
+`speculative.models.load_lm` reads it. ``--from-draft DIR`` cuts the head of a draft trained
+before: the teacher pass again (same seed, same answers), no training.
+
 Reproducible from ``--seed``: the same prompts, the same teacher data, the same batches.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from speculative.models import LoadedLM, load_lm
+from speculative.models import HEAD_VOCAB_FILE, LoadedLM, load_lm, write_head_vocab
 
 from .lm_prompts import chat_ids, prompt_set
 from .train_draft_recipe import DraftRecipe
@@ -128,16 +136,55 @@ def train(draft, examples: list[Example], recipe: DraftRecipe, pad: int, progres
     return losses
 
 
-def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: bool = True) -> dict:
-    torch.manual_seed(recipe.seed)
-    torch.set_num_threads(recipe.threads)
-    started = time.perf_counter()
+def head_mass(examples: list[Example], vocab: int) -> torch.Tensor:
+    """[vocab] float64: the teacher's probability mass on each id, summed over every answer
+    position of the distillation text (its top entries there; the greedy token is the first)."""
+    mass = torch.zeros(vocab, dtype=torch.float64)
+    for e in examples:
+        mass.index_add_(0, e.top_ids.flatten(), e.top_p.flatten().double())
+    return mass
+
+
+def head_vocab(mass: torch.Tensor, size: int, keep: tuple[int, ...] = ()) -> list[int]:
+    """The `size` ids a reduced head keeps, ascending: `keep` (the stop tokens), then the ids
+    by the teacher's mass on them, then (for ids it never put mass on) the lowest ids, which a
+    BPE vocabulary gives its commoner pieces."""
+    score = mass.clone()
+    score[list(keep)] = float("inf")
+    order = sorted(range(score.numel()), key=lambda i: (-float(score[i]), i))
+    return sorted(order[: max(1, min(size, score.numel()))])
+
+
+def _teacher(target_dir: Path, recipe: DraftRecipe, progress: bool) -> tuple[LoadedLM, list[Example], int]:
     target = load_lm(target_dir)
     prompts = (prompt_set("event", recipe.event_prompts, held_out=False, seed=recipe.seed)
                + prompt_set("general", recipe.general_prompts, held_out=False))
     tokenizer = target.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else target.eos_token_ids[0]
-    examples = teacher_examples(target, prompts, recipe, pad, progress)
+    return target, teacher_examples(target, prompts, recipe, pad, progress), pad
+
+
+def _write_head(out_dir: Path, target: LoadedLM, examples: list[Example], size: int) -> dict:
+    """The reduced head over `size` ids (none, the full head, for 0 or the whole vocabulary);
+    what it covers of the teacher's mass and of the greedy answer tokens."""
+    (out_dir / HEAD_VOCAB_FILE).unlink(missing_ok=True)
+    if not 0 < size < target.vocab_size:
+        return {"head_vocab": target.vocab_size}
+    mass = head_mass(examples, target.vocab_size)
+    ids = head_vocab(mass, size, target.eos_token_ids)
+    write_head_vocab(out_dir, ids)
+    inside = torch.zeros(target.vocab_size, dtype=torch.bool)
+    inside[ids] = True
+    greedy = torch.cat([e.top_ids[:, 0] for e in examples])
+    return {"head_vocab": len(ids), "head_teacher_mass": round(float(mass[inside].sum() / mass.sum()), 5),
+            "head_answer_tokens": round(float(inside[greedy].float().mean()), 5)}
+
+
+def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: bool = True) -> dict:
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    started = time.perf_counter()
+    target, examples, pad = _teacher(target_dir, recipe, progress)
     teacher_s = time.perf_counter() - started
     draft = make_draft(target.model, recipe.layers)
     losses = train(draft, examples, recipe, pad, progress)
@@ -148,9 +195,32 @@ def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: 
         "target": str(target_dir), "recipe": asdict(recipe), "examples": len(examples),
         "answer_tokens": sum(e.top_ids.shape[0] for e in examples),
         "draft_parameters": sum(p.numel() for p in draft.parameters()),
+        **_write_head(out_dir, target, examples, recipe.head_vocab),
         "teacher_seconds": round(teacher_s, 1), "seconds": round(time.perf_counter() - started, 1),
         "first_loss": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
         "last_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
     }
     (out_dir / "edgespec-draft.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def cut_head(target_dir: Path, draft_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: bool = True) -> dict:
+    """A trained draft with the reduced head `recipe.head_vocab` (0: the full one again), in
+    `out_dir` (may be `draft_dir`): the teacher pass of `recipe` ranks the ids, nothing is trained.
+    The draft's layers are unchanged and its head rows are its tied output layer's, so this is
+    the draft `train_draft` makes with the same recipe."""
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    started = time.perf_counter()
+    if not (draft_dir / "config.json").is_file():
+        raise ValueError(f"--from-draft {draft_dir}: not a model folder")
+    target, examples, _ = _teacher(target_dir, recipe, progress)
+    if out_dir.resolve() != draft_dir.resolve():
+        shutil.copytree(draft_dir, out_dir, dirs_exist_ok=True)
+    meta_path = out_dir / "edgespec-draft.json"
+    report = json.loads(meta_path.read_text()) if meta_path.is_file() else {"target": str(target_dir)}
+    report.update(_write_head(out_dir, target, examples, recipe.head_vocab))
+    report["head_from"] = {"draft": str(draft_dir), "recipe": asdict(recipe),
+                           "seconds": round(time.perf_counter() - started, 1)}
+    meta_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -12,9 +12,10 @@ class DraftRecipe:
     general_prompts: int = 18
     max_new_tokens: int = 48
     teacher_top: int = 32  # teacher entries kept per position for the soft loss
-    epochs: int = 6
+    epochs: int = 16
     batch: int = 8
     lr: float = 3e-4
     hard_weight: float = 0.5  # weight of the greedy-token loss beside the soft one
     seed: int = 0
     threads: int = 2
+    head_vocab: int = 0  # rows of the draft's reduced output head (0: the full vocabulary)

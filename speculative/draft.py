@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .lean import draft_state
-from .models import LoadedLM
+from .models import CachedLM, LoadedLM
 from .sampling import (DEFAULT_Q_RULE, QRule, SamplingParams, SparseQ, make_generator, sample_weights, stack_q,
                        warp_probs)
 
@@ -59,6 +59,11 @@ class Drafter:
         self.params = params.validate()
         self.q_rule = q_rule.validate()
         self.state = draft_state(lm)  # the lean forward where it applies (speculative/lean.py)
+        # A reduced head (models.py, HEAD_VOCAB_FILE): logits over its K rows, drawn from as they
+        # are and the rows mapped to token ids. q is then 0 outside the head, which verification
+        # handles like any other truncation; no softmax over the whole vocabulary.
+        if isinstance(self.state, CachedLM):
+            self.state.full_vocab = False  # the lean forward's logits are the head's rows already
         self._gen = make_generator(seed, DRAFT_STREAM)
         self._pending: list[int] = []  # committed tokens not yet fed to the model
         self._drafted: list[int] = []  # the block out for verification
@@ -91,9 +96,10 @@ class Drafter:
 
     def _draw(self, logits: torch.Tensor, part: _Partial) -> int:
         if self.params.greedy:
-            token = int(logits.argmax())
+            token = int(self.lm.head_token_ids(logits.argmax()))  # ascending ids: ties go as over all ids
         else:
             ids, weights = self.q_rule.quantize(warp_probs(logits, self.params))
+            ids = self.lm.head_token_ids(ids)
             token = sample_weights(ids, weights, self._gen)
             part.q_ids.append(ids)
             part.q_weights.append(weights)
@@ -135,7 +141,7 @@ class Drafter:
         if self._ahead is None:
             # Feed the last draft; its logits give the guess for the verifier's bonus token.
             logits = self.state.extend([self._drafted[-1]])[-1]
-            guess = int(warp_probs(logits, self.params).argmax())
+            guess = int(self.lm.head_token_ids(warp_probs(logits, self.params).argmax()))
             self._ahead = _Ahead(guess, _Partial(), next_gamma)
             return True
         ahead = self._ahead

@@ -50,11 +50,31 @@ class LoadedLM:
     projector: VisionProjector | None
     path: Path
     fingerprint: bytes
-    vocab_size: int  # rows of the output layer (may exceed len(tokenizer) when padded)
+    vocab_size: int  # token ids the model knows: rows of its full output layer (may exceed len(tokenizer))
     max_positions: int
     eos_token_ids: tuple[int, ...]
     cache_kwarg: str  # "cache" (transformers >= 5) or "past_key_values"
     logits_to_keep: bool = False  # the forward can skip all but the last positions' logits
+    # A reduced output head (a draft's `head_vocab.safetensors`): the token id of each of its
+    # rows, ascending; None when the head covers all `vocab_size` ids.
+    head_ids: torch.Tensor | None = None
+
+    @property
+    def head_size(self) -> int:
+        """Rows of the output head the forward computes: K for a reduced head, else `vocab_size`."""
+        return self.vocab_size if self.head_ids is None else int(self.head_ids.numel())
+
+    def full_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Logits [n, head_size] as logits [n, vocab_size]: -inf for the ids a reduced head leaves out."""
+        if self.head_ids is None:
+            return rows
+        full = rows.new_full((*rows.shape[:-1], self.vocab_size), float("-inf"))
+        full[..., self.head_ids] = rows
+        return full
+
+    def head_token_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """Token ids of head rows (the same ids when the head is full)."""
+        return rows if self.head_ids is None else self.head_ids[rows]
 
     @property
     def num_parameters(self) -> int:
@@ -133,6 +153,8 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ModelLoadError(f"{path}: cannot load a causal LM and tokenizer: {exc}") from exc
+    vocab_size = int(model.get_output_embeddings().weight.shape[0])
+    head_ids = _reduce_head(model, path)
     projector = VisionProjector.from_pretrained(path)
     if projector is not None:
         projector = projector.to(device=device, dtype=dtype).eval()
@@ -144,12 +166,76 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
         projector=projector,
         path=path,
         fingerprint=tokenizer_fingerprint(tokenizer),
-        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        vocab_size=vocab_size,
         max_positions=int(getattr(cfg, "max_position_embeddings", 1 << 20)),
         eos_token_ids=_eos_ids(model, tokenizer),
         cache_kwarg="cache" if "cache" in params else "past_key_values",
         logits_to_keep="logits_to_keep" in params,
+        head_ids=head_ids,
     )
+
+
+# A draft folder may carry a reduced output head: the ids (int64 [K], ascending) whose logits
+# the draft computes, and optionally their own rows ("weight", [K, H]; without it the rows are
+# those of the folder's full output layer, tied embeddings included). The folder stays a
+# standard one (from_pretrained gives the full head); load_lm uses only these rows.
+HEAD_VOCAB_FILE = "head_vocab.safetensors"
+
+
+def write_head_vocab(model_dir: str | Path, ids: torch.Tensor | list[int], weight: torch.Tensor | None = None) -> Path:
+    """Give the model in `model_dir` a reduced output head over `ids` (sorted, deduplicated here)."""
+    from safetensors.torch import save_file
+
+    kept = torch.unique(torch.as_tensor(ids, dtype=torch.int64))  # sorted ascending
+    tensors = {"ids": kept.contiguous()}
+    if weight is not None:
+        order = torch.as_tensor(ids, dtype=torch.int64).argsort()
+        if kept.numel() != order.numel():
+            raise ValueError("head ids with their own rows must be distinct")
+        tensors["weight"] = weight[order].contiguous()
+    out = Path(model_dir) / HEAD_VOCAB_FILE
+    save_file(tensors, str(out))
+    return out
+
+
+def read_head_vocab(model_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(ids [K], rows [K, H] or None) of a folder's reduced head; None when it has none."""
+    path = Path(model_dir) / HEAD_VOCAB_FILE
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        ids = tensors["ids"].to(torch.int64)
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: not a head vocabulary file: {exc}") from exc
+    return ids, tensors.get("weight")
+
+
+def _reduce_head(model: Any, path: Path) -> torch.Tensor | None:
+    """Swap the model's output layer for the reduced head its folder declares (untied: the
+    input embeddings stay whole); returns the head's ids, or None when there is none."""
+    found = read_head_vocab(path)
+    if found is None:
+        return None
+    ids, rows = found
+    full = model.get_output_embeddings()
+    vocab, hidden = full.weight.shape
+    if ids.ndim != 1 or not ids.numel() or bool((ids[1:] <= ids[:-1]).any()) or int(ids[0]) < 0 \
+            or int(ids[-1]) >= vocab:
+        raise ModelLoadError(f"{path}: {HEAD_VOCAB_FILE}: ids must be distinct, ascending and below {vocab}")
+    if rows is not None and tuple(rows.shape) != (ids.numel(), hidden):
+        raise ModelLoadError(f"{path}: {HEAD_VOCAB_FILE}: weight must be [{ids.numel()}, {hidden}]")
+    if getattr(full, "bias", None) is not None:
+        raise ModelLoadError(f"{path}: a reduced head needs an output layer without bias")
+    weight = (full.weight.detach()[ids.to(full.weight.device)] if rows is None else rows).clone()
+    head = torch.nn.Linear(hidden, ids.numel(), bias=False, device=full.weight.device, dtype=full.weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    model.set_output_embeddings(head.eval())
+    model.config.tie_word_embeddings = False  # nothing may re-tie the head to the embeddings
+    return ids.cpu()
 
 
 # An empty cache per model, copied for each new one: building a DynamicCache from the config
@@ -179,6 +265,9 @@ class CachedLM:
     cache: Any = None
     prefix_len: int = 0
     forwards: int = 0
+    # A reduced head's logits spread over all ids (-inf outside it); False: [n, head_size], the
+    # rows `lm.head_token_ids` maps to ids (the drafter reads them so).
+    full_vocab: bool = True
     _device: torch.device = field(default=torch.device("cpu"), init=False)
 
     def __post_init__(self) -> None:
@@ -191,8 +280,8 @@ class CachedLM:
 
     def _forward(self, *, logits: bool = True, last: int = 0, **inputs: Any) -> torch.Tensor | None:
         """One forward into the cache; its logits [n, V] (float32, on the CPU, where sampling
-        and verification run: [n, V] is small), only the `last` positions' when `last` > 0,
-        or None when only the cache is wanted."""
+        and verification run: [n, V] is small; see `full_vocab` for a reduced head), only the
+        `last` positions' when `last` > 0, or None when only the cache is wanted."""
         inputs[self.lm.cache_kwarg] = self.cache
         keep = last if logits else 1  # the output head over the positions wanted, not n
         if keep and self.lm.logits_to_keep:
@@ -202,7 +291,8 @@ class CachedLM:
         if not logits:
             return None
         rows = out.logits[0]
-        return (rows[-last:] if last else rows).float().cpu()
+        rows = (rows[-last:] if last else rows).float().cpu()
+        return self.lm.full_logits(rows) if self.full_vocab else rows
 
     @torch.inference_mode()
     def prefill(self, token_ids: list[int], features: np.ndarray | None = None, *,
