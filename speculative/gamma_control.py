@@ -298,12 +298,18 @@ class GammaController:
         self.gamma = high if self.gamma < 0 else min(max(self.gamma, low), high)
 
     def observe(self, n_accepted: int, n_drafted: int, *, draft_s_per_token: float | None = None,
-                rtt_s: float | None = None, verify_s: float | None = None) -> None:
-        """One round: its verdict and whichever timings were measured (per drafted token,
-        network round trip without the verifier's time, the verifier's time for the block)."""
+                rtt_s: float | None = None, verify_s: float | None = None, wait_s: float | None = None) -> None:
+        """One round: its verdict and whichever timings were measured: seconds per drafted
+        token, the network round trip without the verifier's time, the verifier's time for the
+        block, or ``wait_s``, send to verdict, from which the round trip is taken as what the
+        verifier's time (measured, else as modelled) leaves of it."""
         self.acceptance.observe(n_accepted, n_drafted)
         if draft_s_per_token is not None:
             self.draft_s.observe(draft_s_per_token)
+        if rtt_s is None and wait_s is not None:
+            base, per_token = self.verifier.coefficients()
+            verifying = verify_s if verify_s is not None else base + n_drafted * per_token
+            rtt_s = max(0.0, wait_s - verifying)
         if rtt_s is not None:
             self.rtt_s.observe(rtt_s)
         if verify_s is not None:

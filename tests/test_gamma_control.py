@@ -216,3 +216,13 @@ def test_controller_moves_with_measurements() -> None:
     assert c.gamma == 8
     assert GammaController(negotiated=3).gamma == 3
     assert GammaController(negotiated=8, gamma=20).gamma == 8
+
+
+def test_controller_takes_the_round_trip_from_the_wait() -> None:
+    c = GammaController(negotiated=4, verifier=VerifierTimeModel(prior_base_s=0.02, prior_per_token_s=0.0))
+    c.observe(2, 4, wait_s=0.12)  # no verifier time measured: the model's 20 ms is taken off
+    assert c.rtt_s.value == pytest.approx(0.10)
+    c.observe(2, 4, wait_s=0.05, verify_s=0.04)
+    assert c.rtt_s.value == pytest.approx(0.8 * 0.10 + 0.2 * 0.01)
+    c.observe(2, 4, wait_s=0.01, verify_s=0.04)  # a verifier time above the wait: no negative trip
+    assert c.rtt_s.value >= 0
