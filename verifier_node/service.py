@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import aiomqtt
 
@@ -29,17 +30,23 @@ from transport.urls import ClientAuth, redact_url
 from .core import VerifierCore
 from .replies import peek_ids
 from .membership import PoolMembership
-from .queue_notices import QueueNotices
+from .queue_notices import TICK_S, QueueNotices
 
 log = logging.getLogger("edgespec.verifier")
 STATS_INTERVAL_S = 5.0
 OPEN_SUFFIX = "/up/open"
-Publish = Callable[[list[tuple[str, bytes]]], None]
+Messages = list[tuple[str, bytes]]  # (topic, payload) pairs
+Publish = Callable[[Messages], None]
 # The Last Will waits this long (MQTT v5 Will Delay Interval): a verifier back within it (a
 # network blip, a broker restart) keeps its sessions and gets their queued drafts, and its
 # devices never hear it was gone; one that stays away is announced offline after it.
 WILL_DELAY_S = 2
 RETAINED_REASON = "retained"  # rejection counter of uplinks that arrive with the retain flag
+# A batch expected to take this long or longer (or the first, with no history) runs on the
+# model thread, so the service keeps receiving, telling waiting devices QUEUED and answering
+# the broker's keepalive meanwhile; a shorter one runs on the event loop's thread, with no
+# hand-off between threads.
+ASIDE_AFTER_S = 0.05
 
 
 def stats_snapshot(core: VerifierCore) -> dict:
@@ -132,11 +139,13 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
     if ready is not None:
         ready.set()
     poller = BusyPoll(core.settings.busy_poll_s)
+    core_free = asyncio.Lock()  # held by a batch while it runs, and by housekeeping
     tasks: list[asyncio.Task] = [
         asyncio.create_task(until_disconnected(client), name="receive"),  # messages go to the router
         asyncio.create_task(until_disconnected(opens), name="receive-opens"),
-        asyncio.create_task(_verify_batches(core, router.inbox, (client, opens), publish, poller), name="verify"),
-        asyncio.create_task(_housekeeping(core, router.greet, publish), name="housekeeping"),
+        asyncio.create_task(_verify_batches(core, router.inbox, (client, opens), publish, poller, core_free),
+                            name="verify"),
+        asyncio.create_task(_housekeeping(core, router.greet, publish, core_free), name="housekeeping"),
         asyncio.create_task(poller.run(), name="busy-poll")]
     if stop is not None:
         tasks.append(asyncio.create_task(stop.wait(), name="stop"))
@@ -148,37 +157,86 @@ async def _serve_connected(core: VerifierCore, client: aiomqtt.Client, opens: ai
     finally:
         for task in tasks:
             task.cancel()
+        # A batch on the model thread runs to its end (its replies go out if they can) before
+        # the goodbye reads the core, and before a reconnect serves the same core again.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await _goodbye(core, client)
 
 
-async def _housekeeping(core: VerifierCore, greet: asyncio.Event, publish: Publish) -> None:
-    """Every stats interval (at once when a peer starts): expire idle sessions, publish stats."""
+async def _housekeeping(core: VerifierCore, greet: asyncio.Event, publish: Publish, core_free: asyncio.Lock) -> None:
+    """Every stats interval (at once when a peer starts): expire idle sessions, publish stats
+    (between batches: a batch on the model thread owns the core while it runs)."""
     while True:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(greet.wait(), STATS_INTERVAL_S)
         greet.clear()
-        core.sessions.expire()
-        publish([(core.topics.verifier_stats(core.settings.verifier_id), json.dumps(stats_snapshot(core)).encode())])
+        async with core_free:
+            core.sessions.expire()
+            stats = json.dumps(stats_snapshot(core)).encode()
+        publish([(core.topics.verifier_stats(core.settings.verifier_id), stats)])
 
 
 async def _verify_batches(core: VerifierCore, inbox: asyncio.Queue, clients: tuple[aiomqtt.Client, ...],
-                          publish: Publish, poller: BusyPoll) -> None:
+                          publish: Publish, poller: BusyPoll, core_free: asyncio.Lock) -> None:
     """Take batches from the inbox, verify them, publish the replies. Before a batch runs, the
     devices whose message will take a while (this batch, or the ones queued behind it) are told
-    QUEUED (queue_notices.py), so they keep waiting."""
+    QUEUED (queue_notices.py), so they keep waiting; a long batch runs on the model thread,
+    and while it runs they are told again (`_run_aside`)."""
     notices = QueueNotices(core.topics, core.settings.max_batch)
-    while True:
-        batch = await _next_batch(core, inbox, clients)
-        told = notices.tell(batch, getattr(inbox, "_queue", ()), inbox.qsize())
-        if told:
-            core.stats["queued_notices"] += len(told)
-            publish(told)
-        started = time.perf_counter()
-        replies = core.handle_batch(batch) + core.take_verified()
-        notices.took(time.perf_counter() - started)
-        publish(replies)
-        poller.kick()
-        await asyncio.sleep(0)  # let the replies go out and new messages come in
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as model_thread:
+        while True:
+            batch = await _next_batch(core, inbox, clients)
+            async with core_free:
+                told = notices.tell(batch, _queued(inbox), inbox.qsize())
+                if told:
+                    core.stats["queued_notices"] += len(told)
+                    publish(told)
+                started = time.perf_counter()
+                if notices.batches and notices.batch_s < ASIDE_AFTER_S:
+                    replies = _run_batch(core, batch)
+                else:
+                    replies = await _run_aside(core, batch, inbox, notices, publish, model_thread)
+                notices.took(time.perf_counter() - started)
+            publish(replies)
+            poller.kick()
+            await asyncio.sleep(0)  # let the replies go out and new messages come in
+
+
+def _run_batch(core: VerifierCore, batch: Messages) -> Messages:
+    return core.handle_batch(batch) + core.take_verified()
+
+
+def _queued(inbox: asyncio.Queue):
+    """The messages waiting in `inbox`, oldest first, without taking them."""
+    return getattr(inbox, "_queue", ())
+
+
+async def _run_aside(core: VerifierCore, batch: Messages, inbox: asyncio.Queue, notices: QueueNotices,
+                     publish: Publish, model_thread: ThreadPoolExecutor) -> Messages:
+    """`batch` on the model thread; meanwhile, every `TICK_S`, QUEUED for its messages and for
+    those that arrive behind it. Cancelled, it still waits for the batch to end (the core is
+    the batch's until then) and publishes its replies, then re-raises."""
+    started = time.perf_counter()
+    running = asyncio.wrap_future(model_thread.submit(_run_batch, core, batch))
+    told = 0
+    try:
+        while not running.done():
+            await asyncio.wait((running,), timeout=TICK_S)
+            if not running.done():
+                notes = notices.tell(batch, _queued(inbox), inbox.qsize(), running_s=time.perf_counter() - started)
+                if notes:
+                    told += len(notes)
+                    publish(notes)
+        return running.result()
+    except asyncio.CancelledError:
+        while not running.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((running,))
+        if not running.cancelled() and running.exception() is None:
+            publish(running.result())
+        raise
+    finally:
+        core.stats["queued_notices"] += told  # counted here, not while the model thread writes the stats
 
 
 async def _next_batch(core: VerifierCore, inbox: asyncio.Queue,
