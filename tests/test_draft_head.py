@@ -168,3 +168,10 @@ def test_cutting_the_head_of_a_trained_draft(tiny_pair, tmp_path) -> None:
     assert (out / "model.safetensors").read_bytes() == (draft_dir / "model.safetensors").read_bytes()
     cut_head(target_dir, out, out, DraftRecipe(**{**recipe.__dict__, "head_vocab": 0}), progress=False)
     assert load_lm(out).head_ids is None and not (out / HEAD_VOCAB_FILE).exists()
+
+
+def test_eval_draft_times_both_forwards_of_a_reduced_head(reduced) -> None:
+    from edgespec.draft_eval import cost_per_token
+
+    lm = load_lm(reduced[1])
+    assert cost_per_token(lm, PROMPT, steps=3) > 0 and cost_per_token(lm, PROMPT, steps=3, drafter=True) > 0
