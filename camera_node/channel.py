@@ -82,7 +82,9 @@ class SessionChannel:
         self.verifier_id: str | None = None
         self.traffic = Traffic()
         self.codec: SessionCodec = PLAIN  # chosen at OPEN: sealed when the link has device keys
+        self._earlier: SessionCodec | None = None  # the codec of the OPEN before a re-open (late replies)
         self.rejected = 0
+        self.stale = 0  # late replies to the OPEN before a re-open, dropped
         self.open_pending = False  # an OPEN was sent and its OPENED not yet received
         self._inbox: collections.deque[InboxEntry] = collections.deque()
         self._awaited: int | None = None  # the sequence number whose reply is awaited
@@ -145,9 +147,22 @@ class SessionChannel:
             inner, duplicate = self.codec.open(self.link.downlink_topic, msg)
             return None if duplicate else decode(inner)
         except WireError as err:
+            if isinstance(msg, Sealed) and self._sealed_earlier(msg):
+                self.stale += 1  # a reply to the OPEN before the re-open, late: not an attack
+                return None
             self.rejected += 1
             log.warning("dropped a downlink message that failed authentication: %s", err)
             return None
+
+    def _sealed_earlier(self, msg: Sealed) -> bool:
+        """Whether `msg` was sealed for the session as it was before the last re-open."""
+        if self._earlier is None:
+            return False
+        try:
+            self._earlier.open(self.link.downlink_topic, msg)
+        except WireError:
+            return False
+        return True
 
     # -- waiting for a reply
 
@@ -186,9 +201,10 @@ class SessionChannel:
     def _timeout(self, waiting_for: str, queued: Queued | None) -> VerifierTimeout:
         timeout = self.link.timeout_s
         if queued is None:
+            # The hint only while no verifier ever answered this session: one that did is running.
+            hint = "; is `edgespec verifier` running against this broker?" if self.verifier_id is None else ""
             return VerifierTimeout(
-                f"no verifier answered {waiting_for} within {timeout:.1f} s on "
-                f"{self.link.topics.prefix}; is `edgespec verifier` running against this broker?")
+                f"no verifier answered {waiting_for} within {timeout:.1f} s on {self.link.topics.prefix}{hint}")
         return VerifierTimeout(
             f"no verifier answered {waiting_for}: silent for {timeout:.1f} s after it said the message was "
             f"queued (answer expected in {queued.eta_ms / 1000:.1f} s) on {self.link.topics.prefix}")
@@ -215,6 +231,7 @@ class SessionChannel:
         msg = dataclasses.replace(msg, sent_at_ms=now_ms())
         topic = self.link.topics.open(self.link.device_id)
         self.open_pending = True
+        self._earlier = self.codec if self.codec.sealed else None
         keys = self.link.keys
         if keys is None:
             self.codec, payload = PLAIN, PLAIN.seal(topic, msg)

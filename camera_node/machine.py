@@ -7,6 +7,8 @@ and it says what to do next (an action) and keeps the session's state and counte
 
 One `RetryPolicy` bounds the re-opens: `attempts` sends of one message (the OPEN of the open
 phase, or one block) in all, the first included. The count starts again with each new block.
+A session that fails after re-opens fails with one error that says so, and why the first
+re-open was made.
 """
 
 from __future__ import annotations
@@ -117,18 +119,19 @@ class DeviceSession:
     resyncs: int = 0  # re-opens in all
     finished: bool = False  # the last verdict said done: the verifier ended the session itself
     tries: int = 0  # failed sends of the message in flight
+    first_loss: str | None = None  # why the message in flight was first sent again
 
     def step(self, event: Event) -> Action:
         if self.state not in _ALLOWED[type(event)]:
             raise InvalidTransition(f"{type(event).__name__} in state {self.state.value}")
         if isinstance(event, OpenSent):
-            self.state, self.tries = State.OPENING, 0
+            self.state, self.tries, self.first_loss = State.OPENING, 0, None
             self.seq = 0 if event.carries_block else None
         elif isinstance(event, Opened):
             self.state, self.verifier_id = State.ACTIVE, event.verifier_id
         elif isinstance(event, BlockSent):
             if event.seq != self.seq:
-                self.seq, self.tries = event.seq, 0
+                self.seq, self.tries, self.first_loss = event.seq, 0, None
         elif isinstance(event, Verdict):
             self.finished = event.done
         elif isinstance(event, (Resynced, Lost)):
@@ -143,7 +146,7 @@ class DeviceSession:
             # A plain timeout before any verifier answered: nobody serves this broker, say so.
             never_opened = self.verifier_id is None and not isinstance(event.error, VerifierLost)
             if last or never_opened:
-                return Fail(event.error)
+                return Fail(self._after_reopens(event.error))
             reason = str(event.error)
         elif last:
             return Fail(ResyncFailed(f"session lost {self.tries + 1} times in one round: {event.reason}"))
@@ -151,5 +154,16 @@ class DeviceSession:
             reason = event.reason
         self.tries += 1
         self.resyncs += 1
+        self.first_loss = self.first_loss or reason
         self.state = State.RESYNCING
         return Reopen(reason)
+
+    def _after_reopens(self, error: Exception) -> Exception:
+        """`error`, told as the end of this message's re-opens when there were any: one line
+        that says what was tried, and why, in place of a line for each re-open. The message is
+        extended in place (the caller may raise the error it stepped with)."""
+        if self.tries and len(error.args) == 1 and isinstance(error.args[0], str):
+            times = "once" if self.tries == 1 else f"{self.tries} times"
+            first = "" if self.first_loss in (None, str(error)) else f" (first because {self.first_loss})"
+            error.args = (f"{error}; the session was re-opened {times}{first}",)
+        return error

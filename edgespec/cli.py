@@ -161,7 +161,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
             await link.publish_result(result_message(ident.device_id, outcome, lm.decode(outcome.result.token_ids)))
             return outcome
 
-    out = asyncio.run(main())
+    # The session's warnings are held until it ends (unless --verbose). A session that fails
+    # ends with one line that tells its re-opens (camera_node/machine.py), so their own
+    # warnings are dropped then; any other warning, and all of them after a session that
+    # completed, are printed when it ends.
+    import logging
+
+    camera_log = logging.getLogger("edgespec.camera")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or args.verbose:
+            return True
+        held.append(record)
+        return False
+
+    def reopen_note(record: logging.LogRecord) -> bool:
+        return any(words in str(record.msg) for words in ("re-opening the session", "sending the open again"))
+
+    camera_log.addFilter(hold)
+    try:
+        out = asyncio.run(main())
+    except BaseException:
+        held[:] = [record for record in held if not reopen_note(record)]
+        raise
+    finally:
+        camera_log.removeFilter(hold)
+        for record in held:
+            camera_log.handle(record)
     r = out.result
     text = lm.decode(r.token_ids)
     if args.json:
