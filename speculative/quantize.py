@@ -9,11 +9,11 @@ Two backends, both replacing the ``nn.Linear`` layers of a loaded model:
   dequantized weight instead (same figures, no speed-up). The input embedding is stored the
   same way (int8 rows, one scale per row); a model whose output layer is tied to its
   embedding keeps one int8 matrix for both.
-* ``fbgemm``: ``torch.ao.quantization.quantize_dynamic`` with per-channel int8 weights. Its
-  kernels are faster, but it quantizes each layer's whole input with one scale (7 bits), which
-  costs a model with large activation outliers (SmolLM2 among them) much of its accuracy;
-  torch marks this API deprecated (its warnings are silenced here), and torch builds without
-  it report it as unavailable (`fbgemm_available`).
+* ``fbgemm``: ``torch.ao.quantization.quantize_dynamic`` with per-channel int8 weights (the
+  input embedding as above). Its kernels are faster, but it quantizes each layer's whole input
+  with one scale, which costs a model with large activation outliers (SmolLM2 among them)
+  more accuracy; torch marks this API deprecated (its warnings are silenced here), and a torch
+  build without it reports it as unavailable (`fbgemm_available`).
 
 A quantized model runs through the Hugging Face forward: the lean draft forward
 (speculative/lean.py) covers plain ``nn.Linear`` layers only.
@@ -159,7 +159,7 @@ def _fbgemm(model: nn.Module, skip: set[int] | None = None) -> nn.Module:
 
 
 def quantize_model(model: nn.Module, backend: Backend = "rowwise", *, keep_head: bool = False) -> nn.Module:
-    """Quantize ``model``'s linear layers (and, with ``rowwise``, its input embedding) to int8,
+    """Quantize ``model``'s linear layers and its input embedding to int8,
     in place; returns it. ``keep_head`` leaves the output layer in float."""
     if backend not in BACKENDS:
         raise ValueError(f"quantization backend {backend!r}: one of {', '.join(BACKENDS)}")
@@ -170,6 +170,8 @@ def quantize_model(model: nn.Module, backend: Backend = "rowwise", *, keep_head:
     head = get_out() if callable(get_out) else None
     embed = get_in() if callable(get_in) else None
     skip = {id(head)} if keep_head and head is not None else set()
+    tied = (type(head) is nn.Linear and type(embed) is nn.Embedding
+            and head.weight.data_ptr() == embed.weight.data_ptr())
     if backend == "fbgemm":
         if not fbgemm_available():
             raise ValueError("this torch build has no torch.ao.quantization.quantize_dynamic: use backend rowwise")
@@ -177,17 +179,15 @@ def quantize_model(model: nn.Module, backend: Backend = "rowwise", *, keep_head:
             raise ValueError("the fbgemm backend quantizes float32 models only: load the draft as float32")
         _fbgemm(model, skip)
     else:
-        tied = (type(head) is nn.Linear and type(embed) is nn.Embedding
-                and head.weight.data_ptr() == embed.weight.data_ptr())
         _replace_linears(model, skip)
-        set_in = getattr(model, "set_input_embeddings", None)
-        if type(embed) is nn.Embedding and callable(set_in):
-            new_head = get_out() if callable(get_out) else None
-            if tied and isinstance(new_head, Int8Linear):  # one int8 matrix for both ends
-                q, scale = new_head.weight_int8, new_head.weight_scale
-            else:
-                q, scale = quantize_rows(embed.weight)
-            set_in(Int8Embedding(q, scale, embed.weight.dtype))
+    set_in = getattr(model, "set_input_embeddings", None)
+    if type(embed) is nn.Embedding and callable(set_in):
+        new_head = get_out() if callable(get_out) else None
+        if tied and isinstance(new_head, Int8Linear):  # one int8 matrix for both ends
+            q, scale = new_head.weight_int8, new_head.weight_scale
+        else:
+            q, scale = quantize_rows(embed.weight)
+        set_in(Int8Embedding(q, scale, embed.weight.dtype))
     setattr(model, _MARK, f"int8-{backend}")
     return model
 

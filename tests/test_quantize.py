@@ -86,6 +86,7 @@ def test_fbgemm_backend(loaded_pair) -> None:
     _, draft = loaded_pair
     q = quantize_draft(draft, "fbgemm")
     assert quantization_of(q.model) == "int8-fbgemm"
+    assert isinstance(q.model.get_input_embeddings(), Int8Embedding)
     ids = draft.encode(PROMPT)
     out = CachedLM(q).prefill(ids)
     assert out is not None and out.shape == (len(ids), draft.vocab_size)
