@@ -12,7 +12,7 @@ The policy, one decision per call of `ModePolicy.decide` (docs/operations.md has
 1. Privacy on: ``EDGE_ONLY``, at once.
 2. Not reachable (no broker connection, or no verifier answered recently): ``EDGE_ONLY``, at once.
 3. Low battery (below ``low_battery``, not on mains; left again above ``low_battery +
-   battery_band``): ``CLOUD_ONLY``.
+   battery_band``): ``CLOUD_ONLY``, when it has a prediction.
 4. Otherwise the mode with the highest predicted tokens per second among ``HYBRID`` and
    ``CLOUD_ONLY`` (and ``EDGE_ONLY`` only when ``edge_competes``: it gives the draft's text).
    A mode with no prediction is not a candidate.
