@@ -18,4 +18,4 @@ class DraftRecipe:
     hard_weight: float = 0.5  # weight of the greedy-token loss beside the soft one
     seed: int = 0
     threads: int = 2
-    head_vocab: int = 0  # rows of the draft's reduced output head (0: the full vocabulary)
+    head_vocab: int = 4096  # rows of the draft's reduced output head (0: the full vocabulary)

@@ -8,6 +8,7 @@ are counted in cache positions; the vision prefix occupies the first `prefix_len
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -63,14 +64,6 @@ class LoadedLM:
     def head_size(self) -> int:
         """Rows of the output head the forward computes: K for a reduced head, else `vocab_size`."""
         return self.vocab_size if self.head_ids is None else int(self.head_ids.numel())
-
-    def full_logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """Logits [n, head_size] as logits [n, vocab_size]: -inf for the ids a reduced head leaves out."""
-        if self.head_ids is None:
-            return rows
-        full = rows.new_full((*rows.shape[:-1], self.vocab_size), float("-inf"))
-        full[..., self.head_ids] = rows
-        return full
 
     def head_token_ids(self, rows: torch.Tensor) -> torch.Tensor:
         """Token ids of head rows (the same ids when the head is full)."""
@@ -178,7 +171,9 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
 # A draft folder may carry a reduced output head: the ids (int64 [K], ascending) whose logits
 # the draft computes, and optionally their own rows ("weight", [K, H]; without it the rows are
 # those of the folder's full output layer, tied embeddings included). The folder stays a
-# standard one (from_pretrained gives the full head); load_lm uses only these rows.
+# standard one (from_pretrained gives the full head); load_lm uses only these rows: the model's
+# forward gives -inf for the other ids, and the drafter draws from the K logits and maps them to
+# ids (q is then 0 outside the head, which exact verification handles like any truncation).
 HEAD_VOCAB_FILE = "head_vocab.safetensors"
 
 
@@ -233,9 +228,19 @@ def _reduce_head(model: Any, path: Path) -> torch.Tensor | None:
     head = torch.nn.Linear(hidden, ids.numel(), bias=False, device=full.weight.device, dtype=full.weight.dtype)
     with torch.no_grad():
         head.weight.copy_(weight)
+    # The model's own forward (and so generate(), assisted generation) gives logits over every
+    # id, -inf outside the head; the drafter's lean forward multiplies by the K rows itself.
+    head.register_forward_hook(functools.partial(_spread_logits, ids.to(full.weight.device), vocab))
     model.set_output_embeddings(head.eval())
     model.config.tie_word_embeddings = False  # nothing may re-tie the head to the embeddings
     return ids.cpu()
+
+
+def _spread_logits(ids: torch.Tensor, vocab: int, module: Any, inputs: Any, rows: torch.Tensor) -> torch.Tensor:
+    """A reduced head's logits [..., K] as [..., vocab]: -inf for the ids it leaves out."""
+    full = rows.new_full((*rows.shape[:-1], vocab), float("-inf"))
+    full[..., ids] = rows
+    return full
 
 
 # An empty cache per model, copied for each new one: building a DynamicCache from the config
@@ -265,8 +270,8 @@ class CachedLM:
     cache: Any = None
     prefix_len: int = 0
     forwards: int = 0
-    # A reduced head's logits spread over all ids (-inf outside it); False: [n, head_size], the
-    # rows `lm.head_token_ids` maps to ids (the drafter reads them so).
+    # True: logits over all ids (a reduced head's are -inf outside it); False: [n, head_size],
+    # the head's rows, which `lm.head_token_ids` maps to ids (the drafter reads them so).
     full_vocab: bool = True
     _device: torch.device = field(default=torch.device("cpu"), init=False)
 
@@ -292,7 +297,7 @@ class CachedLM:
             return None
         rows = out.logits[0]
         rows = (rows[-last:] if last else rows).float().cpu()
-        return self.lm.full_logits(rows) if self.full_vocab else rows
+        return rows if self.full_vocab or self.lm.head_ids is None else rows[:, self.lm.head_ids]
 
     @torch.inference_mode()
     def prefill(self, token_ids: list[int], features: np.ndarray | None = None, *,

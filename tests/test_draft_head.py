@@ -83,6 +83,9 @@ def test_logits_are_the_full_heads_on_its_ids_and_nothing_elsewhere(reduced) -> 
     torch.testing.assert_close(spread[:, lm.head_ids], reference[:, lm.head_ids])
     assert bool(torch.isneginf(spread[:, outside]).all())
     assert float(spread.softmax(-1)[:, outside].sum()) == 0.0
+    with torch.no_grad():  # the model's own forward, as generate() and assisted generation call it
+        own = lm.model(input_ids=torch.tensor([PROMPT])).logits[0]
+    torch.testing.assert_close(own, spread)
     rows_state = CachedLM(lm, full_vocab=False)
     rows = rows_state.prefill(PROMPT)
     assert rows is not None and rows.shape == (len(PROMPT), lm.head_size)
