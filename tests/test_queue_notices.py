@@ -36,3 +36,39 @@ def test_a_slow_queue_is_told_once_a_second_with_its_estimate() -> None:
     assert notices.tell([_open(1)], [_open(2)], 1) == []  # told within the last second
     now[0] = 1.5
     assert len(notices.tell([_open(1)], [_open(2)], 1)) == 2
+
+
+def test_a_running_batch_is_expected_to_take_twice_what_it_has_so_far() -> None:
+    """A first batch has no history: while it runs, its messages and those behind it are told
+    from its running time alone."""
+    notices = QueueNotices(T, max_batch=1, clock=lambda: 0.0)
+    assert notices.tell([_open(0)], [_open(1)], 1) == []  # no history, not running yet: nothing known
+    assert notices.tell([_open(0)], [_open(1)], 1, running_s=0.1) == []  # 0.2 s to go at most: soon enough
+    told = notices.tell([_open(0)], [_open(1)], 1, running_s=0.4)
+    assert [decode(p) for _, p in told] == [Queued(SID[0], 0, 400), Queued(SID[1], 1, 800)]
+
+
+def test_a_running_batch_longer_than_the_recent_ones_raises_the_estimate() -> None:
+    notices = QueueNotices(T, max_batch=1, clock=lambda: 0.0)
+    notices.took(0.3)
+    # 0.1 s into a batch like the last: 0.2 s left, then 0.3 s for the one behind it.
+    assert [decode(p) for _, p in notices.tell([_open(0)], [_open(1)], 1, running_s=0.1)] == [Queued(SID[1], 1, 500)]
+    # 2 s into it (a long prefill): 2 s more, then 2 s for the next.
+    told = notices.tell([_open(2)], [_open(3)], 1, running_s=2.0)
+    assert [decode(p) for _, p in told] == [Queued(SID[2], 0, 2000), Queued(SID[3], 1, 4000)]
+
+
+def test_each_waiting_message_is_told_not_each_session() -> None:
+    """A session's next block, sent as the verdict of the last one came, is told at once."""
+    from schemas import DraftMsg
+
+    now = [0.0]
+    notices = QueueNotices(T, max_batch=1, clock=lambda: now[0])
+    notices.took(0.5)
+    block = [(T.session_up("cam-0", "v1"), encode(DraftMsg(SID[0], seq, 2, [5, 6]))) for seq in (1, 2)]
+    assert len(notices.tell([block[0]], [], 0)) == 1
+    now[0] = 0.1
+    assert notices.tell([block[0]], [], 0) == []  # the same message: told 0.1 s ago
+    assert len(notices.tell([block[1]], [], 0)) == 1
+    now[0] = 0.7
+    assert len(notices.tell([block[1]], [], 0)) == 1  # still waiting, 0.6 s later: told again
