@@ -215,28 +215,30 @@ async def _run_aside(core: VerifierCore, batch: Messages, inbox: asyncio.Queue, 
                      publish: Publish, model_thread: ThreadPoolExecutor) -> Messages:
     """`batch` on the model thread; meanwhile, every `TICK_S`, QUEUED for its messages and for
     those that arrive behind it. Cancelled, it still waits for the batch to end (the core is
-    the batch's until then) and publishes its replies, then re-raises."""
+    the batch's until then), telling the devices as before, publishes its replies, and then
+    ends cancelled."""
     started = time.perf_counter()
     running = asyncio.wrap_future(model_thread.submit(_run_batch, core, batch))
+    cancelled = False
     told = 0
     try:
         while not running.done():
-            await asyncio.wait((running,), timeout=TICK_S)
+            try:
+                await asyncio.wait((running,), timeout=TICK_S)
+            except asyncio.CancelledError:
+                cancelled = True
             if not running.done():
                 notes = notices.tell(batch, _queued(inbox), inbox.qsize(), running_s=time.perf_counter() - started)
                 if notes:
                     told += len(notes)
                     publish(notes)
-        return running.result()
-    except asyncio.CancelledError:
-        while not running.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((running,))
-        if not running.cancelled() and running.exception() is None:
-            publish(running.result())
-        raise
     finally:
         core.stats["queued_notices"] += told  # counted here, not while the model thread writes the stats
+    if cancelled:
+        if running.exception() is None:
+            publish(running.result())
+        raise asyncio.CancelledError
+    return running.result()
 
 
 async def _next_batch(core: VerifierCore, inbox: asyncio.Queue,
