@@ -4,6 +4,9 @@ Presence: a retained Last Will marks the verifier `offline` if it dies; it publi
 `online` (retained) once subscribed. Every verifier hears every session open (a plain
 subscription: no other account can take a share of them) and answers those it owns in the
 pool (verifier_node/membership.py); each verifier's session traffic has its own topic.
+A long batch runs on a model thread of the verifier's own, while the event loop keeps
+receiving, answering the broker's keepalive and telling waiting devices QUEUED
+(queue_notices.py).
 """
 
 from __future__ import annotations
