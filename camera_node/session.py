@@ -14,6 +14,7 @@ import numpy as np
 
 from schemas import DraftMsg, Features, Resync, ResultMsg, SessionOpen, SparseQWire, VerdictMsg
 from speculative.draft import DraftBlock, Drafter
+from speculative.gamma_control import GammaController
 from speculative.loop import EdgeGeneration, GenerationResult, StopRule
 from speculative.models import LoadedLM
 from speculative.sampling import QRule, SamplingParams
@@ -44,6 +45,9 @@ class EdgeRequest:
     draft_ahead: bool = DEFAULTS.draft_ahead  # see camera_node/settings.py
     block_in_open: bool = DEFAULTS.block_in_open
     busy_poll_s: float = DEFAULTS.busy_poll_s  # see exchange_drafting_ahead
+    # Adaptive draft length: `gamma` is then the ceiling negotiated in the OPEN, and the
+    # controller (speculative/gamma_control.py) picks each round's gamma from what it measured.
+    controller: GammaController | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -73,7 +77,8 @@ def result_message(device_id: str, outcome: EdgeOutcome, text: str, extra: dict 
         device_id=device_id, session_id=outcome.session_id.hex(), ts=time.time(), text=text,
         token_ids=list(r.token_ids), rounds=r.rounds, acceptance_rate=round(r.acceptance_rate, 4),
         mean_accepted=round(r.mean_accepted, 4), bytes_up=outcome.traffic.up, bytes_down=outcome.traffic.down,
-        extra={"verifier_id": outcome.verifier_id, "feature_bytes": outcome.feature_bytes, **(extra or {})},
+        extra={"verifier_id": outcome.verifier_id, "feature_bytes": outcome.feature_bytes, **outcome.extra,
+               **(extra or {})},
     )
 
 
@@ -201,11 +206,16 @@ async def _generate(channel: SessionChannel, session: DeviceSession, edge: EdgeG
         await wait_opened_retrying(channel, open_msg, session)
     seq = 0
     round_seconds: list[float] = []
+    ctrl = req.controller
     while not edge.done:
         # 2. Draft a block (the first was drafted before or while the session opened) and send
         # it with its exact q; 3. a lost session is re-opened and the block sent again.
+        drafting = time.perf_counter()
         if block is None:
+            if ctrl is not None:
+                edge.gamma = ctrl.next_gamma()
             block = edge.next_block()
+        draft_s = time.perf_counter() - drafting
         draft = DraftMsg(channel.session_id, seq, edge.committed_len, block.tokens, q_to_wire(block))
         first = None
         if carried and seq == 0:
@@ -214,6 +224,10 @@ async def _generate(channel: SessionChannel, session: DeviceSession, edge: EdgeG
         reply = await verify_block(channel, session, edge, draft, open_msg, req, first)
         # 4. Apply the verdict.
         round_seconds.append(time.perf_counter() - sent_at)
+        if ctrl is not None:
+            k = len(block.tokens)
+            ctrl.observe(reply.n_accepted, k, wait_s=round_seconds[-1],
+                         draft_s_per_token=draft_s / k if k and seq else None)
         edge.apply(reply.n_accepted, reply.next_token)
         block = None
         seq += 1
@@ -236,6 +250,8 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     try:
         drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_rule=req.q_rule)
         edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
+        if req.controller is not None:
+            edge.gamma = req.controller.next_gamma()
 
         def prepare():
             drafter.start(list(req.prompt_ids), features)
@@ -260,4 +276,71 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
         resyncs=session.resyncs,
         feature_bytes=len(wire.data) if wire is not None else 0,
         round_seconds=round_seconds,
+        extra={} if req.controller is None else {"link": link_measurements(req.controller)},
     )
+
+
+def link_measurements(ctrl: GammaController) -> dict:
+    """What the device measured of its link, as published with each result."""
+    t = ctrl.timing()
+    return {"rtt_ms": round(t.rtt_s * 1e3, 2), "acceptance": round(ctrl.acceptance.value, 4),
+            "draft_ms_per_token": round(t.draft_s * 1e3, 3), "verify_ms": round(t.verify_s(ctrl.gamma) * 1e3, 2),
+            "gamma": ctrl.gamma}
+
+
+class NoDraft:
+    """The `DraftSource` of a cloud-only session: the device drafts nothing."""
+
+    forwards = 0
+
+    def start(self, prompt_ids: list[int], features=None) -> None:
+        pass
+
+    def propose(self, gamma: int) -> DraftBlock:
+        return DraftBlock([], None)
+
+    def draft_ahead_step(self, next_gamma: int) -> bool:
+        return False
+
+    def commit(self, n_accepted: int, next_token: int) -> None:
+        pass
+
+
+async def run_cloud_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> EdgeOutcome:
+    """Cloud-only: the verifier generates the whole continuation with the target and streams
+    it back, one VERDICT per token, while the device only listens (no draft model runs). The
+    OPEN still goes out sealed, and the tokens come back sealed."""
+    started = time.perf_counter()
+    session_id = os.urandom(16)
+    channel = link.channel(session_id)
+    stops = lm.eos_token_ids if req.stop_token_ids is None else req.stop_token_ids
+    wire, _ = wire_features(req.features)
+    open_msg = replace(open_message(session_id, lm, replace(req, gamma=0), wire, tuple(stops)),
+                       first_block=[], stream=True)
+    edge = EdgeGeneration(NoDraft(), list(req.prompt_ids), 0, StopRule(req.max_new_tokens, tuple(stops)))
+    round_seconds: list[float] = []
+    finished = False
+    try:
+        sent_at = time.perf_counter()
+        reply = await channel.open_with_block(open_msg)
+        seq = 0
+        while True:
+            if isinstance(reply, Resync):
+                raise VerifierLost(f"the verifier lost the streaming session: {reply.reason}")
+            round_seconds.append(time.perf_counter() - sent_at)
+            edge.next_block()
+            edge.apply(reply.n_accepted, reply.next_token)
+            finished = reply.done
+            if edge.done or reply.done:
+                break
+            seq += 1
+            sent_at = time.perf_counter()
+            reply = await channel._verdict(seq)
+    finally:
+        await channel.close(finished=finished)
+    result = edge.result
+    result.target_forwards = result.rounds
+    result.seconds = time.perf_counter() - started
+    return EdgeOutcome(session_id=session_id, verifier_id=channel.verifier_id or "", result=result,
+                       traffic=channel.traffic, feature_bytes=len(wire.data) if wire is not None else 0,
+                       round_seconds=round_seconds, extra={"mode": "cloud-only"})

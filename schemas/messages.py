@@ -229,6 +229,10 @@ class SessionOpen:
     # refuses one outside its window, and one it has seen, across restarts). A device sets it
     # on every send (`SessionChannel.send_open`); None: an OPEN from before this field.
     sent_at_ms: int | None = wire(integer(0, MAX_SENT_AT_MS, nil=True), default_factory=now_ms)
+    # Cloud-only: the verifier generates the whole continuation itself (the device drafts
+    # nothing, gamma 0) and streams it back, one VERDICT per token with seq 0, 1, 2, ... The
+    # OPEN carries an empty first block. None (absent): an ordinary session.
+    stream: bool | None = wire(Wire(lambda r, i, n, got: r.bool(i, n), absent=None, nil=True, omit_none=True), None)
     type = MsgType.OPEN
 
     def first_draft(self) -> DraftMsg | None:

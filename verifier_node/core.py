@@ -256,6 +256,8 @@ class VerifierCore:
             self.stats["duplicate_opens"] += 1  # a redelivered plaintext OPEN of a finished session
             return self._open_again(finished)
         context, features = self.checks.open(msg)
+        if msg.stream and (msg.gamma != 0 or msg.first_block != []):
+            raise WireError(ErrorCode.OUT_OF_RANGE, "a streaming OPEN has gamma 0 and carries an empty first block")
         session = self._new_session(device_id, msg, context, codec, opened_by)
         down = self.topics.down(device_id)
         first = msg.first_draft()
@@ -284,6 +286,7 @@ class VerifierCore:
             opened=Opened(msg.session_id, self.config.verifier_id, len(context)),
             gamma=msg.gamma,
             resumed=len(msg.generated_ids),
+            stream=bool(msg.stream),
         )
 
     def _open_again(self, state: p.SessionProtocol) -> list[Reply]:
@@ -313,6 +316,9 @@ class VerifierCore:
                                  if state.answers_open(msg.seq) else message)
         if state.verdict(msg.seq, reply, done) is not None:
             self._finish(session)
+        elif session.stream:  # cloud-only: the next token without waiting for the device
+            follow = DraftMsg(msg.session_id, msg.seq + 1, session.committed_len, [], None)
+            self.scheduler.defer(PendingBlock(session, follow, None, down))
         self.tally.verdict(verdict.n_accepted, len(msg.tokens))
         return reply
 

@@ -115,23 +115,31 @@ class Scheduler:
         self.stats = stats
         self.outcomes = outcomes
         self.batching = batching
-        self._deferred: list[PendingBlock] = []  # carried blocks whose open rode in the last forward
+        # Carried blocks whose open rode in the last forward, and the next (empty) block of each
+        # streaming session (`defer`).
+        self._deferred: list[PendingBlock] = []
 
     @property
     def has_deferred(self) -> bool:
         """Blocks wait for the next batch (which may be given no messages)."""
         return bool(self._deferred)
 
+    def defer(self, block: PendingBlock) -> None:
+        """Verify `block` in the next batch (which the service runs at once)."""
+        self._deferred.append(block)
+
     def take_deferred(self) -> list[Slot]:
-        """The blocks that came in OPENs of the previous batch whose prefill rode in its forward
-        (see `run`), still to verify; a RESYNC for one whose session was evicted meanwhile. A
-        session that moved on, ended, or was replaced under its id drops its block."""
+        """The blocks deferred by the previous batch, still to verify: those that came in OPENs
+        whose prefill rode in its forward (see `run`) and streaming sessions' next blocks; a
+        RESYNC for one whose session was evicted meanwhile. A session that moved on, ended, or
+        was replaced under its id drops its block."""
         carried, self._deferred = self._deferred, []
         out: list[Slot] = []
         for block in carried:
             session = block.session
             held = self.sessions.get(session.session_id)
-            if held is session and session.protocol.last_seq is None:
+            after = None if block.msg.seq == 0 else block.msg.seq - 1
+            if held is session and session.protocol.last_seq == after:
                 out.append(block)
             elif held is None and not session.protocol.ended:  # the device re-opens
                 self.stats.stats["resyncs"] += 1

@@ -25,6 +25,7 @@ class Session:
     opened: Opened  # the answer to its OPEN
     gamma: int = 32  # the most drafts per block the device announced
     resumed: int = 0  # generated tokens the device supplied at its OPEN (a re-open), not verified here
+    stream: bool = False  # cloud-only: the verifier generates on its own, one token a batch
     last_used: float = field(default_factory=time.monotonic)
 
     @property
