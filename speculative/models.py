@@ -230,17 +230,21 @@ def _reduce_head(model: Any, path: Path) -> torch.Tensor | None:
         head.weight.copy_(weight)
     # The model's own forward (and so generate(), assisted generation) gives logits over every
     # id, -inf outside the head; the drafter's lean forward multiplies by the K rows itself.
-    head.register_forward_hook(functools.partial(_spread_logits, ids.to(full.weight.device), vocab))
+    head.register_forward_hook(functools.partial(_spread_hook, ids.to(full.weight.device), vocab))
     model.set_output_embeddings(head.eval())
     model.config.tie_word_embeddings = False  # nothing may re-tie the head to the embeddings
     return ids.cpu()
 
 
-def _spread_logits(ids: torch.Tensor, vocab: int, module: Any, inputs: Any, rows: torch.Tensor) -> torch.Tensor:
+def spread_logits(rows: torch.Tensor, ids: torch.Tensor, vocab: int) -> torch.Tensor:
     """A reduced head's logits [..., K] as [..., vocab]: -inf for the ids it leaves out."""
     full = rows.new_full((*rows.shape[:-1], vocab), float("-inf"))
     full[..., ids] = rows
     return full
+
+
+def _spread_hook(ids: torch.Tensor, vocab: int, module: Any, inputs: Any, rows: torch.Tensor) -> torch.Tensor:
+    return spread_logits(rows, ids, vocab)
 
 
 # An empty cache per model, copied for each new one: building a DynamicCache from the config
@@ -297,7 +301,11 @@ class CachedLM:
             return None
         rows = out.logits[0]
         rows = (rows[-last:] if last else rows).float().cpu()
-        return rows if self.full_vocab or self.lm.head_ids is None else rows[:, self.lm.head_ids]
+        ids = self.lm.head_ids
+        if ids is None or rows.shape[-1] == (self.lm.vocab_size if self.full_vocab else ids.numel()):
+            return rows
+        # a head module without load_lm's hook (e.g. swapped for a quantized one) gives K logits
+        return spread_logits(rows, ids, self.lm.vocab_size) if self.full_vocab else rows[:, ids]
 
     @torch.inference_mode()
     def prefill(self, token_ids: list[int], features: np.ndarray | None = None, *,

@@ -178,3 +178,16 @@ def test_eval_draft_times_both_forwards_of_a_reduced_head(reduced) -> None:
 
     lm = load_lm(reduced[1])
     assert cost_per_token(lm, PROMPT, steps=3) > 0 and cost_per_token(lm, PROMPT, steps=3, drafter=True) > 0
+
+
+def test_a_head_module_without_the_hook_still_gives_both_widths(reduced) -> None:
+    """A head swapped for another module (as a quantizer may do) loses load_lm's hook that
+    spreads its K logits over all ids; CachedLM gives the width asked for either way."""
+    lm = load_lm(reduced[1])
+    assert lm.head_ids is not None
+    spread = CachedLM(lm).prefill(PROMPT)
+    plain = torch.nn.Linear(lm.model.config.hidden_size, lm.head_size, bias=False)
+    plain.weight = lm.model.lm_head.weight
+    lm.model.set_output_embeddings(plain)
+    torch.testing.assert_close(CachedLM(lm).prefill(PROMPT), spread)
+    torch.testing.assert_close(CachedLM(lm, full_vocab=False).prefill(PROMPT), spread[:, lm.head_ids])
