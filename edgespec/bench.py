@@ -352,6 +352,12 @@ def print_table(result: dict) -> None:
 
 
 def cmd_bench(args) -> int:
+    if args.rtt is not None:  # the network benchmark (edgespec/bench_network.py)
+        from .bench_network import cmd_rtt
+
+        return cmd_rtt(args)
+    if args.plot:
+        raise ValueError("--plot draws the --rtt table: give --rtt too")
     result = run_bench(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -374,4 +380,8 @@ def register(sub) -> None:
     p.add_argument("--workload", choices=("all", "vision", "text", "event", "general"), default="all",
                    help="vision and text for the built-in pair; event and general for a chat model")
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--rtt", metavar="MS,MS,...", help="instead: every mode (edge-only, cloud-only, hybrid with "
+                   "gamma 1/2/4/8, adaptive, adaptive with pipelining) through an emulated network at these "
+                   "round-trip times, e.g. 0,10,25,50,100 (--prompts captions each, --reps times)")
+    p.add_argument("--plot", metavar="FILE.png", help="with --rtt: tokens/s by round-trip time as a PNG chart")
     p.set_defaults(func=cmd_bench)
