@@ -105,6 +105,15 @@ class EdgeLink:
     def reconnect_s(self) -> float:
         return self.retry.within_s or 0.0
 
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up now (it is re-established in the background)."""
+        return self._connected.is_set()
+
+    def verifiers_online(self) -> list[str]:
+        """The verifiers whose retained status says online."""
+        return [vid for vid, status in self.verifier_status.items() if status == ONLINE]
+
     async def _connect(self) -> None:
         await self._client.__aenter__()
         subscriptions = [self.downlink_topic, self.topics.all_verifier_status(), *self._followed]
