@@ -54,6 +54,7 @@ class TrackConfig:
     still_travel: float = 0.08  # total travel below this, and little growth: still
     scale_travel: float = 0.35  # |log height ratio| from which growth decides the direction
     scale_over_travel: float = 1.5  # ... when it is this many times the travel (frame heights)
+    depth_against: float = 0.05  # vertical travel (frame heights) against the depth growth says it rules out
     stop_share: float = 0.34  # the last share of observations that must be still for "stopped"
     stop_travel: float = 0.03
     secondary_observations: float = 0.6  # share of samples a track after the largest must be in
@@ -343,7 +344,11 @@ class ObjectTracker:
         # Growth that outweighs sideways travel is motion along the camera's axis. Only a
         # thing seen whole at both ends says so: one cut by a border grows or shrinks in view
         # as it comes in or goes out (the caller passes scale 0 then).
-        if abs(scale) >= cfg.scale_travel and abs(scale) >= cfg.scale_over_travel * travel:
+        # A camera looks down on its scene: a thing coming closer also comes down the frame,
+        # one going away goes up it. Growth against that (a box merging with a neighbour, a
+        # thing half hidden) is not read as depth.
+        along = dy > -cfg.depth_against if scale > 0 else dy < cfg.depth_against
+        if abs(scale) >= cfg.scale_travel and abs(scale) >= cfg.scale_over_travel * travel and along:
             return "towards" if scale > 0 else "away"
         if abs(dx) >= abs(dy):
             return "left" if dx < 0 else "right"
