@@ -49,9 +49,9 @@ PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.models_fetch": {"models": "real models: fetch them at set-up (never at run time), list them"},
     "edgespec.draft_commands": {"train-draft": "distil a small draft for a target language model",
                                 "eval-draft": "greedy acceptance and cost per token of a draft for its target"},
-    "edgespec.netem": {"netem": "a TCP proxy in front of the broker adding delay, jitter, a rate limit and cuts"},
-    "edgespec.tier_commands": {"tier": "this device's tier (memory, cores, accelerator, battery) and the draft it picks",
-                               "bench-quant": "an int8-quantized draft against its fp32 original: acceptance and speed"},
+    "edgespec.netem": {"netem": "a TCP proxy in front of the broker adding delay, jitter, a rate limit, cuts"},
+    "edgespec.tier_commands": {"tier": "this device's tier (memory, cores, accelerator, battery), its draft",
+                               "bench-quant": "an int8 draft against its fp32 original: acceptance and speed"},
 }
 
 
