@@ -2,6 +2,11 @@
 // result, availability and verifier stats topics and draws one tile per camera, a verifier
 // strip and a live chart. Every message is validated; one that is not valid JSON or breaks the
 // format (schemas/README.md) is shown nowhere and only counted as rejected.
+//
+// A result's `extra` may say how it was made: `mode` (hybrid, cloud_only, edge_only; missing:
+// hybrid), `verified: false` (an edge_only caption, the draft model's alone), `replaces` (the
+// session id of the unverified caption this verified one replaces, in place) and `link` (the
+// camera's measurements). Device-supplied text is only ever set as textContent.
 "use strict";
 
 (() => {
@@ -12,9 +17,16 @@
   const RATE_WINDOW_S = 60;
   const COLORS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4d7c0f"];
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const MAX_TRACKED = 1000;                // unverified / replaced session ids kept per camera
+  const MODES = { hybrid: "hybrid", cloud_only: "cloud only", edge_only: "edge only" };
+  const MODE_TITLES = {
+    hybrid: "speculative decoding: drafted on the camera, checked by a verifier's target model",
+    cloud_only: "the verifier's target model wrote the caption and streamed it to the camera",
+    edge_only: "the camera's draft model alone (no verifier reachable, or by policy): captions are unverified until a verifier checks them",
+  };
 
   const state = {
-    cameras: new Map(),    // id -> {status, results: [], tokens: [[recv_s, n]], firstSeen, el}
+    cameras: new Map(),    // id -> {status, results: [], latest, link, unverified: Map, tokens: [[recv_s, n]], firstSeen, el}
     verifiers: new Map(),  // id -> {status, stats, prevStats, rate, el}
     rejected: 0,
     verified: new Map(),   // "<device>/<session id>" -> what a verifier verified
@@ -67,6 +79,30 @@
     return body;
   }
 
+  // The new `extra` fields are read leniently: a value of the wrong type is ignored (the result
+  // then shows as an older camera's would), never trusted.
+  function modeOf(r) {
+    const m = r.extra && r.extra.mode;
+    if (m === undefined || m === null) return "hybrid";  // cameras that do not say
+    if (typeof m !== "string") return "unknown";
+    const k = m.replace(/-/g, "_");
+    return Object.hasOwn(MODES, k) ? k : "unknown";
+  }
+  const isUnverified = (r) => !!r.extra && r.extra.verified === false;
+  const replacesOf = (r) => (r.extra && typeof r.extra.replaces === "string" && r.extra.replaces.length <= 128
+    ? r.extra.replaces : null);
+
+  // The camera's link measurements of a result, only the well-formed ones; null if none.
+  function linkOf(r) {
+    const l = r.extra && r.extra.link;
+    if (!isObj(l)) return null;
+    const out = {};
+    for (const k of ["rtt_ms", "acceptance", "draft_ms_per_token", "verify_ms", "gamma"]) {
+      if (isNum(l[k]) && l[k] >= 0) out[k] = l[k];
+    }
+    return Object.keys(out).length ? out : null;
+  }
+
   // What a verifier verified (dev/<id>/verified, a topic only verifiers may write): a result
   // shows as verified only when one matches it exactly; otherwise it is the device's claim.
   function checkVerified(body, device) {
@@ -81,15 +117,35 @@
     state.verified.set(`${id}/${v.session_id}`, v);
     if (state.verified.size > 1000) state.verified.delete(state.verified.keys().next().value);
     const c = state.cameras.get(id);
-    if (c && c.results.length && c.results[0].session_id === v.session_id) markVerified(c, c.results[0]);
+    if (c && c.results.some((r) => r.session_id === v.session_id)) renderCaptions(c);
   }
 
-  function markVerified(c, r) {
+  // "unverified" (the camera says its draft model wrote it alone), "yes" (a verifier's
+  // VerifiedMsg matches it exactly) or "no" (the device's claim).
+  function verification(c, r) {
+    if (isUnverified(r)) return { state: "unverified", v: null };
     const v = state.verified.get(`${c.id}/${r.session_id}`);
     const ok = !!v && v.resumed === 0 && v.text === r.text && v.token_ids.length === r.token_ids.length
       && v.token_ids.every((t, i) => t === r.token_ids[i]);
-    c.parts.caption.dataset.verified = ok ? "yes" : "no";
-    c.parts.when.textContent = eventTime(r) + (ok ? ` · verified by ${v.verifier_id}` : " · not verified (the device's claim)");
+    return { state: ok ? "yes" : "no", v: ok ? v : null };
+  }
+
+  // "verified later; N of M offline tokens kept" for a result that replaced an unverified one.
+  function laterNote(r) {
+    if (!replacesOf(r)) return "";
+    const kept = r.extra.replayed_accepted, of = r.extra.offline_tokens;
+    return isInt(kept) && isInt(of) ? `verified later; ${kept} of ${of} offline tokens kept` : "verified later";
+  }
+
+  function markVerified(c, r) {
+    const { state: s, v } = verification(c, r);
+    const later = laterNote(r);
+    c.parts.caption.dataset.verified = s;
+    c.parts.caption.classList.toggle("unverified", s === "unverified");
+    c.parts.flag.hidden = s !== "unverified";
+    const how = s === "unverified" ? " · unverified — draft only (the camera's draft model alone, no verifier has checked it)"
+      : s === "yes" ? ` · verified by ${v.verifier_id}` : " · not verified (the device's claim)";
+    c.parts.when.textContent = eventTime(r) + how + (later ? ` · ${later}` : "");
   }
 
   function checkStats(body, verifier) {
@@ -128,7 +184,16 @@
     const t = el("article", "tile unknown");
     t.dataset.device = id;
     const head = el("div", "head");
-    head.append(el("span", "id", id), el("span", "pill unknown", "status?"), el("span", "seen", ""));
+    const mode = el("span", "mode", "");
+    mode.hidden = true;
+    const waiting = el("span", "waiting", "");
+    waiting.hidden = true;
+    waiting.dataset.count = "0";
+    head.append(el("span", "id", id), el("span", "pill unknown", "status?"), mode, waiting, el("span", "seen", ""));
+    const flag = el("div", "flag", "unverified — draft only");
+    flag.title = "written by the camera's draft model alone while no verifier was reachable; "
+      + "it is replaced here once a verifier has checked it";
+    flag.hidden = true;
     const caption = el("p", "caption none", "no caption yet");
     const when = el("div", "when", "");
     const metrics = el("div", "metrics");
@@ -144,10 +209,16 @@
     const bar = el("div", "bar");
     bar.append(el("span"));
     bytes.append(el("span", "btext", "sent –"), bar);
+    const link = el("div", "link");
+    link.hidden = true;
     const history = el("ol", "history");
-    t.append(head, caption, when, metrics, bytes, history);
+    t.append(head, flag, caption, when, metrics, link, bytes, history);
     c.el = t;
-    c.parts = { pill: head.children[1], seen: head.children[2], caption, when,
+    c.unverified = new Map();  // session id -> unverified result still waiting for its replacement
+    c.replaced = new Set();    // session ids a verified result replaced
+    c.verifiedLater = 0;
+    c.link = null;             // {values, ts} of the latest result that carried link measurements
+    c.parts = { pill: head.children[1], mode, waiting, seen: head.children[4], flag, caption, when, link,
                 values: [...metrics.querySelectorAll(".v")], btext: bytes.firstChild, bar: bar.firstChild, history };
     state.cameras.set(id, c);
     const tiles = $("tiles");
@@ -176,22 +247,101 @@
     return sum / Math.max(5, Math.min(RATE_WINDOW_S, t - c.firstSeen));
   }
 
+  function bounded(coll, max) {
+    while (coll.size > max) coll.delete(coll.keys().next().value);
+  }
+
   function addResult(id, r) {
     const c = camera(id);
     const received = Date.now();
-    c.results.unshift(r);
-    c.results.length = Math.min(c.results.length, HISTORY + 1);
+    r.receivedAt = received;
+    const replaces = replacesOf(r);
+    if (isUnverified(r) && c.replaced.has(r.session_id)) return;  // its verified replacement came first
+    let slot = -1, known = false;
+    if (replaces) {
+      known = c.unverified.delete(replaces);
+      slot = c.results.findIndex((x) => x.session_id === replaces);
+      c.replaced.add(replaces);
+      bounded(c.replaced, MAX_TRACKED);
+      if (known || slot >= 0) c.verifiedLater += 1;
+    }
+    if (isUnverified(r)) {
+      c.unverified.set(r.session_id, r);
+      bounded(c.unverified, MAX_TRACKED);
+    }
+    if (slot >= 0) {
+      c.results[slot] = r;  // in place: same tile, same row
+    } else if (!known) {
+      c.results.unshift(r);
+      c.results.length = Math.min(c.results.length, HISTORY + 1);
+      state.captions += 1;
+    }  // else: it replaces a caption that has left the tile's history; only the counts change
+    c.latest = r;
+    const link = linkOf(r);
+    if (link) c.link = { values: link, ts: r.ts };
     c.tokens.push([received / 1000, r.token_ids.length]);
-    state.captions += 1;
+    renderMode(c);
+    renderCaptions(c);
+    if (modeOf(r) === "hybrid") {
+      state.points.push({ t: received / 1000, device: id, acceptance: Math.max(0, Math.min(1, r.acceptance_rate)) });
+    }
+    renderCounters();
+    renderChart();
+  }
+
+  // The camera's mode (its latest result's), its unverified captions waiting, its link.
+  function renderMode(c) {
+    const p = c.parts;
+    const m = modeOf(c.latest);
+    p.mode.hidden = false;
+    p.mode.className = `mode mode-${m}`;
+    p.mode.dataset.mode = m;
+    p.mode.textContent = MODES[m] || "mode?";
+    p.mode.title = MODE_TITLES[m] || "the camera named a mode this page does not know";
+    const n = c.unverified.size;
+    p.waiting.hidden = n === 0;
+    p.waiting.dataset.count = String(n);
+    p.waiting.textContent = `${n} unverified waiting`;
+    p.waiting.title = `${n} caption${n === 1 ? "" : "s"} written by the draft model alone, waiting for a verifier`
+      + (c.verifiedLater ? `; ${c.verifiedLater} verified later so far` : "");
+    if (c.link) {
+      const l = c.link.values;
+      const items = [];
+      if (l.rtt_ms !== undefined) items.push(["RTT", `${l.rtt_ms.toFixed(l.rtt_ms < 10 ? 1 : 0)} ms`, "rtt"]);
+      if (l.acceptance !== undefined) items.push(["acceptance", `${Math.round(Math.min(1, l.acceptance) * 100)}%`, "acceptance"]);
+      if (l.gamma !== undefined) items.push(["γ", String(Math.round(l.gamma)), "gamma"]);
+      if (l.draft_ms_per_token !== undefined) items.push(["draft", `${l.draft_ms_per_token.toFixed(1)} ms/token`, "draft"]);
+      if (l.verify_ms !== undefined) items.push(["verify", `${l.verify_ms.toFixed(1)} ms`, "verify"]);
+      p.link.replaceChildren(el("span", "lk", "link"), ...items.map(([k, v, key]) => {
+        const s = el("span", "", `${k} `);
+        const b = el("b", "", v);
+        b.dataset.k = key;
+        s.append(b);
+        return s;
+      }));
+      p.link.title = `the camera's link measurements with its result of ${clock(c.link.ts)}: round-trip time, `
+        + "smoothed per-position draft acceptance, draft length γ, draft time per token, verifier time per block";
+      p.link.hidden = false;
+    }
+  }
+
+  // The tile's caption, its figures and its history, from c.results (newest first).
+  function renderCaptions(c) {
+    const r = c.results[0];
+    if (!r) return;
     const p = c.parts;
     p.caption.textContent = r.text.length > 400 ? r.text.slice(0, 400) + "…" : r.text;
     p.caption.classList.toggle("none", r.text.length === 0);
     if (r.text.length === 0) p.caption.textContent = "(empty caption)";
     p.caption.dataset.session = r.session_id;
-    p.caption.dataset.receivedAt = String(received);
+    p.caption.dataset.receivedAt = String(r.receivedAt);
+    p.caption.dataset.mode = modeOf(r);
     markVerified(c, r);
-    p.values[0].textContent = `${Math.round(r.acceptance_rate * 100)}%`;
-    p.values[1].textContent = (r.mean_accepted + 1).toFixed(2);
+    const m = modeOf(r);
+    p.values[0].textContent = m === "hybrid" ? `${Math.round(r.acceptance_rate * 100)}%` : "–";
+    p.values[0].parentElement.title = m === "hybrid" ? "share of drafted tokens the verifier accepted"
+      : m === "edge_only" ? "no verifier checked this caption" : "the verifier's target wrote every token";
+    p.values[1].textContent = m === "edge_only" ? "–" : (r.mean_accepted + 1).toFixed(2);
     const seconds = isNum(r.seconds) ? r.seconds : r.extra && isNum(r.extra.seconds) ? r.extra.seconds : null;
     p.values[2].dataset.speed = seconds && seconds > 0 ? (r.token_ids.length / seconds).toFixed(1) : "";
     renderRate(c);
@@ -206,12 +356,19 @@
     }
     p.history.replaceChildren(...c.results.slice(1).map((h) => {
       const li = el("li", "", `${clock(h.ts)} — ${h.text.length > 120 ? h.text.slice(0, 120) + "…" : h.text}`);
+      const s = verification(c, h).state;
+      li.dataset.session = h.session_id;
+      li.dataset.verified = s;
+      li.dataset.mode = modeOf(h);
+      if (s === "unverified") {
+        li.className = "unverified";
+        li.append(" ", el("span", "tag", "unverified — draft only"));
+      } else if (replacesOf(h)) {
+        li.append(" ", el("span", "tag later", laterNote(h)));
+      }
       return li;
     }));
     p.seen.textContent = ago(r.ts);
-    state.points.push({ t: received / 1000, device: id, acceptance: Math.max(0, Math.min(1, r.acceptance_rate)) });
-    renderCounters();
-    renderChart();
   }
 
   function renderRate(c) {
@@ -283,6 +440,9 @@
     $("n-cameras").textContent = String(cams.length);
     $("n-online").textContent = String(cams.filter((c) => c.status === "online").length);
     $("n-captions").textContent = String(state.captions);
+    const waiting = cams.reduce((a, c) => a + c.unverified.size, 0);
+    $("n-unverified").textContent = String(waiting);
+    $("n-unverified").classList.toggle("nonzero", waiting > 0);
   }
 
   function renderLegend() {
