@@ -73,9 +73,10 @@ class ReplayDrafter:
     it, then drafts live with the draft model made by `live()` (started on the committed
     context: one prefill on the device)."""
 
-    def __init__(self, recording: OfflineDraft, live: Callable[[], Drafter]):
+    def __init__(self, recording: OfflineDraft, live: Callable[[], Drafter], live_gamma: int | None = None):
         self.recording = recording
         self._make_live = live
+        self.live_gamma = live_gamma  # the block length once live (None: as asked)
         self._live: Drafter | None = None
         self._features: Any = None
         self.committed: list[int] = []
@@ -101,13 +102,15 @@ class ReplayDrafter:
         if self._live is None and self._at >= len(self.recording.tokens):
             self._go_live()
         if self._live is not None:
-            return self._live.propose(gamma)
+            return self._live.propose(gamma if self.live_gamma is None else min(gamma, self.live_gamma))
         block = self.recording.block(self._at, min(self._at + gamma, len(self.recording.tokens)))
         self._drafted = block.tokens
         return block
 
     def draft_ahead_step(self, next_gamma: int) -> bool:
-        return self._live.draft_ahead_step(next_gamma) if self._live is not None else False
+        if self._live is None:
+            return False
+        return self._live.draft_ahead_step(next_gamma if self.live_gamma is None else min(next_gamma, self.live_gamma))
 
     def commit(self, n_accepted: int, next_token: int) -> None:
         if self._live is not None:

@@ -1,0 +1,189 @@
+"""The camera's mode, moment by moment, and a caption made in it.
+
+`CameraModes` keeps what the device measured (its `GammaController`: acceptance, draft time,
+round trip, verifier time; the cloud-only and edge-only rates it saw), asks the
+`ModePolicy` (camera_node/mode_policy.py) for the mode before each caption and once a second
+(`tick`), and makes the caption:
+
+* ``hybrid``: speculative decoding, the draft length chosen each round by the controller;
+* ``cloud_only``: the verifier's target generates and streams the tokens back;
+* ``edge_only``: the draft model alone (`offline_captions.caption_offline`), published as
+  unverified and kept in the backlog until `verify_backlog` has a verifier check it.
+
+A hybrid or cloud-only caption whose session fails (the broker or the verifier went away)
+is made edge-only instead, so the camera never stops captioning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from aiomqtt import MqttError
+
+from speculative.gamma_control import Ewma, GammaController, GammaSettings, latency_rate
+from speculative.models import LoadedLM
+
+from .errors import BrokerUnreachable, ResyncFailed, VerifierRejected, VerifierTimeout
+from .link import EdgeLink
+from .mode_policy import LinkView, Mode, ModePolicy, ModeSettings, predict_cloud_only, predict_edge_only
+from .offline_captions import OfflineCaptions, PendingCaption, caption_offline, new_offline_id, verify_later
+from .session import EdgeOutcome, EdgeRequest, link_measurements, run_cloud_session, run_edge_session
+
+log = logging.getLogger("edgespec.camera")
+MODE_CHOICES = ("auto", "hybrid", "cloud", "edge")
+CLOUD_FAILURES = (VerifierTimeout, VerifierRejected, ResyncFailed, BrokerUnreachable, MqttError, ConnectionError)
+FAILURE_HOLD_S = 2.0  # after a failed session the link counts as unreachable this long
+
+
+@dataclass
+class Captioned:
+    """One caption and how it was made."""
+
+    mode: Mode
+    token_ids: list[int]
+    text: str
+    seconds: float
+    outcome: EdgeOutcome | None = None  # hybrid and cloud-only sessions
+    pending: PendingCaption | None = None  # edge-only: waits for verification
+    reason: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return self.outcome is not None
+
+    def extra(self) -> dict:
+        """What the result message says of the mode (see docs/topics.md)."""
+        out: dict = {"mode": self.mode.value}
+        if self.outcome is not None:
+            out.update(self.outcome.extra)
+        else:
+            out["verified"] = False
+        return out
+
+
+@dataclass
+class CameraModes:
+    """Mode choice, measurements and the offline backlog of one camera."""
+
+    forced: str = "auto"  # one of MODE_CHOICES: "auto" lets the policy choose
+    privacy: bool = False  # nothing may leave the device: edge-only
+    ceiling: int = 8  # the most drafts per block a hybrid session may use
+    pipelined: bool = True
+    battery: Callable[[], tuple[float | None, bool]] = lambda: (None, True)  # (fraction, on mains)
+    caption_tokens: int = 24  # a caption's usual length, for the cloud-only prediction
+    clock: Callable[[], float] = time.monotonic
+    backlog: OfflineCaptions = field(default_factory=OfflineCaptions)
+    policy: ModePolicy = field(default_factory=lambda: ModePolicy(ModeSettings(), mode=Mode.HYBRID))
+    controller: GammaController = field(init=False)
+    cloud_tps: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
+    edge_tps: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
+    failed_at: float | None = None
+    last_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.forced not in MODE_CHOICES:
+            raise ValueError(f"mode {self.forced!r}: one of {', '.join(MODE_CHOICES)}")
+        self.controller = GammaController(self.ceiling, GammaSettings(g_max=self.ceiling, pipelined=self.pipelined))
+
+    # ------------------------------------------------------------------ choosing
+
+    def reachable(self, link: EdgeLink) -> bool:
+        recent_failure = self.failed_at is not None and self.clock() - self.failed_at < FAILURE_HOLD_S
+        # No verifier announced yet (the retained statuses arrive just after connecting): try.
+        announced = bool(getattr(link, "verifier_status", None))
+        verifier = bool(link.verifiers_online()) or not announced
+        return link.connected and verifier and not recent_failure
+
+    def view(self, link: EdgeLink) -> LinkView:
+        ctrl = self.controller
+        timing = ctrl.timing()
+        a = ctrl.acceptance.value
+        hybrid = latency_rate(a, ctrl.gamma, timing, pipelined=self.pipelined)
+        cloud = self.cloud_tps.value if self.cloud_tps.samples else \
+            predict_cloud_only(timing.rtt_s, timing.verify_s(0), self.caption_tokens)
+        fraction, on_mains = self.battery()
+        return LinkView(privacy=self.privacy or self.forced == "edge", reachable=self.reachable(link),
+                        rtt_ms=timing.rtt_s * 1e3, acceptance=a, battery=fraction, on_mains=on_mains,
+                        edge_tps=self.edge_tps.value if self.edge_tps.samples else predict_edge_only(timing.draft_s),
+                        cloud_tps=cloud, hybrid_tps=hybrid)
+
+    def decide(self, link: EdgeLink) -> Mode:
+        view = self.view(link)
+        if self.forced in ("hybrid", "cloud") and view.reachable:
+            self.last_reason = "configured"
+            return Mode.HYBRID if self.forced == "hybrid" else Mode.CLOUD_ONLY
+        decision = self.policy.decide(view, self.clock())
+        if decision.switched:
+            log.info("mode %s (%s)", decision.mode.value, decision.reason)
+        self.last_reason = decision.reason
+        return decision.mode
+
+    # ------------------------------------------------------------------ captioning
+
+    async def caption(self, link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Captioned:
+        """One caption in the mode chosen now (edge-only when the chosen one fails)."""
+        mode = self.decide(link)
+        if mode is Mode.EDGE_ONLY:
+            return self.offline(lm, req, self.last_reason)
+        try:
+            if mode is Mode.CLOUD_ONLY:
+                outcome = await run_cloud_session(link, lm, req)
+                r = outcome.result
+                if r.seconds > 0:
+                    self.cloud_tps.observe(len(r.token_ids) / r.seconds)
+            else:
+                outcome = await run_edge_session(link, lm, replace(req, gamma=self.ceiling,
+                                                                   controller=self.controller))
+                outcome.extra["mode"] = Mode.HYBRID.value
+        except CLOUD_FAILURES as exc:
+            self.failed_at = self.clock()
+            log.warning("%s; captioning on the device alone", exc)
+            return self.offline(lm, req, f"{mode.value} failed")
+        self.failed_at = None
+        r = outcome.result
+        return Captioned(mode, list(r.token_ids), lm.decode(r.token_ids), r.seconds, outcome=outcome,
+                         reason=self.last_reason)
+
+    def offline(self, lm: LoadedLM, req: EdgeRequest, reason: str) -> Captioned:
+        """An edge-only caption, kept in the backlog for verification."""
+        started = time.perf_counter()
+        recording = caption_offline(lm, req)
+        seconds = time.perf_counter() - started
+        if recording.tokens and seconds > 0:
+            self.edge_tps.observe(len(recording.tokens) / seconds)
+        text = lm.decode(recording.tokens)
+        pending = PendingCaption(new_offline_id(), req, recording, text)
+        if not self.privacy and self.forced != "edge":  # nothing leaves a private device, ever
+            self.backlog.add(pending)
+        return Captioned(Mode.EDGE_ONLY, list(recording.tokens), text, seconds, pending=pending, reason=reason)
+
+    async def verify_backlog(self, link: EdgeLink, lm: LoadedLM,
+                             publish: Callable[[PendingCaption, EdgeOutcome], Awaitable[None]],
+                             limit: int | None = None) -> int:
+        """Verify queued captions, oldest first, while a verifier is reachable; `publish`
+        sends each verified caption. Returns how many were verified."""
+        done = 0
+        while (item := self.backlog.oldest()) is not None and (limit is None or done < limit):
+            if not self.reachable(link) or self.privacy or self.forced == "edge":
+                break
+            item.tries += 1
+            try:
+                outcome = await verify_later(link, lm, item)
+            except CLOUD_FAILURES as exc:
+                self.failed_at = self.clock()
+                log.warning("verifying an offline caption: %s", exc)
+                break
+            outcome.extra["mode"] = Mode.HYBRID.value
+            self.backlog.done(item)
+            await publish(item, outcome)
+            done += 1
+        return done
+
+    def measurements(self) -> dict:
+        return link_measurements(self.controller)
+
+
+__all__ = ["CLOUD_FAILURES", "MODE_CHOICES", "CameraModes", "Captioned"]
