@@ -1,7 +1,8 @@
 """`edgespec dashboard` in a real headless Chromium against a real Mosquitto (development config,
-websockets listener on a free port): tiles, captions, availability, the verifier strip and
-hostile payloads. Skipped only where Chromium, Node or playwright-core are missing (`make setup`
-installs them)."""
+websockets listener on a free port): tiles, captions, availability, the verifier strip,
+hostile payloads, and each camera's mode: unverified edge-only captions replaced in place by
+their verified captions, the count waiting, the link measurements. Skipped only where
+Chromium, Node or playwright-core are missing (`make setup` installs them)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dashboard_browser import Browser, missing
 from edgespec.dashboard import DashboardServer, page_config
 from transport.client import make_client
 from schemas import ResultMsg, Topics
+from schemas.results import VerifiedMsg
 
 pytestmark = pytest.mark.broker
 needs_browser = pytest.mark.skipif(missing() is not None, reason=str(missing()))
@@ -96,6 +98,13 @@ def test_tile_caption_offline_and_rejected(mosquitto, browser):
                         f"return c.textContent === {json.dumps(caption)} && Number(c.dataset.receivedAt); }})()")
                     t_seen = time.time()
                     text = browser.eval(f"{tile('cam-1')}.innerText")
+                    # A result without mode, verified or link (an older camera's): hybrid, not
+                    # marked unverified, no link row, nothing waiting.
+                    assert browser.eval(f"{tile('cam-1')}.querySelector('.mode').dataset.mode") == "hybrid"
+                    assert browser.eval(f"{tile('cam-1')}.querySelector('.flag').hidden")
+                    assert browser.eval(f"{tile('cam-1')}.querySelector('.caption').dataset.verified") == "no"
+                    assert browser.eval(f"{tile('cam-1')}.querySelector('.link').hidden")
+                    assert browser.eval(f"{tile('cam-1')}.querySelector('.waiting').hidden")
                 # Leaving the link publishes the retained `offline`, as a camera that stops does.
                 await on_thread(browser.wait, f"{tile('cam-1')}.classList.contains('offline')")
                 grey = browser.eval(f"getComputedStyle({tile('cam-1')}).filter")
@@ -110,6 +119,131 @@ def test_tile_caption_offline_and_rejected(mosquitto, browser):
     assert "1.5 KiB vs 46.9 KiB" in out["text"] and "31× less" in out["text"]  # bytes vs JPEG
     assert "3.2–5.8 s" in out["text"]                               # event time
     assert "grayscale" in out["grey"]
+
+
+def mode_result(device: str, session: str, text: str, n_tokens: int = 9, **extra) -> ResultMsg:
+    """A result of a camera that chooses its mode: `extra` adds mode, verified, replaces, link..."""
+    return ResultMsg(device_id=device, session_id=session, ts=time.time(), text=text,
+                     token_ids=list(range(n_tokens)), rounds=3, acceptance_rate=0.8, mean_accepted=2.4,
+                     bytes_up=900, bytes_down=300,
+                     extra={"verifier_id": "verifier-1", "event": {"start_t": 1.0, "end_t": 2.5}, **extra})
+
+
+ENTRIES = "(() => {{ const t = {tile}; return [t.querySelector('.caption').dataset.session, " \
+          "...[...t.querySelectorAll('ol.history li')].map(li => li.dataset.session)]; }})()"
+
+
+@needs_browser
+def test_modes_unverified_captions_replaced_in_place_and_link(mosquitto, browser):
+    """A camera's latest mode as a badge; an edge-only caption marked unverified (and counted)
+    until its verified caption (`replaces`) takes its place, in the main caption or in the
+    history; the link measurements; hostile text shown as text; bad JSON only counted."""
+    topics = Topics(PREFIX)
+    cam = "cam-modes"
+    t = tile(cam)
+    hostile = '<img src=x onerror="window.__pwned = 1">draft <b>only</b>'
+    s0, s1, s2, r1, r2 = ("a0" * 16, "b1" * 16, "c2" * 16, "d3" * 16, "e4" * 16)
+    with DashboardServer(page_config(broker_ws=mosquitto.ws_url, prefix=PREFIX)) as server:
+        browser.open(server.url)
+        browser.wait("document.body.dataset.mqtt === 'connected'", timeout_s=10)
+
+        async def publish(client, msg) -> None:
+            await client.publish(topics.result(cam), msg.to_json(), qos=1)
+
+        async def scenario() -> None:
+            async with make_client(mosquitto.url, client_id="dashtest-modes") as client:
+                # Hybrid with the camera's link measurements.
+                link = {"rtt_ms": 42.37, "acceptance": 0.8123, "draft_ms_per_token": 3.14, "verify_ms": 12.5,
+                        "gamma": 4}
+                await publish(client, mode_result(cam, s0, "a person walks to the door", mode="hybrid", link=link))
+                await on_thread(browser.wait, f"{t}?.querySelector('.caption').dataset.session === '{s0}'")
+                assert browser.eval(f"{t}.querySelector('.mode').dataset.mode") == "hybrid"
+                assert browser.eval(f"{t}.querySelector('.mode').textContent") == "hybrid"
+                shown = browser.eval(f"{t}.querySelector('.link').innerText")
+                assert "RTT 42 ms" in shown and "acceptance 81%" in shown and "\u03b3 4" in shown, shown
+                assert "3.1 ms/token" in shown and "verify 12.5 ms" in shown, shown
+                assert browser.eval(f"{t}.querySelector('.link b[data-k=gamma]').textContent") == "4"
+
+                # Edge-only, unverified, with hostile text: shown as text, flagged, counted.
+                await publish(client, mode_result(cam, s1, hostile, mode="edge_only", verified=False))
+                await on_thread(browser.wait, f"{t}.querySelector('.caption').dataset.session === '{s1}'")
+                assert browser.eval(f"{t}.querySelector('.caption').textContent") == hostile
+                assert browser.eval(f"{t}.querySelector('img, b:not([data-k])')") is None
+                assert browser.eval("window.__pwned === undefined")
+                assert browser.eval(f"{t}.querySelector('.caption').dataset.verified") == "unverified"
+                assert browser.eval(f"!{t}.querySelector('.flag').hidden")
+                assert browser.eval(f"{t}.querySelector('.flag').textContent") == "unverified — draft only"
+                assert "unverified — draft only" in browser.eval(f"{t}.querySelector('.when').textContent")
+                assert browser.eval(f"{t}.querySelector('.mode').dataset.mode") == "edge_only"
+                assert browser.eval(f"{t}.querySelector('.mode').textContent") == "edge only"
+                assert browser.eval(f"{t}.querySelector('.waiting').dataset.count") == "1"
+                assert browser.eval(f"{t}.querySelector('.metric .v').textContent") == "–"  # no verifier: no acceptance
+                # The link row keeps the latest measurements a result carried.
+                assert "RTT 42 ms" in browser.eval(f"{t}.querySelector('.link').innerText")
+
+                # A second one; the first moves to the history, still unverified.
+                await publish(client, mode_result(cam, s2, "a dog crosses the yard", mode="edge_only", verified=False))
+                await on_thread(browser.wait, f"{t}.querySelector('.waiting').dataset.count === '2'")
+                assert browser.eval(ENTRIES.format(tile=t)) == [s2, s1, s0]
+                assert browser.eval(f"{t}.querySelector('ol.history li').dataset.verified") == "unverified"
+                assert "unverified — draft only" in browser.eval(f"{t}.querySelector('ol.history li').innerText")
+                assert browser.eval("document.querySelector('#n-unverified').textContent") == "2"
+
+                # Bad JSON on the result topic: counted, nothing else changes.
+                rejected = browser.eval("window.edgespec.rejected")
+                await client.publish(topics.result(cam), b"{\"v\": 1, oops", qos=1)
+                await on_thread(browser.wait, f"window.edgespec.rejected === {rejected + 1}")
+                assert browser.eval(ENTRIES.format(tile=t)) == [s2, s1, s0]
+
+                # The verified caption of s1 replaces it in its history row.
+                await publish(client, mode_result(cam, r1, "a man in a red coat walks to the door", mode="hybrid",
+                                                  replaces=s1, replayed_accepted=7, offline_tokens=9))
+                await on_thread(browser.wait, f"{t}.querySelector('.waiting').dataset.count === '1'")
+                assert browser.eval(ENTRIES.format(tile=t)) == [s2, r1, s0]
+                row = f"{t}.querySelector('ol.history li[data-session=\"{r1}\"]')"
+                assert browser.eval(f"{row}.dataset.verified") != "unverified"
+                assert "a man in a red coat walks to the door" in browser.eval(f"{row}.textContent")
+                assert "verified later; 7 of 9 offline tokens kept" in browser.eval(f"{row}.textContent")
+                assert "unverified" not in browser.eval(f"{row}.textContent")
+                assert browser.eval(f"{t}.querySelector('.mode').dataset.mode") == "hybrid"
+
+                # The verified caption of s2 replaces the main caption; then a verifier vouches for it.
+                text2 = "a brown dog crosses the yard"
+                r2_msg = mode_result(cam, r2, text2, n_tokens=7, mode="hybrid", replaces=s2, replayed_accepted=5,
+                                     offline_tokens=6)
+                await publish(client, r2_msg)
+                await on_thread(browser.wait, f"{t}.querySelector('.caption').dataset.session === '{r2}'")
+                assert browser.eval(ENTRIES.format(tile=t)) == [r2, r1, s0]
+                assert browser.eval(f"{t}.querySelector('.caption').textContent") == text2
+                assert browser.eval(f"{t}.querySelector('.caption').dataset.verified") == "no"
+                assert browser.eval(f"{t}.querySelector('.flag').hidden")
+                assert browser.eval(f"{t}.querySelector('.waiting').hidden")
+                assert browser.eval(f"{t}.querySelector('.waiting').dataset.count") == "0"
+                assert browser.eval("document.querySelector('#n-unverified').textContent") == "0"
+                when = browser.eval(f"{t}.querySelector('.when').textContent")
+                assert "verified later; 5 of 6 offline tokens kept" in when
+                verified = VerifiedMsg(device_id=cam, session_id=r2, verifier_id="verifier-1", ts=time.time(),
+                                       token_ids=r2_msg.token_ids, text=text2)
+                await client.publish(topics.verified(cam), verified.to_json(), qos=1)
+                await on_thread(browser.wait, f"{t}.querySelector('.caption').dataset.verified === 'yes'")
+                when = browser.eval(f"{t}.querySelector('.when').textContent")
+                assert "verified by verifier-1" in when and "verified later; 5 of 6 offline tokens kept" in when
+                assert browser.eval("document.querySelector('.tile[data-device=\"cam-modes\"]').querySelectorAll("
+                                    "'.caption, ol.history li').length") == 3
+
+                # Cloud only (the hyphenated spelling is read too), and an unknown mode and a broken
+                # link object: shown, never breaking the tile.
+                await publish(client, mode_result(cam, "f5" * 16, "a cat sits", mode="cloud-only"))
+                await on_thread(browser.wait, f"{t}.querySelector('.mode').dataset.mode === 'cloud_only'")
+                assert browser.eval(f"{t}.querySelector('.mode').textContent") == "cloud only"
+                await publish(client, mode_result(cam, "06" * 16, "a bird lands", mode="<b>warp</b>", link="fast",
+                                                  verified="no"))
+                await on_thread(browser.wait, f"{t}.querySelector('.mode').dataset.mode === 'unknown'")
+                assert browser.eval(f"{t}.querySelector('.caption').dataset.verified") == "no"
+                assert "RTT 42 ms" in browser.eval(f"{t}.querySelector('.link').innerText")
+                assert browser.eval("window.edgespec.rejected") == rejected + 1
+
+        asyncio.run(scenario())
 
 
 @needs_browser
