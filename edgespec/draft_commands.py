@@ -47,6 +47,8 @@ def register(sub) -> None:
     e.add_argument("--gamma", type=int, default=4)
     e.add_argument("--max-new-tokens", type=int, default=48)
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--cost-rounds", type=int, default=7,
+                   help="rounds of timing target and draft back to back; the median ratio (default %(default)s)")
     e.add_argument("--json", metavar="FILE", help="also write the report as JSON here")
     e.set_defaults(func=cmd_eval_draft)
 
@@ -92,7 +94,8 @@ def cmd_eval_draft(args: argparse.Namespace) -> int:
 
     report = evaluate_draft(resolve_model_dir(args.target, "target"), resolve_model_dir(args.draft, "draft"),
                             events=args.events, general=args.general, gamma=args.gamma,
-                            max_new_tokens=args.max_new_tokens, threads=args.threads)
+                            max_new_tokens=args.max_new_tokens, threads=args.threads,
+                            cost_rounds=max(1, args.cost_rounds))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

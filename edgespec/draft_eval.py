@@ -3,10 +3,10 @@
 Acceptance comes from the project's own speculative loop (in-process, gamma 4, greedy) on
 prompts no draft was trained on (event descriptions and general questions); every output is
 checked token for token against the target alone. Cost per token is the median time of a
-one-token forward with the KV cache, draft against target, on the same thread count: the
-Hugging Face forward of each (`CachedLM`, a reduced head's logits spread over all ids), and the
-forward the drafter runs (`speculative.lean.draft_state`: the lean one where it applies, a
-reduced head's K logits as they are).
+one-token forward with the KV cache, draft against target on the same thread count, in rounds
+back to back (the median of the rounds' ratios): the Hugging Face forward of each (`CachedLM`,
+a reduced head's logits spread over all ids), and the forward the drafter runs
+(`speculative.lean.draft_state`: the lean one where it applies, a reduced head's K logits).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def cost_per_token(lm, prompt_ids: list[int], steps: int = 16, drafter: bool = F
 
 
 def evaluate_draft(target_dir: Path, draft_dir: Path, *, events: int = 12, general: int = 6, gamma: int = 4,
-                   max_new_tokens: int = 48, threads: int = 1) -> dict:
+                   max_new_tokens: int = 48, threads: int = 1, cost_rounds: int = 7) -> dict:
     from speculative.loop import generate_autoregressive, run_local
     from speculative.models import load_lm
     from speculative.sampling import SamplingParams
@@ -69,12 +69,21 @@ def evaluate_draft(target_dir: Path, draft_dir: Path, *, events: int = 12, gener
                       "position_acceptance": accepted / max(judged, 1),
                       "tokens_per_round": tokens / max(rounds, 1), "identical_to_target": identical}
     probe = chat_ids(target.tokenizer, prompt_set("event", 1, held_out=True)[0])
-    t_target, t_draft = cost_per_token(target, probe), cost_per_token(draft, probe)
-    t_drafter = cost_per_token(draft, probe, drafter=True)
+    # Rounds of target, draft, drafter back to back; medians of the times and of each round's
+    # ratios, so that a shared CPU's load, which changes from minute to minute, cancels out.
+    times: dict[str, list[float]] = {"target": [], "draft": [], "drafter": []}
+    shares: dict[str, list[float]] = {"draft": [], "drafter": []}
+    for _ in range(cost_rounds):
+        times["target"].append(cost_per_token(target, probe))
+        times["draft"].append(cost_per_token(draft, probe))
+        times["drafter"].append(cost_per_token(draft, probe, drafter=True))
+        for role, ratios in shares.items():
+            ratios.append(times[role][-1] / times["target"][-1])
+    ms = {role: round(statistics.median(t) * 1000, 2) for role, t in times.items()}
     return {"gamma": gamma, "threads": threads, "head_vocab": draft.head_size, "vocab": draft.vocab_size, **rows,
-            "target_ms_per_token": round(t_target * 1000, 2), "draft_ms_per_token": round(t_draft * 1000, 2),
-            "draft_cost_share": round(t_draft / t_target, 3),
-            "drafter_ms_per_token": round(t_drafter * 1000, 2), "drafter_cost_share": round(t_drafter / t_target, 3)}
+            "cost_rounds": cost_rounds, "target_ms_per_token": ms["target"], "draft_ms_per_token": ms["draft"],
+            "draft_cost_share": round(statistics.median(shares["draft"]), 3), "drafter_ms_per_token": ms["drafter"],
+            "drafter_cost_share": round(statistics.median(shares["drafter"]), 3)}
 
 
 def format_report(report: dict) -> str:
@@ -87,7 +96,7 @@ def format_report(report: dict) -> str:
                      f"{r['tokens_per_round']:8.2f}  {'yes' if r['identical_to_target'] else 'NO'}")
     lines.append(f"one-token forward: target {report['target_ms_per_token']} ms, draft "
                  f"{report['draft_ms_per_token']} ms ({report['draft_cost_share']:.0%} of the target), "
-                 f"{report['threads']} thread(s)")
+                 f"{report['threads']} thread(s), median of {report['cost_rounds']} rounds")
     lines.append(f"the drafter's forward: {report['drafter_ms_per_token']} ms "
                  f"({report['drafter_cost_share']:.0%} of the target's forward)")
     return "\n".join(lines)

@@ -151,13 +151,7 @@ def test_the_head_vocabulary_follows_the_teachers_mass() -> None:
 def test_cutting_the_head_of_a_trained_draft(tiny_pair, tmp_path) -> None:
     """`train-draft --from-draft DIR --head-vocab K`: the teacher pass ranks the ids, the draft's
     weights are copied unchanged, the same seed gives the same head; 0 is the full head again."""
-    from transformers import AutoTokenizer
-
-    target_dir, draft_dir = tmp_path / "target", tiny_pair[1]
-    shutil.copytree(tiny_pair[0], target_dir)
-    tokenizer = AutoTokenizer.from_pretrained(target_dir)  # the teacher answers in a chat template
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    tokenizer.save_pretrained(target_dir)
+    target_dir, draft_dir = _templated(tiny_pair[0], tmp_path / "target"), tiny_pair[1]
     recipe = DraftRecipe(event_prompts=2, general_prompts=1, max_new_tokens=4, teacher_top=8, batch=2, threads=1,
                          head_vocab=12)
     out = tmp_path / "cut"
@@ -173,11 +167,26 @@ def test_cutting_the_head_of_a_trained_draft(tiny_pair, tmp_path) -> None:
     assert load_lm(out).head_ids is None and not (out / HEAD_VOCAB_FILE).exists()
 
 
-def test_eval_draft_times_both_forwards_of_a_reduced_head(reduced) -> None:
-    from edgespec.draft_eval import cost_per_token
+def _templated(src: Path, out: Path) -> Path:
+    """A copy of a tiny model whose tokenizer has a chat template (the prompts' form)."""
+    from transformers import AutoTokenizer
 
-    lm = load_lm(reduced[1])
-    assert cost_per_token(lm, PROMPT, steps=3) > 0 and cost_per_token(lm, PROMPT, steps=3, drafter=True) > 0
+    shutil.copytree(src, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_eval_draft_reports_the_head_and_both_forwards(tiny_pair, reduced, tmp_path) -> None:
+    from edgespec.draft_eval import evaluate_draft, format_report
+
+    target_dir, draft_dir = _templated(tiny_pair[0], tmp_path / "t"), _templated(reduced[1], tmp_path / "d")
+    report = evaluate_draft(target_dir, draft_dir, events=2, general=1, max_new_tokens=8, cost_rounds=2)
+    assert report["head_vocab"] == load_lm(draft_dir).head_size < report["vocab"]
+    assert report["event"]["identical_to_target"] and report["general"]["identical_to_target"]
+    assert report["draft_cost_share"] > 0 and report["drafter_cost_share"] > 0
+    assert f"draft output head: {report['head_vocab']} of" in format_report(report)
 
 
 def test_a_head_module_without_the_hook_still_gives_both_widths(reduced) -> None:
