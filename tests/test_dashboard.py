@@ -153,15 +153,15 @@ def test_modes_unverified_captions_replaced_in_place_and_link(mosquitto, browser
         async def scenario() -> None:
             async with make_client(mosquitto.url, client_id="dashtest-modes") as client:
                 # Hybrid with the camera's link measurements.
-                link = {"rtt_ms": 42.37, "acceptance": 0.8123, "draft_ms_per_token": 3.14, "verify_ms": 12.5,
+                link = {"rtt_ms": 42.37, "acceptance": 0.8123, "draft_ms_per_token": 0.043, "verify_ms": 12.5,
                         "gamma": 4}
                 await publish(client, mode_result(cam, s0, "a person walks to the door", mode="hybrid", link=link))
                 await on_thread(browser.wait, f"{t}?.querySelector('.caption').dataset.session === '{s0}'")
                 assert browser.eval(f"{t}.querySelector('.mode').dataset.mode") == "hybrid"
                 assert browser.eval(f"{t}.querySelector('.mode').textContent") == "hybrid"
                 shown = browser.eval(f"{t}.querySelector('.link').innerText")
-                assert "RTT 42 ms" in shown and "acceptance 81%" in shown and "\u03b3 4" in shown, shown
-                assert "3.1 ms/token" in shown and "verify 12.5 ms" in shown, shown
+                assert "RTT 42.4 ms" in shown and "acceptance 81%" in shown and "\u03b3 4" in shown, shown
+                assert "draft 0.04 ms/token" in shown and "verify 12.5 ms" in shown, shown
                 assert browser.eval(f"{t}.querySelector('.link b[data-k=gamma]').textContent") == "4"
 
                 # Edge-only, unverified, with hostile text: shown as text, flagged, counted.
@@ -179,7 +179,7 @@ def test_modes_unverified_captions_replaced_in_place_and_link(mosquitto, browser
                 assert browser.eval(f"{t}.querySelector('.waiting').dataset.count") == "1"
                 assert browser.eval(f"{t}.querySelector('.metric .v').textContent") == "–"  # no verifier: no acceptance
                 # The link row keeps the latest measurements a result carried.
-                assert "RTT 42 ms" in browser.eval(f"{t}.querySelector('.link').innerText")
+                assert "RTT 42.4 ms" in browser.eval(f"{t}.querySelector('.link').innerText")
 
                 # A second one; the first moves to the history, still unverified.
                 await publish(client, mode_result(cam, s2, "a dog crosses the yard", mode="edge_only", verified=False))
@@ -240,7 +240,7 @@ def test_modes_unverified_captions_replaced_in_place_and_link(mosquitto, browser
                                                   verified="no"))
                 await on_thread(browser.wait, f"{t}.querySelector('.mode').dataset.mode === 'unknown'")
                 assert browser.eval(f"{t}.querySelector('.caption').dataset.verified") == "no"
-                assert "RTT 42 ms" in browser.eval(f"{t}.querySelector('.link').innerText")
+                assert "RTT 42.4 ms" in browser.eval(f"{t}.querySelector('.link').innerText")
                 assert browser.eval("window.edgespec.rejected") == rejected + 1
 
         asyncio.run(scenario())

@@ -307,11 +307,12 @@
     if (c.link) {
       const l = c.link.values;
       const items = [];
-      if (l.rtt_ms !== undefined) items.push(["RTT", `${l.rtt_ms.toFixed(l.rtt_ms < 10 ? 1 : 0)} ms`, "rtt"]);
+      const ms = (x) => x.toFixed(x < 1 ? 2 : x < 100 ? 1 : 0);
+      if (l.rtt_ms !== undefined) items.push(["RTT", `${ms(l.rtt_ms)} ms`, "rtt"]);
       if (l.acceptance !== undefined) items.push(["acceptance", `${Math.round(Math.min(1, l.acceptance) * 100)}%`, "acceptance"]);
       if (l.gamma !== undefined) items.push(["γ", String(Math.round(l.gamma)), "gamma"]);
-      if (l.draft_ms_per_token !== undefined) items.push(["draft", `${l.draft_ms_per_token.toFixed(1)} ms/token`, "draft"]);
-      if (l.verify_ms !== undefined) items.push(["verify", `${l.verify_ms.toFixed(1)} ms`, "verify"]);
+      if (l.draft_ms_per_token !== undefined) items.push(["draft", `${ms(l.draft_ms_per_token)} ms/token`, "draft"]);
+      if (l.verify_ms !== undefined) items.push(["verify", `${ms(l.verify_ms)} ms`, "verify"]);
       p.link.replaceChildren(el("span", "lk", "link"), ...items.map(([k, v, key]) => {
         const s = el("span", "", `${k} `);
         const b = el("b", "", v);
