@@ -11,6 +11,8 @@ import pytest
 import torch
 from exactness_stats import chi_square
 
+from edgespec import model_registry as reg
+from edgespec.lm_prompts import chat_ids, prompt_set
 from edgespec.train_draft import Example, cut_head, head_mass, head_vocab
 from edgespec.train_draft_recipe import DraftRecipe
 from speculative.lean import LeanCachedLM, draft_state
@@ -19,6 +21,9 @@ from speculative.models import HEAD_VOCAB_FILE, CachedLM, ModelLoadError, load_l
 from speculative.sampling import SamplingParams, warp_probs
 
 PROMPT = [1, 5, 9, 12, 7]
+# The real pair (read at import, before conftest points EDGESPEC_HOME at a temporary home).
+REAL = "smollm2-135m"
+REAL_TARGET, REAL_DRAFT = reg.model_dir(REAL), reg.pair_draft_dir(REAL)
 
 
 def _head_ids(vocab: int, eos: int) -> list[int]:
@@ -200,3 +205,22 @@ def test_a_head_module_without_the_hook_still_gives_both_widths(reduced) -> None
     lm.model.set_output_embeddings(plain)
     torch.testing.assert_close(CachedLM(lm).prefill(PROMPT), spread)
     torch.testing.assert_close(CachedLM(lm, full_vocab=False).prefill(PROMPT), spread[:, lm.head_ids])
+
+
+@pytest.mark.skipif(not (reg.is_fetched(REAL, REAL_TARGET.parent) and (REAL_DRAFT / HEAD_VOCAB_FILE).is_file()),
+                    reason=f"no {REAL} pair with a reduced-head draft ({REAL_DRAFT}): `make draft` makes it")
+def test_the_real_pairs_reduced_head_draft_is_exact() -> None:
+    """The pair's draft as `make draft` builds it: greedy output identical to the target alone
+    on held-out event descriptions, and it drafts what the target says."""
+    torch.set_num_threads(1)
+    target, draft = load_lm(REAL_TARGET), load_lm(REAL_DRAFT)
+    assert draft.head_ids is not None and draft.head_size < draft.vocab_size == target.vocab_size
+    accepted = 0
+    for prompt in prompt_set("event", 2, held_out=True):
+        ids = chat_ids(target.tokenizer, prompt)
+        spec = run_local(target, draft, ids, None, SamplingParams(), 4, 24)
+        assert spec.token_ids == generate_autoregressive(target, ids, None, SamplingParams(), 24).token_ids
+        accepted += sum(spec.accepted_per_round)
+    assert accepted > 10
+    sampled = run_local(target, draft, ids, None, SamplingParams(temperature=0.7, top_p=0.9), 4, 16, seed=3)
+    assert sampled.token_ids and sum(sampled.accepted_per_round) > 0
