@@ -16,10 +16,12 @@ is made edge-only instead, so the camera never stops captioning.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from aiomqtt import MqttError
 
@@ -35,7 +37,24 @@ from .session import EdgeOutcome, EdgeRequest, link_measurements, run_cloud_sess
 log = logging.getLogger("edgespec.camera")
 MODE_CHOICES = ("auto", "hybrid", "cloud", "edge")
 CLOUD_FAILURES = (VerifierTimeout, VerifierRejected, ResyncFailed, BrokerUnreachable, MqttError, ConnectionError)
+T = TypeVar("T")
 FAILURE_HOLD_S = 2.0  # after a failed session the link counts as unreachable this long
+
+
+async def while_connected(link: EdgeLink, session: Awaitable[T], poll_s: float = 0.1) -> T:
+    """`session`'s result, unless the broker connection drops first: then it is cancelled and
+    BrokerUnreachable raised at once (waiting for its reply timeouts would stall the camera)."""
+    task = asyncio.ensure_future(session)
+    try:
+        while not task.done():
+            if not link.connected:
+                raise BrokerUnreachable("the broker connection dropped during the session")
+            await asyncio.wait({task}, timeout=poll_s)
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
 
 
 @dataclass
@@ -130,13 +149,13 @@ class CameraModes:
             return self.offline(lm, req, self.last_reason)
         try:
             if mode is Mode.CLOUD_ONLY:
-                outcome = await run_cloud_session(link, lm, req)
+                outcome = await while_connected(link, run_cloud_session(link, lm, req))
                 r = outcome.result
                 if r.seconds > 0:
                     self.cloud_tps.observe(len(r.token_ids) / r.seconds)
             else:
-                outcome = await run_edge_session(link, lm, replace(req, gamma=self.ceiling,
-                                                                   controller=self.controller))
+                outcome = await while_connected(link, run_edge_session(
+                    link, lm, replace(req, gamma=self.ceiling, controller=self.controller)))
                 outcome.extra["mode"] = Mode.HYBRID.value
         except CLOUD_FAILURES as exc:
             self.failed_at = self.clock()
@@ -171,7 +190,7 @@ class CameraModes:
                 break
             item.tries += 1
             try:
-                outcome = await verify_later(link, lm, item)
+                outcome = await while_connected(link, verify_later(link, lm, item))
             except CLOUD_FAILURES as exc:
                 self.failed_at = self.clock()
                 log.warning("verifying an offline caption: %s", exc)

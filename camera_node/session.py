@@ -343,4 +343,4 @@ async def run_cloud_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> E
     result.seconds = time.perf_counter() - started
     return EdgeOutcome(session_id=session_id, verifier_id=channel.verifier_id or "", result=result,
                        traffic=channel.traffic, feature_bytes=len(wire.data) if wire is not None else 0,
-                       round_seconds=round_seconds, extra={"mode": "cloud-only"})
+                       round_seconds=round_seconds, extra={"mode": "cloud_only"})

@@ -13,8 +13,13 @@ from camera_node.node import CameraConfig, CameraRun, run_camera
 class _NoLink:
     """Stands in for the MQTT link: the seeds are chosen before anything is sent."""
 
+    connected = False  # nothing to publish or verify
+
     def __init__(self, broker, device_id, **_):
         self.device_id = device_id
+
+    def verifiers_online(self):
+        return []
 
     async def __aenter__(self):
         return self
@@ -27,7 +32,7 @@ def caption_seeds(monkeypatch, device_id: str, seed: int | None, events: int = 2
     """The seeds a camera on the synthetic source gives its first `events` caption sessions."""
     seeds: list[int] = []
 
-    async def describe(link, lm, extractor, event, cfg, seed, facts=None):
+    async def describe(link, lm, extractor, event, cfg, seed, facts=None, modes=None):
         seeds.append(seed)
         return object()  # a caption
 

@@ -28,7 +28,7 @@ def test_cloud_only_equals_target_alone(mosquitto, verifier, loaded_pair):
         out = asyncio.run(cloud(mosquitto.url, draft, ids, 24))
         assert out.result.token_ids == reference(target, ids, 24), prompt
         assert out.result.rounds == len(out.result.token_ids)  # one VERDICT per token
-        assert out.result.draft_forwards == 0 and out.extra["mode"] == "cloud-only"
+        assert out.result.draft_forwards == 0 and out.extra["mode"] == "cloud_only"
 
 
 def test_cloud_and_hybrid_sessions_together(mosquitto, verifier, loaded_pair):

@@ -36,8 +36,7 @@ def main() -> int:
     with MosquittoBroker(port=0) as broker, \
             DashboardServer(page_config(broker_ws=broker.ws_url, prefix="edgespec/v1")) as web, Browser() as browser:
         try:
-            verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", "default"])
-            procs.append(verifier)
+            verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", "default"], procs)
             for line in verifier.stdout:
                 if "ready on" in line:
                     drain(verifier)
@@ -45,9 +44,9 @@ def main() -> int:
             browser.open(web.url, width=1360, height=1000)
             browser.wait("document.body.dataset.mqtt === 'connected'", timeout_s=10)
             for i, cam in enumerate(CAMERAS):
-                procs.append(_spawn(["camera", "--broker", broker.url, "--device-id", cam,
-                                     "--source", f"synthetic:{7 + 100 * i}", "--max-events", str(args.events),
-                                     "--realtime", "--seed", str(i)]))
+                _spawn(["camera", "--broker", broker.url, "--device-id", cam,
+                        "--source", f"synthetic:{7 + 100 * i}", "--max-events", str(args.events),
+                        "--realtime", "--seed", str(i)], procs)
                 drain(procs[-1])
             # Every camera with at least four captions, and the verifier's stats in the strip.
             browser.wait("[...document.querySelectorAll('.tile')].filter(t => t.querySelectorAll('ol.history li')"
