@@ -151,8 +151,8 @@ def head_vocab(mass: torch.Tensor, size: int, keep: tuple[int, ...] = ()) -> lis
     BPE vocabulary gives its commoner pieces."""
     score = mass.clone()
     score[list(keep)] = float("inf")
-    order = sorted(range(score.numel()), key=lambda i: (-float(score[i]), i))
-    return sorted(order[: max(1, min(size, score.numel()))])
+    order = torch.sort(-score, stable=True).indices  # equal mass: the lower id first
+    return sorted(order[: max(1, min(size, score.numel()))].tolist())
 
 
 def _teacher(target_dir: Path, recipe: DraftRecipe, progress: bool) -> tuple[LoadedLM, list[Example], int]:
