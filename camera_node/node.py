@@ -24,6 +24,7 @@ from speculative.sampling import QRule, SamplingParams
 from .captions import CAPTION_PROMPT
 from .capture import open_source
 from .events import MotionConfig, MotionDetector, MotionEvent
+from .event_prompt import request_inputs
 from .features import FeatureExtractor, ObjectFeatures, encode_facts
 from .objects import ObjectFacts
 from .link import EdgeLink
@@ -45,6 +46,9 @@ class CameraConfig:
     broker: str = "mqtt://127.0.0.1:1883"
     prefix: str = PROTOCOL
     prompt: str = CAPTION_PROMPT
+    # A chat model's instruction ({caption}: the event's facts in words), sent as a user turn of the
+    # draft's chat template with no features; None: `prompt` after the vision features (event_prompt.py).
+    text_prompt: str | None = None
     sampling: SamplingParams = DEFAULTS.sampling
     gamma: int = DEFAULTS.gamma
     q_rule: QRule = DEFAULTS.q_rule  # entries of q per drafted token
@@ -135,8 +139,8 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
                     "exit": f.exit, "stopped": f.stopped} for f in facts[: extractor.slots]]
     else:
         features = extractor.extract(event)
-    features = cfg.privacy.features(features)
-    req = EdgeRequest(lm.encode(cfg.privacy.prompt(cfg.prompt)), features, sampling=cfg.sampling, gamma=cfg.gamma,
+    prompt_ids, wire_features = request_inputs(lm, cfg, features, objects)
+    req = EdgeRequest(prompt_ids, wire_features, sampling=cfg.sampling, gamma=cfg.gamma,
                       q_rule=cfg.q_rule, max_new_tokens=cfg.max_new_tokens, seed=seed, draft_ahead=cfg.draft_ahead,
                       busy_poll_s=cfg.busy_poll_s)
     outcome = await run_edge_session(link, lm, req)

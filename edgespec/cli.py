@@ -224,6 +224,38 @@ def format_event(device_id: str, event, number: int, facts=None) -> str:
     return line + "; " + ", ".join(f"{f.kind} ({f.colour}, {f.direction})" for f in facts)
 
 
+def _camera_draft_dir(args: argparse.Namespace) -> Path:
+    """The camera's draft folder: `--pair NAME`'s draft (NAME-draft in the models cache), else `--draft-model`."""
+    if not args.pair:
+        return resolve_model_dir(args.draft_model, "draft")
+    from .model_registry import ModelNotFetched, pair_draft_dir
+
+    folder = pair_draft_dir(args.pair)
+    if not (folder / "config.json").is_file():
+        raise ModelNotFetched(f"no draft for {args.pair} at {folder}: run `make draft` "
+                              f"(`edgespec train-draft --target {args.pair}`)")
+    return folder
+
+
+def _camera_text_prompt(args: argparse.Namespace, lm) -> str | None:
+    """The instruction the camera words its events into (the one the real models' drafts were
+    distilled on), or None for the vision-feature prompt; auto (no flag): a chat model without
+    a vision projector gets the instruction."""
+    from .lm_prompts import EVENT_INSTRUCTION
+    from .workloads import has_chat_template
+
+    chat = has_chat_template(lm)
+    wanted = chat if args.text_prompt is None else args.text_prompt
+    if not wanted:
+        return None
+    if not chat:
+        raise ValueError(f"--text-prompt needs a draft with a chat template and no vision projector: {lm.path}")
+    if args.vision_encoder:
+        raise ValueError("text prompts word the objects the camera measured: drop --vision-encoder "
+                         "(or give --no-text-prompt)")
+    return EVENT_INSTRUCTION
+
+
 def cmd_camera(args: argparse.Namespace) -> int:
     from camera_node.announce import CameraAnnouncer
     from camera_node.capture import SourceError
@@ -237,7 +269,8 @@ def cmd_camera(args: argparse.Namespace) -> int:
     announce = CameraAnnouncer(ha_discovery=args.ha_discovery, ha_prefix=args.ha_prefix)
     set_threads(args.threads)
     ident = resolve_device(args)
-    lm = load_lm(resolve_model_dir(args.draft_model, "draft"))
+    lm = load_lm(_camera_draft_dir(args))
+    text_prompt = _camera_text_prompt(args, lm)
     extractor = None
     if args.vision_encoder:
         from camera_node.features import HFVisionFeatures
@@ -245,7 +278,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
         extractor = HFVisionFeatures(args.vision_encoder)
     cfg = CameraConfig(
         device_id=ident.device_id, source=args.source, broker=ident.broker, prefix=ident.prefix, auth=ident.auth,
-        keys=ident.keys, privacy=privacy_from_args(args),
+        keys=ident.keys, privacy=privacy_from_args(args), text_prompt=text_prompt,
         sampling=SamplingParams(args.temperature, args.top_k, args.top_p).validate(), gamma=args.gamma,
         q_rule=q_rule_from_args(args), max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events,
         realtime=args.realtime,
@@ -358,6 +391,11 @@ def _add_camera(sub) -> None:
     p.add_argument("--source", default="synthetic",
                    help="device index, /dev/videoN, video file, image folder, rtsp/http URL, or synthetic[:SEED]")
     p.add_argument("--draft-model", default="default", help=MODEL_HELP)
+    p.add_argument("--pair", metavar="NAME", help="the draft paired with a known model (NAME-draft in the models "
+                   "cache, `make draft`); overrides --draft-model")
+    p.add_argument("--text-prompt", action=argparse.BooleanOptionalAction, default=None,
+                   help="send the event's measured facts in words as a chat prompt, no features (default: on "
+                        "for a chat-model draft without a vision projector, e.g. --pair smollm2-135m)")
     p.add_argument("--vision-encoder", help="a local Hugging Face vision encoder folder (default: OpenCV features)")
     add_max_new_tokens(p)
     p.add_argument("--max-events", type=int, help="stop after this many captions")

@@ -1,5 +1,13 @@
 """`edgespec demo`: a local Mosquitto, a verifier and three synthetic cameras, with the captions
-printed as a dashboard subscribed to the result topics sees them."""
+printed as a dashboard subscribed to the result topics sees them.
+
+`--pair NAME` (a fetched real chat model, e.g. smollm2-135m): the verifier serves that model
+and the cameras its distilled draft (`make models`, `make draft`); each camera words the
+facts it measured into a chat prompt (camera_node/event_prompt.py) and the real model writes
+the sentence, drafted on the camera and verified exactly. The same three cameras and three
+events each: most of the demo's time is the scenes played at their frame rate, and the real
+target's ~100 ms forwards add about 15 s to the built-in pair's 30 on 2 cores.
+"""
 
 from __future__ import annotations
 
@@ -31,16 +39,48 @@ def _spawn(args: list[str], procs: list[subprocess.Popen]) -> subprocess.Popen:
                  env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGESPEC_THREADS": "1"})
 
 
-def intro(port: int, cameras: int, events: int) -> str:
+@dataclass(frozen=True)
+class DemoModels:
+    """What the demo runs: model folders (or names) and whether the cameras send text prompts."""
+
+    target: str
+    draft: str
+    pair: str | None = None  # a real model's name: its own draft, text prompts
+
+    def camera_args(self) -> list[str]:
+        return ["--draft-model", self.draft] + (["--text-prompt"] if self.pair else [])
+
+
+def demo_models(args) -> DemoModels:
+    """The demo's models, checked before anything starts; with `--pair`, one line saying
+    what to run when the model or its draft is missing."""
+    if not args.pair:
+        resolve_model_dir(args.target_model, "target")
+        resolve_model_dir(args.draft_model, "draft")
+        return DemoModels(args.target_model, args.draft_model)
+    from .model_registry import ModelNotFetched, pair_model_dirs
+
+    try:
+        target, draft = pair_model_dirs(args.pair)
+    except ModelNotFetched as exc:
+        raise ModelNotFetched(f"{exc}; run `make models` and `make draft` first") from None
+    return DemoModels(str(target), str(draft), args.pair)
+
+
+def intro(port: int, cameras: int, events: int, pair: str | None = None) -> str:
     """Printed once at the start: how to watch, what the fields mean, how to stop."""
+    real = (f"  Real language model: the verifier serves {pair}, each camera its distilled draft; a camera\n"
+            f"  words what it measured (\"facts\") into a chat prompt and the model writes the sentence.\n"
+            if pair else "")
     return (
         f"edgespec demo: one verifier and {cameras} synthetic cameras, "
-        f"{events} caption{'s' if events != 1 else ''} each.\n"
+        f"{events} caption{'s' if events != 1 else ''} each.\n" + real +
         f"  Watch the results from another terminal (Debian: apt install mosquitto-clients):\n"
         f"    mosquitto_sub -h 127.0.0.1 -p {port} -v -t '{RESULT_TOPIC}'\n"
         f"  Each caption below comes with:\n"
         f"    acceptance                share of the camera's drafted tokens the verifier kept (1.00: all)\n"
         f"    tokens/round              caption tokens per round trip to the verifier (kept drafts + its own)\n"
+        f"    +S s                      when it arrived: seconds since the cameras started\n"
         f"    KiB sent                  what the camera sent for it: token ids, draft probabilities, features\n"
         f"    JPEG key frames would be  what sending the event's key frames as JPEG images would cost instead\n"
         f"  Stop: Ctrl-C (or SIGTERM); the broker, verifier and cameras stop with the demo.\n")
@@ -53,6 +93,7 @@ class Tally:
     expected: int
     cameras: int
     results: list = field(default_factory=list)
+    facts: bool = False  # print what each camera measured with its caption (text prompts)
     started: float = field(default_factory=time.monotonic)
 
     def summary(self) -> str:
@@ -69,6 +110,23 @@ class Tally:
         return text + f", {time.monotonic() - self.started:.0f} s"
 
 
+def result_lines(r, elapsed_s: float, facts: bool = False) -> str:
+    """A caption as the demo prints it; `facts`: also what the camera measured (its prompt)."""
+    up_kb = r.bytes_up / 1024
+    jpeg_kb = r.extra.get("jpeg_bytes_keyframes", 0) / 1024
+    lines = f"{time.strftime('%H:%M:%S')}  {r.device_id:<6} \"{r.text}\"\n"
+    if facts and r.extra.get("objects"):
+        from camera_node.captions import caption_for_facts
+
+        lines += f"          facts: {caption_for_facts(r.extra['objects'])}\n"
+    mode = r.extra.get("mode")
+    if mode not in (None, "hybrid"):  # the camera's mode policy chose no drafting for this one
+        lines += f"          mode {mode}\n"
+    return lines + (f"          acceptance {r.acceptance_rate:.2f}, {r.mean_accepted + 1:.2f} tokens/round, "
+                    f"{len(r.token_ids)} tokens in {r.rounds} rounds, +{elapsed_s:.1f} s, {up_kb:.2f} KiB sent "
+                    f"(JPEG key frames would be {jpeg_kb:.1f} KiB)")
+
+
 async def _print_results(client, tally: Tally, expected: int) -> None:
     """Print each result as it arrives, until `expected` arrived."""
     from schemas import ResultMsg, WireError
@@ -80,11 +138,7 @@ async def _print_results(client, tally: Tally, expected: int) -> None:
             print(f"dashboard: skipped a bad result: {err}")
             continue
         tally.results.append(r)
-        up_kb = r.bytes_up / 1024
-        jpeg_kb = r.extra.get("jpeg_bytes_keyframes", 0) / 1024
-        print(f"{time.strftime('%H:%M:%S')}  {r.device_id:<6} \"{r.text}\"\n"
-              f"          acceptance {r.acceptance_rate:.2f}, {r.mean_accepted + 1:.2f} tokens/round, "
-              f"{up_kb:.2f} KiB sent (JPEG key frames would be {jpeg_kb:.1f} KiB)", flush=True)
+        print(result_lines(r, time.monotonic() - tally.started, tally.facts), flush=True)
         if len(tally.results) >= expected:
             break
 
@@ -168,29 +222,32 @@ def cmd_demo(args) -> int:
     temp folder is left, and the demo prints what it saw (transport.lifecycle)."""
     from broker.runner import MosquittoBroker
 
-    resolve_model_dir(args.target_model, "target")
-    resolve_model_dir(args.draft_model, "draft")
+    models = demo_models(args)
     expected = args.cameras * args.events
-    tally = Tally(expected, args.cameras)
+    tally = Tally(expected, args.cameras, facts=models.pair is not None)
     procs: list[subprocess.Popen] = []
     broker = MosquittoBroker(port=args.port)
     web = None
     stopping = False
     try:
         broker.start()
-        print(intro(broker.port, args.cameras, args.events), flush=True)
+        print(intro(broker.port, args.cameras, args.events, models.pair), flush=True)
         print(f"broker: mosquitto (development config) on {broker.url}", flush=True)
         web = _dashboard(broker, args.dashboard_port)
-        verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", args.target_model], procs)
+        started = time.monotonic()
+        verifier = _spawn(["verifier", "--broker", broker.url, "--target-model", models.target], procs)
         if not _wait_ready(verifier):
             return 1
+        print(f"verifier: target {Path(models.target).name} up in {time.monotonic() - started:.1f} s", flush=True)
         tails = []
         for i in range(args.cameras):
             tails.append(drain(_spawn([
                 "camera", "--broker", broker.url, "--device-id", f"cam-{i + 1}",
-                "--source", f"synthetic:{args.seed + 100 * i}", "--draft-model", args.draft_model,
+                "--source", f"synthetic:{args.seed + 100 * i}", *models.camera_args(),
                 "--max-events", str(args.events), "--realtime", "--temperature", str(args.temperature),
+                *(["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []),
             ], procs)))  # no --seed: each camera derives its own per caption (never shared)
+        tally.started = time.monotonic()
         print(f"cameras: {args.cameras} synthetic cameras, {args.events} events each\n", flush=True)
         seen = asyncio.run(dashboard(broker.url, PROTOCOL, expected, args.timeout, tally, procs[1:]))
         failures = _wait_cameras(procs[1:], tails)
@@ -218,6 +275,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=0, help="broker port (0: a free one)")
     p.add_argument("--target-model", default="default")
     p.add_argument("--draft-model", default="default")
+    p.add_argument("--pair", metavar="NAME", help="a real chat model (e.g. smollm2-135m) on the verifier and its "
+                   "distilled draft on the cameras, which send their events in words (`make models`, `make draft`); "
+                   "overrides the two above")
+    p.add_argument("--max-new-tokens", type=int, help="most tokens per caption (default: the camera's)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic scenes")
     p.add_argument("--timeout", type=float, default=180.0)
