@@ -262,6 +262,10 @@ class VerdictMsg:
     next_token: int = wire(integer(0, MAX_TOKEN_ID))
     committed_len: int = wire(integer(1, MAX_SEED))  # after this verdict
     done: bool = wire(boolean(absent=False), False)
+    # The verifier's model time for the batch that judged this block (ms; None: not told):
+    # the device subtracts it from its wait to measure the network round trip.
+    verify_ms: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS), absent=None, nil=True,
+                                      omit_none=True), None)
     type = MsgType.VERDICT
 
 

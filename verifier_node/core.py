@@ -308,6 +308,7 @@ class VerifierCore:
             next_token=verdict.next_token,
             committed_len=session.committed_len,
             done=done,
+            verify_ms=self.scheduler.last_model_ms,
         )
         state = session.protocol
         down = self.topics.down(session.device_id)

@@ -10,6 +10,7 @@ an open or a block in the batch (a QoS-1 duplicate, a close) first has the pendi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -118,6 +119,7 @@ class Scheduler:
         # Carried blocks whose open rode in the last forward, and the next (empty) block of each
         # streaming session (`defer`).
         self._deferred: list[PendingBlock] = []
+        self.last_model_ms: int | None = None  # the last model call's time, told in its verdicts
 
     @property
     def has_deferred(self) -> bool:
@@ -176,6 +178,7 @@ class Scheduler:
     def _model(self, items: list[Pending], what: str, work: Callable[[], None]) -> bool:
         """Run `work` timed as model time; on an exception fail `items` (a bug must not take
         the other sessions down with it)."""
+        started = time.perf_counter()
         try:
             with self.stats.batch_times.model():
                 work()
@@ -185,6 +188,7 @@ class Scheduler:
                 else "verifier failed on this block"
             self.outcomes.fail(items, f"{message}: {type(exc).__name__}")
             return False
+        self.last_model_ms = round((time.perf_counter() - started) * 1000)
         return True
 
     def _prefill(self, opens: list[PendingOpen]) -> None:
