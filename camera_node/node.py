@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from schemas import Topics
+from schemas import ResultMsg, Topics
 from schemas.topics import PROTOCOL
 from speculative.models import LoadedLM
 from transport.urls import ClientAuth
@@ -28,6 +28,9 @@ from .event_prompt import request_inputs
 from .features import FeatureExtractor, ObjectFeatures, encode_facts
 from .objects import ObjectFacts
 from .link import EdgeLink
+from .modes import CLOUD_FAILURES, CameraModes, Captioned
+from .mode_policy import Mode
+from .offline_captions import PendingCaption
 from .privacy import PrivacyConfig
 from .session import EdgeOutcome, EdgeRequest, result_message, run_edge_session
 from .settings import DEFAULTS
@@ -67,11 +70,17 @@ class CameraConfig:
     draft_ahead: bool = DEFAULTS.draft_ahead  # pipelining: draft the next block while one is verified
     busy_poll_s: float = DEFAULTS.busy_poll_s  # poll for a verdict this long before sleeping (0 on battery)
     stall_s: float = 5.0  # a source that gives no frame this long ends the open event
+    # How captions are made: "auto" (the mode policy picks hybrid, cloud-only or edge-only from
+    # what the camera measures), or always "hybrid", "cloud" or "edge" (edge-only when the
+    # forced mode cannot reach a verifier). See camera_node/modes.py.
+    mode: str = "auto"
+    gamma_ceiling: int = 8  # auto and hybrid: the controller picks each round's gamma up to this
+    local_only: bool = False  # privacy: nothing leaves the device (edge-only, never verified)
 
 
 @dataclass
 class Caption:
-    """One verified caption and what it cost."""
+    """One caption and what it cost; `verified` False: the draft's own text (edge-only)."""
 
     device_id: str
     text: str
@@ -87,6 +96,8 @@ class Caption:
     seconds: float
     objects: list[dict[str, object]] = field(default_factory=list)
     session: EdgeOutcome | None = field(default=None, repr=False, compare=False)  # rounds, timings, traffic
+    mode: str = Mode.HYBRID.value
+    verified: bool = True
 
 
 @dataclass
@@ -125,10 +136,12 @@ def event_jpeg_bytes(event: MotionEvent) -> tuple[int, int]:
 
 
 async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtractor, event: MotionEvent,
-                         cfg: CameraConfig, seed: int, facts: list[ObjectFacts] | None = None) -> Caption | None:
-    """One caption session for one event, published on the result topic; None (no session)
-    when the device followed no moving object in it (a flicker, a change of the whole view).
-    ``facts``: the event's objects when already measured (ObjectFeatures only)."""
+                         cfg: CameraConfig, seed: int, facts: list[ObjectFacts] | None = None,
+                         modes: CameraModes | None = None) -> Caption | None:
+    """One caption for one event, published on the result topic; None (no caption) when the
+    device followed no moving object in it (a flicker, a change of the whole view).
+    ``facts``: the event's objects when already measured (ObjectFeatures only); ``modes``:
+    the camera's mode keeping (None: a hybrid session, whatever the link)."""
     objects: list[dict[str, object]] = []
     if isinstance(extractor, ObjectFeatures):
         facts = extractor.facts(event) if facts is None else facts
@@ -143,18 +156,55 @@ async def describe_event(link: EdgeLink, lm: LoadedLM, extractor: FeatureExtract
     req = EdgeRequest(prompt_ids, wire_features, sampling=cfg.sampling, gamma=cfg.gamma,
                       q_rule=cfg.q_rule, max_new_tokens=cfg.max_new_tokens, seed=seed, draft_ahead=cfg.draft_ahead,
                       busy_poll_s=cfg.busy_poll_s)
-    outcome = await run_edge_session(link, lm, req)
-    text = lm.decode(outcome.result.token_ids)
+    made = await (modes.caption(link, lm, req) if modes is not None else _hybrid(link, lm, req))
     key_bytes, clip_bytes = event_jpeg_bytes(event)
     extra = {"event": {"start_t": event.start_t, "end_t": event.end_t, "frames": event.frame_count,
                        "peak_area": round(float(event.peak_area), 4), "ended": event.reason.value},
              "objects": objects,
              "jpeg_bytes_keyframes": key_bytes, "jpeg_bytes_clip": clip_bytes}
-    await link.publish_result(result_message(link.device_id, outcome, text, extra))
+    await _publish(link, made, extra)
+    outcome = made.outcome
+    if outcome is None:
+        return Caption(link.device_id, made.text, event, 0.0, 0.0, 0, 0, 0, 0, key_bytes, clip_bytes, made.seconds,
+                       objects, mode=made.mode.value, verified=False)
     r = outcome.result
-    return Caption(link.device_id, text, event, r.acceptance_rate, r.mean_accepted, r.rounds, outcome.traffic.up,
+    return Caption(link.device_id, made.text, event, r.acceptance_rate, r.mean_accepted, r.rounds, outcome.traffic.up,
                    outcome.traffic.down, outcome.feature_bytes, key_bytes, clip_bytes, r.seconds, objects,
-                   session=outcome)
+                   session=outcome, mode=made.mode.value)
+
+
+async def _hybrid(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Captioned:
+    outcome = await run_edge_session(link, lm, req)
+    r = outcome.result
+    return Captioned(Mode.HYBRID, list(r.token_ids), lm.decode(r.token_ids), r.seconds, outcome=outcome)
+
+
+async def _publish(link: EdgeLink, made: Captioned, extra: dict) -> None:
+    """The caption on the result topic; an edge-only one (unverified) under its offline id,
+    or kept for later when the broker is out of reach."""
+    extra = {**extra, **made.extra()}
+    if made.outcome is not None:
+        await link.publish_result(result_message(link.device_id, made.outcome, made.text, extra))
+        return
+    pending = made.pending
+    assert pending is not None
+    pending.extra = extra
+    if link.connected:
+        await link.publish_result(offline_result(link.device_id, pending))
+        pending.published = True
+
+
+def offline_result(device_id: str, item: PendingCaption) -> ResultMsg:
+    """The result message of an unverified, edge-only caption."""
+    return ResultMsg(device_id=device_id, session_id=item.offline_id, ts=item.created, text=item.text,
+                     token_ids=list(item.recording.tokens), rounds=0, acceptance_rate=0.0, mean_accepted=0.0,
+                     bytes_up=0, bytes_down=0, extra=item.extra)
+
+
+async def publish_verified(link: EdgeLink, lm: LoadedLM, item: PendingCaption, outcome: EdgeOutcome) -> None:
+    """The verified caption that replaces an unverified one (`extra.replaces`)."""
+    extra = {**{k: v for k, v in item.extra.items() if k != "verified"}, **outcome.extra}
+    await link.publish_result(result_message(link.device_id, outcome, lm.decode(outcome.result.token_ids), extra))
 
 
 def caption_seed(device_id: str, boot_nonce: bytes, number: int, start_t: float) -> int:
@@ -178,6 +228,29 @@ class _Captioner:
         self.cfg, self.lm, self.extractor, self.run, self.link = cfg, lm, extractor, run, link
         self.on_caption, self.on_event, self.announce = on_caption, on_event, announce
         self.boot_nonce = os.urandom(16)  # fresh per start: seeds never repeat across restarts
+        self.modes = CameraModes(forced=cfg.mode, privacy=cfg.local_only, ceiling=cfg.gamma_ceiling,
+                                 pipelined=cfg.draft_ahead, caption_tokens=min(24, cfg.max_new_tokens))
+
+    async def keep_up(self, period_s: float = 0.5) -> None:
+        """Twice a second: the mode decided again (so a link that came back is used), unverified
+        captions published once the broker is back, and the backlog verified."""
+        modes, link = self.modes, self.link
+        while True:
+            await asyncio.sleep(period_s)
+            modes.decide(link)
+            try:
+                await self.flush_backlog()
+            except CLOUD_FAILURES as exc:  # the link went again: the next tick tries again
+                log.info("offline captions wait: %s", exc)
+
+    async def flush_backlog(self) -> None:
+        modes, link = self.modes, self.link
+        if link.connected:
+            for item in modes.backlog.unpublished():
+                await link.publish_result(offline_result(link.device_id, item))
+                item.published = True
+        if modes.policy.mode is not Mode.EDGE_ONLY or modes.forced in ("hybrid", "cloud"):
+            await modes.verify_backlog(link, self.lm, lambda item, out: publish_verified(link, self.lm, item, out))
 
     async def __call__(self, event: MotionEvent) -> bool:
         """Caption one event; True when max_events is reached."""
@@ -190,7 +263,7 @@ class _Captioner:
             await announce.event_ended(event, run.events, facts)
         seed = cfg.seed + len(run.captions) if cfg.seed is not None \
             else caption_seed(cfg.device_id, self.boot_nonce, run.events, event.start_t)
-        result = await describe_event(self.link, self.lm, self.extractor, event, cfg, seed, facts)
+        result = await describe_event(self.link, self.lm, self.extractor, event, cfg, seed, facts, modes=self.modes)
         if result is None:
             run.nothing_followed += 1
             log.info("event %d: no moving object followed, not captioned", run.events)
@@ -266,11 +339,15 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
         async with EdgeLink(cfg.broker, cfg.device_id, topics=Topics(cfg.prefix), auth=cfg.auth,
                             timeout_s=cfg.timeout_s, keys=cfg.keys) as link:
             caption = _Captioner(cfg, lm, extractor, run, link, on_caption, on_event, announce)
+            keeping = asyncio.create_task(caption.keep_up())
             try:
                 if announce is not None:
                     await announce.attach(link, run)
                 await _watch(cfg, source, MotionDetector(cfg.motion), run, caption, announce)
+                keeping.cancel()
+                await caption.flush_backlog()  # what was captioned offline, verified before leaving
             finally:
+                keeping.cancel()
                 if announce is not None:
                     await announce.detach()
     return run.captions
