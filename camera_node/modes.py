@@ -31,7 +31,8 @@ from speculative.models import LoadedLM
 from .errors import BrokerUnreachable, ResyncFailed, VerifierRejected, VerifierTimeout
 from .link import EdgeLink
 from .mode_policy import LinkView, Mode, ModePolicy, ModeSettings, predict_cloud_only, predict_edge_only
-from .offline_captions import OfflineCaptions, PendingCaption, caption_offline, new_offline_id, verify_later
+from .offline_captions import (MAX_REPLAY_GAMMA, OfflineCaptions, PendingCaption, caption_offline, new_offline_id,
+                               verify_later)
 from .session import EdgeOutcome, EdgeRequest, link_measurements, run_cloud_session, run_edge_session
 
 log = logging.getLogger("edgespec.camera")
@@ -105,16 +106,17 @@ class CameraModes:
     def __post_init__(self) -> None:
         if self.forced not in MODE_CHOICES:
             raise ValueError(f"mode {self.forced!r}: one of {', '.join(MODE_CHOICES)}")
+        if not 1 <= self.ceiling <= MAX_REPLAY_GAMMA:
+            raise ValueError(f"gamma ceiling {self.ceiling}: between 1 and {MAX_REPLAY_GAMMA}")
         self.controller = GammaController(self.ceiling, GammaSettings(g_max=self.ceiling, pipelined=self.pipelined))
 
     # ------------------------------------------------------------------ choosing
 
     def reachable(self, link: EdgeLink) -> bool:
         recent_failure = self.failed_at is not None and self.clock() - self.failed_at < FAILURE_HOLD_S
-        # No verifier announced yet (the retained statuses arrive just after connecting): try.
-        announced = bool(getattr(link, "verifier_status", None))
-        verifier = bool(link.verifiers_online()) or not announced
-        return link.connected and verifier and not recent_failure
+        # Verifiers announce themselves with a retained status, which a device receives as it
+        # connects: none online, no session could be answered.
+        return link.connected and bool(link.verifiers_online()) and not recent_failure
 
     def view(self, link: EdgeLink) -> LinkView:
         ctrl = self.controller

@@ -116,7 +116,9 @@ class CameraRun:
         if not self.events:
             return f"{frames}, no motion found"
         skipped = f" ({self.nothing_followed} with no moving object)" if self.nothing_followed else ""
-        return f"{frames}, {_count(self.events, 'event')}, {_count(len(self.captions), 'caption')}{skipped}"
+        unverified = sum(not c.verified for c in self.captions)
+        waiting = f", {unverified} by the draft alone" if unverified else ""
+        return f"{frames}, {_count(self.events, 'event')}, {_count(len(self.captions), 'caption')}{waiting}{skipped}"
 
 
 def _count(n: int, noun: str) -> str:

@@ -207,7 +207,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def format_caption(c) -> str:
-    return (f"[{c.device_id}] \"{c.text}\"  (accept {c.acceptance_rate:.2f}, {c.rounds} rounds, "
+    if not getattr(c, "verified", True):
+        return f"[{c.device_id}] \"{c.text}\"  (unverified: the draft's own caption, {c.mode})"
+    mode = "" if getattr(c, "mode", "hybrid") == "hybrid" else f"{c.mode}, "
+    return (f"[{c.device_id}] \"{c.text}\"  ({mode}accept {c.acceptance_rate:.2f}, {c.rounds} rounds, "
             f"{c.bytes_up + c.bytes_down} B on the wire vs {c.jpeg_bytes_keyframes} B of JPEG key frames)")
 
 
@@ -283,7 +286,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
         q_rule=q_rule_from_args(args), max_new_tokens=args.max_new_tokens, seed=args.seed, max_events=args.max_events,
         realtime=args.realtime,
         timeout_s=args.timeout, draft_ahead=args.draft_ahead, busy_poll_s=args.poll_ms / 1000,
-        stall_s=args.stall,
+        stall_s=args.stall, mode=args.mode, gamma_ceiling=args.gamma_ceiling, local_only=args.local_only,
     )
     run = CameraRun()
 
@@ -403,6 +406,15 @@ def _add_camera(sub) -> None:
     p.add_argument("--stall", type=float, default=5.0, metavar="S",
                    help="a source that gives no frame for S seconds ends the open event (default 5)")
     p.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s)
+    p.add_argument("--mode", choices=("auto", "hybrid", "cloud", "edge"), default="auto",
+                   help="auto (default): the camera picks hybrid, cloud-only or edge-only from what it measures "
+                        "(edge-only while no verifier is reachable; those captions are verified later); or always "
+                        "one of them (docs/operations.md, Modes and tiers)")
+    p.add_argument("--gamma-ceiling", type=int, default=8, metavar="G",
+                   help="hybrid: the draft length is chosen each round up to G (default 8)")
+    p.add_argument("--local-only", action="store_true",
+                   help="privacy: no features or prompt leave the device; captions are the draft's alone "
+                        "(published unverified, never sent for verification)")
     p.add_argument("--ha-discovery", action=argparse.BooleanOptionalAction, default=True,
                    help="announce the camera to Home Assistant (MQTT device discovery; default on)")
     p.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's discovery prefix")
