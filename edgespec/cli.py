@@ -272,7 +272,18 @@ def cmd_camera(args: argparse.Namespace) -> int:
     announce = CameraAnnouncer(ha_discovery=args.ha_discovery, ha_prefix=args.ha_prefix)
     set_threads(args.threads)
     ident = resolve_device(args)
-    lm = load_lm(_camera_draft_dir(args))
+    if args.draft_model == "tier" and not args.pair:  # the draft this device's tier picks
+        from .tier_commands import draft_for_this_device
+
+        folder, quantize, chosen = draft_for_this_device(args.drafts)
+        lm = load_lm(folder)
+        if quantize == "int8":
+            from speculative.quantize import quantize_draft
+
+            lm = quantize_draft(lm)
+        print(f"[{ident.device_id}] draft by {chosen}: {folder}", flush=True)
+    else:
+        lm = load_lm(_camera_draft_dir(args))
     text_prompt = _camera_text_prompt(args, lm)
     extractor = None
     if args.vision_encoder:
@@ -393,9 +404,12 @@ def _add_camera(sub) -> None:
     add_client_auth_args(p)
     p.add_argument("--source", default="synthetic",
                    help="device index, /dev/videoN, video file, image folder, rtsp/http URL, or synthetic[:SEED]")
-    p.add_argument("--draft-model", default="default", help=MODEL_HELP)
+    p.add_argument("--draft-model", default="default",
+                   help=MODEL_HELP + "; `tier`: the one this device's tier picks (--drafts)")
     p.add_argument("--pair", metavar="NAME", help="the draft paired with a known model (NAME-draft in the models "
                    "cache, `make draft`); overrides --draft-model")
+    p.add_argument("--drafts", metavar="FILE.toml", help="with --draft-model tier: the drafts by device tier "
+                   "(edgespec tier --help; default: the built-in list)")
     p.add_argument("--text-prompt", action=argparse.BooleanOptionalAction, default=None,
                    help="send the event's measured facts in words as a chat prompt, no features (default: on "
                         "for a chat-model draft without a vision projector, e.g. --pair smollm2-135m)")

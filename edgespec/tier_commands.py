@@ -256,3 +256,20 @@ def cmd_bench_quant(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def draft_for_this_device(drafts_file: str | None = None, root: str = "/") -> tuple[Path, str, str]:
+    """(draft folder, quantize, description) the device's tier picks: the best entry its tier
+    allows whose model is present here, trying lower tiers when it is not; a one-line
+    `DraftConfigError` when none is."""
+    from camera_node.device_tier import DraftConfigError, classify, detect_device, parse_drafts
+
+    entries = read_drafts_file(drafts_file) if drafts_file else parse_drafts(BUILTIN_DRAFTS)
+    tier = classify(detect_device(root))
+    allowed = sorted((e for e in entries if e.tier.rank <= tier.rank), key=lambda e: -e.tier.rank)
+    for entry in allowed:  # a stable sort: the first listed of a tier first
+        folder = draft_dir(entry.model)
+        if folder is not None:
+            return folder, entry.quantize, f"tier {tier.value}: {entry.model} ({entry.quantize})"
+    where = drafts_file or "the built-in list"
+    raise DraftConfigError(f"no draft of tier {tier.value} or below from {where} is present on this device")

@@ -150,3 +150,23 @@ def test_tier_command_bad_drafts_file_is_one_line(tmp_path: Path, capsys) -> Non
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"edgespec: error: {drafts}: drafts[0]: quantize 'fp8' is not one of none, int8"
+
+
+def test_the_camera_takes_the_best_draft_present_for_its_tier(tmp_path: Path) -> None:
+    """`edgespec camera --draft-model tier`: the best entry the tier allows whose model is on
+    the device; an entry of a higher tier, or one not present, is passed over."""
+    from edgespec.config import resolve_model_dir
+    from edgespec.tier_commands import draft_for_this_device
+
+    (tmp_path / "root").mkdir()
+    root = fake_root(tmp_path / "root", mem_kb=512_000)  # a micro device
+    drafts = tmp_path / "drafts.toml"
+    drafts.write_text('[[drafts]]\ntier = "standard"\nmodel = "default"\n\n'
+                      '[[drafts]]\ntier = "micro"\nmodel = "/nowhere/draft"\n\n'
+                      '[[drafts]]\ntier = "micro"\nmodel = "default"\nquantize = "int8"\n')
+    folder, quantize, chosen = draft_for_this_device(str(drafts), root=str(root))
+    assert folder == resolve_model_dir("default", "draft") and quantize == "int8"
+    assert chosen.startswith("tier micro")
+    drafts.write_text('[[drafts]]\ntier = "standard"\nmodel = "default"\n')
+    with pytest.raises(DraftConfigError, match="no draft of tier micro or below"):
+        draft_for_this_device(str(drafts), root=str(root))
