@@ -52,6 +52,7 @@ class CameraAnnouncer:
         self.clock = clock
         self.state = CameraState()
         self.discovery_sent = 0  # times the discovery config was published
+        self.skipped = 0  # announcements not sent while the link was down
         self.link: Any = None  # the EdgeLink and CameraRun, from attach()
         self.run: Any = None
         self._open: EventRecord | None = None  # the event being watched or captioned
@@ -173,4 +174,9 @@ class CameraAnnouncer:
 
     async def _publish(self, message: ha.Message) -> None:
         topic, payload, retain = message
+        if not getattr(self.link, "connected", True):
+            # The link is down: the camera captions on without waiting for it; the next state
+            # published once it is back says where things stand.
+            self.skipped += 1
+            return
         await self.link.publish(topic, payload, retain=retain)

@@ -39,7 +39,7 @@ SESSION_EXPIRY_S = 300  # the broker keeps the device's subscription and queued 
 PUBLISH_ATTEMPTS = 2  # a publish whose PUBACK timed out on a live connection is tried once more
 
 
-def device_retry(*, timeout_s: float = DEFAULTS.timeout_s, reconnect_s: float = DEFAULTS.reconnect_s,
+def device_retry(*, timeout_s: float = DEFAULTS.timeout_s, reconnect_s: float | None = DEFAULTS.reconnect_s,
                  reopens: int = DEFAULTS.reopens) -> RetryPolicy:
     """The device's one retry policy: `reopens + 1` sends of a message before its session
     fails, `reconnect_s` of reconnecting, `timeout_s` for each reply."""
@@ -68,12 +68,13 @@ class EdgeLink:
 
     def __init__(self, broker_url: str, device_id: str, *, topics: Topics = Topics(),
                  auth: ClientAuth = ClientAuth(), timeout_s: float = DEFAULT_TIMEOUT_S, keys=None,
-                 reconnect_s: float = DEFAULTS.reconnect_s):
+                 reconnect_s: float | None = DEFAULTS.reconnect_s):
         """`keys` (security.channel.DeviceKeys) encrypts every session end to end; None sends plaintext.
 
         The link is an MQTT v5 persistent session (clean start off, a session expiry), so a short
         disconnect loses no QoS-1 message; if the connection drops it reconnects for up to
-        `reconnect_s` seconds, and sessions waiting for a reply re-open with their full context.
+        `reconnect_s` seconds (None: for as long as it runs; a publish then waits `timeout_s` for
+        the connection), and sessions waiting for a reply re-open with their full context.
         """
         self.retry = device_retry(timeout_s=timeout_s, reconnect_s=reconnect_s)
         self.reconnects = 0
@@ -103,7 +104,8 @@ class EdgeLink:
 
     @property
     def reconnect_s(self) -> float:
-        return self.retry.within_s or 0.0
+        """How long a publish waits for a lost connection to come back."""
+        return self.retry.within_s if self.retry.within_s is not None else self.timeout_s
 
     @property
     def connected(self) -> bool:

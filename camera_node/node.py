@@ -186,7 +186,10 @@ async def _publish(link: EdgeLink, made: Captioned, extra: dict) -> None:
     or kept for later when the broker is out of reach."""
     extra = {**extra, **made.extra()}
     if made.outcome is not None:
-        await link.publish_result(result_message(link.device_id, made.outcome, made.text, extra))
+        try:
+            await link.publish_result(result_message(link.device_id, made.outcome, made.text, extra))
+        except CLOUD_FAILURES as exc:  # the link went right after the session: the caption stays here
+            log.warning("caption not published, the link is down: %s", exc)
         return
     pending = made.pending
     assert pending is not None
@@ -338,8 +341,10 @@ async def run_camera(cfg: CameraConfig, lm: LoadedLM, extractor: FeatureExtracto
     run = run if run is not None else CameraRun()
     # The source first: a wrong path or URL fails before anything connects.
     with open_source(cfg.source) as source:
+        # The camera keeps trying to reach its broker for as long as it runs (reconnect_s None):
+        # meanwhile it captions on the device alone, and verifies those captions once back.
         async with EdgeLink(cfg.broker, cfg.device_id, topics=Topics(cfg.prefix), auth=cfg.auth,
-                            timeout_s=cfg.timeout_s, keys=cfg.keys) as link:
+                            timeout_s=cfg.timeout_s, keys=cfg.keys, reconnect_s=None) as link:
             caption = _Captioner(cfg, lm, extractor, run, link, on_caption, on_event, announce)
             keeping = asyncio.create_task(caption.keep_up())
             try:

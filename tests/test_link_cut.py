@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from camera_node.announce import CameraAnnouncer
 from camera_node.node import CameraConfig, run_camera
 from conftest import dev_keys, start_verifier, stop_process
 from edgespec.bench_network import ProxyThread
@@ -34,6 +35,7 @@ def test_captions_go_on_through_a_cut_and_are_verified_after(mosquitto, cut_veri
     proxy = ProxyThread(mosquitto.host, mosquitto.port)
     captions: list[tuple[float, bool, str]] = []  # (when, verified, mode) as the camera made them
     cut: dict[str, float] = {}
+    announcer = CameraAnnouncer(ha_discovery=True)  # state and events too, as `edgespec camera` publishes them
 
     def on_caption(caption):
         captions.append((time.monotonic(), caption.verified, caption.mode))
@@ -55,7 +57,7 @@ def test_captions_go_on_through_a_cut_and_are_verified_after(mosquitto, cut_veri
 
             listener = asyncio.create_task(listen())
             try:
-                await run_camera(cfg, draft, on_caption=on_caption)
+                await run_camera(cfg, draft, on_caption=on_caption, announce=announcer)
                 await asyncio.sleep(1.0)  # the last results on their way
             finally:
                 listener.cancel()
@@ -66,6 +68,7 @@ def test_captions_go_on_through_a_cut_and_are_verified_after(mosquitto, cut_veri
     finally:
         proxy.close()
     assert cut, "the link was never cut"
+    assert announcer.skipped > 0  # announcements while the link was down were not waited for
     back = cut["at"] + CUT_S
     during = [c for c in captions if cut["at"] + 1.0 < c[0] < back]
     assert during and all(not verified and mode == "edge_only" for _, verified, mode in during), captions
