@@ -87,6 +87,7 @@ class Row:
     verifier_cpu_s: float = 0.0
     rounds: int = 0
     gammas: list[int] = field(default_factory=list)
+    measured: dict = field(default_factory=dict)  # the adaptive controller's timings after the run
 
     def summary(self) -> dict:
         return {"mode": self.mode, "rtt_ms": self.rtt_ms, "tokens": self.tokens, "captions": self.captions,
@@ -94,7 +95,8 @@ class Row:
                 "caption_s": self.seconds / self.captions if self.captions else 0.0,
                 "exact": self.exact, "verified": self.mode != "edge-only",
                 "rounds": self.rounds, "mean_gamma": sum(self.gammas) / len(self.gammas) if self.gammas else None,
-                "verifier_cpu_ms_per_caption": 1e3 * self.verifier_cpu_s / self.captions if self.captions else 0.0}
+                "verifier_cpu_ms_per_caption": 1e3 * self.verifier_cpu_s / self.captions if self.captions else 0.0,
+                **({"measured": self.measured} if self.measured else {})}
 
 
 async def _one(mode: str, link, draft, case, n: int, controllers: dict):
@@ -149,6 +151,14 @@ async def run_rtt(url: str, proxy: ProxyThread, verifier_pid: int, draft, cases,
                                      [t for t in ref if t not in draft.eos_token_ids])
                     if gamma is not None:
                         row.gammas.append(gamma)
+    for mode, ctrl in controllers.items():
+        t = ctrl.timing()
+        g = ctrl.gamma
+        rows[mode].measured = {
+            "rtt_ms": t.rtt_s * 1e3, "draft_ms_per_token": t.draft_s * 1e3, "verify_ms": t.verify_s(g) * 1e3,
+            "acceptance": ctrl.acceptance.value, "gamma": g,
+            # What pipelining can gain at most here: drafting hidden behind the wait.
+            "pipelining_bound": t.round_s(g) / t.round_s(g, pipelined=True) if t.round_s(g, pipelined=True) else None}
     return list(rows.values())
 
 
@@ -162,9 +172,13 @@ def summarise(rows: list[dict], rtts: list[float]) -> dict:
         best_tps = by[(rtt, best)]["tokens_per_s"]
         adaptive = by[(rtt, "adaptive")]["tokens_per_s"]
         pipe = by[(rtt, "adaptive+pipe")]["tokens_per_s"]
+        measured = by[(rtt, "adaptive")].get("measured", {})
         out["per_rtt"].append({"rtt_ms": rtt, "best_fixed": best, "best_fixed_tokens_per_s": best_tps,
                                "adaptive_over_best_fixed": adaptive / best_tps if best_tps else None,
-                               "pipelining_gain": pipe / adaptive if adaptive else None})
+                               "pipelining_gain": pipe / adaptive if adaptive else None,
+                               "pipelining_bound": measured.get("pipelining_bound"),
+                               "draft_ms_per_token": measured.get("draft_ms_per_token"),
+                               "verify_ms": measured.get("verify_ms")})
     for rtt in rtts:
         cloud = by[(rtt, "cloud-only")]["verifier_cpu_ms_per_caption"]
         hybrid = min(by[(rtt, m)]["verifier_cpu_ms_per_caption"] for m in ("adaptive", "adaptive+pipe"))
@@ -186,8 +200,12 @@ def print_table(result: dict) -> None:
               f"{gamma:>7}{r['verifier_cpu_ms_per_caption']:>17.1f}")
     print()
     for s in result["summary"]["per_rtt"]:
+        bound = "" if s["pipelining_bound"] is None else \
+            (f" (at most {s['pipelining_bound']:.2f}x: drafting {s['draft_ms_per_token']:.2f} ms/token, "
+             f"verifier {s['verify_ms']:.1f} ms a block)")
         print(f"rtt {s['rtt_ms']:>5g} ms: best fixed {s['best_fixed']:<11} {s['best_fixed_tokens_per_s']:7.1f} tok/s;"
-              f" adaptive {s['adaptive_over_best_fixed']:.2f}x of it; pipelining {s['pipelining_gain']:.2f}x adaptive")
+              f" adaptive {s['adaptive_over_best_fixed']:.2f}x of it; pipelining {s['pipelining_gain']:.2f}x adaptive"
+              f"{bound}")
     for rtt, ratio in result["summary"]["capacity_hybrid_over_cloud"].items():
         print(f"verifier capacity at {rtt} ms, hybrid (adaptive) / cloud-only: {ratio:.2f}x "
               f"(verifier CPU per caption)")
