@@ -37,7 +37,10 @@ The caches, the pool and the gather and scatter steps are in `speculative.batch_
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +62,7 @@ from .batch_cache import (
 )
 from .models import LoadedLM
 from .target import TargetSession
-from .verify import Verdict
+from .verify import Verdict, greedy_verdict
 
 if TYPE_CHECKING:
     import numpy as np
@@ -101,6 +104,26 @@ class BatchProfile:
         steps = ("gather_s", "forward_s", "verify_s", "scatter_s")
         return {"calls": self.calls, "sequences": self.sequences, "total_s": self.total_s,
                 **{name: getattr(self, name) for name in steps}}
+
+
+# transformers' SDPA attention repeats a grouped-query model's K and V per query head (a copy of
+# every layer's [B, H, P+T, D]) whenever a mask is passed, as CUDA kernels need; this switch
+# makes it pass `enable_gqa` to torch instead, which the CPU kernels support with a mask and
+# which gives the same outputs, bit for bit.
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextmanager
+def grouped_query_attention(device: torch.device) -> Iterator[None]:
+    """Inside: SDPA attends with grouped K/V heads instead of repeated copies (CPU only)."""
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
 
 
 def _attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -164,20 +187,25 @@ def _forward(
         inputs = {"inputs_embeds": torch.cat([embeds, extra], 0)}
     else:
         inputs = {"input_ids": input_ids.to(device)}
-    out = model(
-        **inputs,
-        position_ids=positions.to(device),
-        attention_mask=mask,  # [B, 1, T, P+T]
-        use_cache=True,
-        **{lm.cache_kwarg: Cache(layers=[*layers])},
-    )
+    with grouped_query_attention(device):
+        out = model(
+            **inputs,
+            position_ids=positions.to(device),
+            attention_mask=mask,  # [B, 1, T, P+T]
+            use_cache=True,
+            **{lm.cache_kwarg: Cache(layers=[*layers])},
+        )
     return out.logits[: len(rows)].float()  # [B, T, V]
 
 
 def _judge(sessions: list[TargetSession], blocks: list[Block], logits: torch.Tensor) -> list[Verdict]:
-    """Each session judges its row's k+1 logits (its own params and generator)."""
+    """Each session judges its row's k+1 logits (its own params and generator). Greedy rows
+    need only the argmax at each position: one argmax over every row, as `verify_greedy`
+    takes it row by row (the first maximum), and no copy of their logits."""
+    choices = logits.argmax(-1).tolist() if any(s.params.greedy for s in sessions) else []  # [B, T]
     logits = logits.cpu()
-    return [session.judge(logits[row, : len(tokens) + 1], tokens, q)
+    return [greedy_verdict(choices[row], tokens) if session.params.greedy
+            else session.judge(logits[row, : len(tokens) + 1], tokens, q)
             for row, (session, (tokens, q)) in enumerate(zip(sessions, blocks))]
 
 

@@ -47,15 +47,19 @@ def verify_greedy(target_logits: torch.Tensor, draft_tokens: torch.Tensor) -> Ve
 
     target_logits: [k+1, V]; draft_tokens: [k].
     """
-    k = int(draft_tokens.shape[0])
-    choice = target_logits.argmax(-1)  # [k+1]
-    matches = (choice[:k] == draft_tokens).tolist()
+    return greedy_verdict(target_logits.argmax(-1).tolist(), draft_tokens.tolist())
+
+
+def greedy_verdict(choices: list[int], draft_tokens: list[int]) -> Verdict:
+    """Greedy verification from the target's argmax at each of the k+1 positions (what
+    `verify_greedy` computes from the logits; a batch takes all rows' argmax at once)."""
+    k = len(draft_tokens)
     n = k
-    for i, ok in enumerate(matches):
-        if not ok:
+    for i, token in enumerate(draft_tokens):
+        if choices[i] != token:
             n = i
             break
-    return Verdict(tuple(i < n for i in range(k)), n, int(choice[n]))
+    return Verdict(tuple(i < n for i in range(k)), n, int(choices[n]))
 
 
 def verify_sampled(

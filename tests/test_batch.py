@@ -351,3 +351,72 @@ def test_default_pair_kv_budget():
     assert target.bytes_per_token == 2 * 4 * 4 * 48 * 4  # 4 layers, 4 KV heads, head_dim 48, fp32
     assert target.sessions == 8 * GIB // (6144 * 96)
     assert "sessions in budget" in format_report(list(rows.values()))
+
+
+def test_greedy_fast_path_equals_verify_greedy():
+    """A batch judges greedy rows from one argmax over all rows: the verdicts `verify_greedy`
+    gives row by row, ties (the first maximum wins) included."""
+    from speculative.verify import greedy_verdict, verify_greedy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (6, 5, 11), generator=gen).float()  # many tied maxima
+    choices = logits.argmax(-1).tolist()
+    for row in range(6):
+        for k in range(5):
+            for tokens in ([], choices[row][:k], [*choices[row][:k], (choices[row][k] + 1) % 11],
+                           torch.randint(0, 11, (k,), generator=gen).tolist()):
+                tokens = tokens[:4]
+                alone = verify_greedy(logits[row, : len(tokens) + 1], torch.tensor(tokens, dtype=torch.int64))
+                assert greedy_verdict(choices[row], tokens) == alone
+
+
+def test_greedy_fast_path_in_verify_batch_equals_the_full_path(loaded_pair, monkeypatch):
+    """verify_batch with the greedy fast path gives what each session's own `judge` (the
+    logits through `verify_block`) gives on the same forward."""
+    import speculative.batch as batch_module
+
+    target, _ = loaded_pair
+
+    def full_path(sessions, blocks, logits):
+        return [s.judge(logits[row, : len(tokens) + 1], tokens, q)
+                for row, (s, (tokens, q)) in enumerate(zip(sessions, blocks))]
+
+    results = []
+    for judge in (batch_module._judge, full_path):
+        monkeypatch.setattr(batch_module, "_judge", judge)
+        sessions = [TargetSession(target, GREEDY, seed=i) for i in range(4)]
+        for i, s in enumerate(sessions):
+            s.open([1, 5 + i, 9, 12 + 2 * i][: 1 + i])
+        rounds = []
+        for r in range(4):
+            blocks = [([(7 * r + 3 * i + j) % target.vocab_size for j in range(i % 4)], None)
+                      for i in range(4)]
+            rounds.append(verify_batch(sessions, blocks))
+        results.append((rounds, [s.committed for s in sessions]))
+    assert results[0] == results[1]
+
+
+def test_grouped_query_attention_switch_gives_the_same_logits(loaded_pair):
+    """The CPU switch to SDPA's grouped K/V heads (the tiny target has 2 KV heads for 4) changes
+    no logit, and leaves the environment as it was."""
+    import os
+
+    from speculative.batch import grouped_query_attention
+
+    target, _ = loaded_pair
+    assert target.model.config.num_key_value_heads < target.model.config.num_attention_heads
+    sessions = [TargetSession(target, GREEDY, seed=i) for i in range(3)]
+    for i, s in enumerate(sessions):
+        s.open([1, 9, 12, 30][: 2 + i])
+    blocks = [([5, 6], None), ([7], None), ([8, 9, 10], None)]
+    with_gqa = block_logits_batch(sessions, blocks)
+    assert os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") is None
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "0"  # the switch stays off: repeated K/V copies
+    try:
+        with grouped_query_attention(torch.device("cpu")):
+            assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
+            without = block_logits_batch(sessions, blocks)
+    finally:
+        del os.environ["TRANSFORMERS_SDPA_FORCE_GQA"]
+    for a, b in zip(with_gqa, without):
+        assert torch.equal(a, b)

@@ -184,3 +184,81 @@ def test_open_and_verify_equals_open_then_verify_text(loaded_pair, params):
 def test_open_and_verify_equals_open_then_verify_with_vision_prefix():
     lm = load_lm(resolve_model_dir("default", "target"))
     _assert_open_and_verify_equals_open_then_verify(lm, _contexts(lm, True), SamplingParams())
+
+
+# --- a shared prefix computed once, rows grouped by length ---------------------------------
+
+
+def test_shared_prefix_and_length_groups():
+    from speculative.prefill import length_groups, shared_prefix
+
+    a, b = torch.arange(12.0).reshape(6, 2), torch.arange(12.0).reshape(6, 2)
+    b[4] += 1
+    assert shared_prefix([a, b]) == 4 and shared_prefix([a, a[:3]]) == 3 and shared_prefix([a]) == 0
+    assert shared_prefix([a, b + 1]) == 0
+    lengths = [9, 2, 3, 30, 2, 31, 0]
+    assert length_groups(lengths, float("inf")) == [[6, 1, 4, 2, 0, 3, 5]]
+    assert length_groups(lengths, 0) == [[6], [1, 4], [2], [0], [3], [5]]
+
+    def cost(groups, overhead):
+        return sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+
+    # The dynamic programme's grouping is the cheapest contiguous split of the sorted lengths.
+    import itertools
+
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for overhead in (1, 5, 24, 100):
+        best = min(
+            cost([order[i:j] for i, j in zip((0, *cuts), (*cuts, len(order)))], overhead)
+            for r in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), r)
+        )
+        groups = length_groups(lengths, overhead)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert cost(groups, overhead) == best
+
+
+def _count_forwards(lm):
+    calls = []
+    handle = lm.model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("forward_rows", [0, 3, float("inf")])
+def test_batched_opens_with_a_shared_prefix_equal_single_opens(loaded_pair, forward_rows):
+    """Chat-like prompts (a long common start, then different questions, one of them ending
+    right after the common start) open where `open` leaves them, with the shared prefix
+    computed once and the rest in length groups, or all in one forward."""
+    target, _ = loaded_pair
+    system = target.encode("the camera sees two objects on the left and a red circle")
+    tails = ["hello", "a red circle on the left", "x", "two objects", "the camera sees"]
+    contexts = [(system + target.encode(t)[1:], None) for t in tails]
+    contexts.append((system + [system[-1]], None))  # its input is the shared prefix alone
+    calls, handle = _count_forwards(target)
+    try:
+        batched = [TargetSession(target, SamplingParams(), seed=10 + i) for i in range(len(contexts))]
+        open_batch(batched, contexts, forward_rows=forward_rows)
+    finally:
+        handle.remove()
+    if forward_rows == float("inf"):
+        assert len(calls) == 1
+    else:  # the prefix, then more than one group of rows after it
+        assert len(calls) >= 3
+    alone = _open_sessions(target, contexts, SamplingParams())
+    for a, b in zip(alone, batched):
+        _same_cache(a, b)
+        va, vb = a.verify([5, 6, 7], None), b.verify([5, 6, 7], None)
+        assert (va.n_accepted, va.next_token) == (vb.n_accepted, vb.next_token)
+
+
+def test_shared_vision_prefix_opens_equal_single_opens():
+    """Sessions with the same features (the same vision prefix) share it as a prefix."""
+    lm = load_lm(resolve_model_dir("default", "target"))
+    contexts = _contexts(lm, True)
+    same = [(ids, contexts[0][1]) for ids, _ in contexts]
+    alone = _open_sessions(lm, same, SamplingParams())
+    batched = [TargetSession(lm, SamplingParams(), seed=10 + i) for i in range(len(same))]
+    open_batch(batched, same, forward_rows=0)
+    for a, b in zip(alone, batched):
+        _same_cache(a, b)
+        va, vb = a.verify([5, 6], None), b.verify([5, 6], None)
+        assert (va.n_accepted, va.next_token) == (vb.n_accepted, vb.next_token)
