@@ -24,7 +24,7 @@ import asyncio
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import resolve_model_dir, set_threads
@@ -37,6 +37,7 @@ VERIFIER_ID = "bench-rtt-verifier"
 DEVICE = "bench-rtt-dev"
 FIXED_GAMMAS = (1, 2, 4, 8)
 CEILING = 8  # the adaptive modes' negotiated gamma
+TICKS_BETWEEN_CAPTIONS = 2  # mode decisions between two captions (a camera decides twice a second)
 MODES = ("edge-only", "cloud-only", *(f"hybrid g{g}" for g in FIXED_GAMMAS), "adaptive", "adaptive+pipe")
 HYBRID = tuple(m for m in MODES if m not in ("edge-only", "cloud-only"))
 
@@ -88,6 +89,7 @@ class Row:
     rounds: int = 0
     gammas: list[int] = field(default_factory=list)
     measured: dict = field(default_factory=dict)  # the adaptive controller's timings after the run
+    made_in: dict = field(default_factory=dict)  # captions per mode they were made in
 
     def summary(self) -> dict:
         return {"mode": self.mode, "rtt_ms": self.rtt_ms, "tokens": self.tokens, "captions": self.captions,
@@ -96,11 +98,11 @@ class Row:
                 "exact": self.exact, "verified": self.mode != "edge-only",
                 "rounds": self.rounds, "mean_gamma": sum(self.gammas) / len(self.gammas) if self.gammas else None,
                 "verifier_cpu_ms_per_caption": 1e3 * self.verifier_cpu_s / self.captions if self.captions else 0.0,
-                **({"measured": self.measured} if self.measured else {})}
+                "made_in": self.made_in, **({"measured": self.measured} if self.measured else {})}
 
 
-async def _one(mode: str, link, draft, case, n: int, controllers: dict):
-    """One caption in `mode`: (token ids, seconds, rounds, gamma used last)."""
+async def _one(mode: str, link, draft, case, n: int, adaptive: dict):
+    """One caption in `mode`: (token ids, seconds, rounds, gamma used last, mode it was made in)."""
     from camera_node.session import EdgeRequest, run_cloud_session, run_edge_session
     from speculative.draft import Drafter
     from speculative.loop import StopRule
@@ -111,36 +113,40 @@ async def _one(mode: str, link, draft, case, n: int, controllers: dict):
     if mode == "edge-only":
         rec = generate_edge_only(Drafter(draft, SamplingParams()), case.prompt_ids, case.features,
                                  StopRule(n, draft.eos_token_ids))
-        return rec.tokens, time.perf_counter() - started, 0, None
+        return rec.tokens, time.perf_counter() - started, 0, None, mode
+    req = EdgeRequest(case.prompt_ids, case.features, max_new_tokens=n, draft_ahead=mode == "adaptive+pipe")
     if mode == "cloud-only":
-        out = await run_cloud_session(link, draft, EdgeRequest(case.prompt_ids, case.features, max_new_tokens=n))
-        return out.result.token_ids, out.result.seconds, out.result.rounds, None
-    ctrl = controllers.get(mode)
-    gamma = CEILING if ctrl is not None else int(mode.split("g")[-1])
-    req = EdgeRequest(case.prompt_ids, case.features, gamma=gamma, max_new_tokens=n,
-                      draft_ahead=mode == "adaptive+pipe", controller=ctrl)
-    out = await run_edge_session(link, draft, req)
-    return out.result.token_ids, out.result.seconds, out.result.rounds, None if ctrl is None else ctrl.gamma
+        out = await run_cloud_session(link, draft, req)
+        return out.result.token_ids, out.result.seconds, out.result.rounds, None, mode
+    modes = adaptive.get(mode)
+    if modes is not None:  # the camera's own choice of mode and gamma (camera_node.modes)
+        for _ in range(TICKS_BETWEEN_CAPTIONS):
+            modes.decide(link)
+        made = await modes.caption(link, draft, req)
+        rounds = made.outcome.result.rounds if made.outcome is not None else 0
+        return made.token_ids, made.seconds, rounds, modes.controller.gamma, made.mode.value
+    out = await run_edge_session(link, draft, replace(req, gamma=int(mode.split("g")[-1]), draft_ahead=False))
+    return out.result.token_ids, out.result.seconds, out.result.rounds, None, "hybrid"
 
 
 async def run_rtt(url: str, proxy: ProxyThread, verifier_pid: int, draft, cases, refs, rtt_ms: float,
                   n: int, reps: int, keys=None) -> list[Row]:
     """Every mode at one round-trip time, interleaved case by case, through `proxy`."""
     from camera_node.link import EdgeLink
-    from speculative.gamma_control import GammaController, GammaSettings
+    from camera_node.modes import CameraModes
 
     proxy.set_rtt(rtt_ms)
     rows = {m: Row(m, rtt_ms) for m in MODES}
-    controllers = {"adaptive": GammaController(CEILING, GammaSettings(pipelined=False)),
-                   "adaptive+pipe": GammaController(CEILING, GammaSettings(pipelined=True))}
+    adaptive = {"adaptive": CameraModes(ceiling=CEILING, pipelined=False),
+                "adaptive+pipe": CameraModes(ceiling=CEILING, pipelined=True)}
     async with EdgeLink(url, DEVICE, keys=keys) as link:
         for mode in MODES:  # warm: connections, caches, and the controllers' first measurements
-            await _one(mode, link, draft, cases[0], n, controllers)
+            await _one(mode, link, draft, cases[0], n, adaptive)
         for _ in range(reps):
             for case, ref in zip(cases, refs, strict=True):
                 for mode in MODES:
                     cpu = cpu_seconds(verifier_pid)
-                    tokens, seconds, rounds, gamma = await _one(mode, link, draft, case, n, controllers)
+                    tokens, seconds, rounds, gamma, made_in = await _one(mode, link, draft, case, n, adaptive)
                     row = rows[mode]
                     row.verifier_cpu_s += cpu_seconds(verifier_pid) - cpu
                     row.tokens += len(tokens)
@@ -149,9 +155,11 @@ async def run_rtt(url: str, proxy: ProxyThread, verifier_pid: int, draft, cases,
                     row.rounds += rounds
                     row.exact += int([t for t in tokens if t not in draft.eos_token_ids] ==
                                      [t for t in ref if t not in draft.eos_token_ids])
-                    if gamma is not None:
+                    row.made_in[made_in] = row.made_in.get(made_in, 0) + 1
+                    if gamma is not None and made_in == "hybrid":
                         row.gammas.append(gamma)
-    for mode, ctrl in controllers.items():
+    for mode, modes in adaptive.items():
+        ctrl = modes.controller
         t = ctrl.timing()
         g = ctrl.gamma
         rows[mode].measured = {
@@ -179,9 +187,9 @@ def summarise(rows: list[dict], rtts: list[float]) -> dict:
                                "pipelining_bound": measured.get("pipelining_bound"),
                                "draft_ms_per_token": measured.get("draft_ms_per_token"),
                                "verify_ms": measured.get("verify_ms")})
-    for rtt in rtts:
+    for rtt in rtts:  # verifier CPU per caption: cloud-only against the cheapest hybrid setting
         cloud = by[(rtt, "cloud-only")]["verifier_cpu_ms_per_caption"]
-        hybrid = min(by[(rtt, m)]["verifier_cpu_ms_per_caption"] for m in ("adaptive", "adaptive+pipe"))
+        hybrid = min(by[(rtt, f"hybrid g{g}")]["verifier_cpu_ms_per_caption"] for g in FIXED_GAMMAS)
         out.setdefault("capacity_hybrid_over_cloud", {})[str(rtt)] = cloud / hybrid if hybrid else None
     return out
 
@@ -189,15 +197,19 @@ def summarise(rows: list[dict], rtts: list[float]) -> dict:
 def print_table(result: dict) -> None:
     print(f"pair: {result['config']['pair']}   prompts {result['config']['prompts']} x reps "
           f"{result['config']['reps']}   max tokens {result['config']['max_new_tokens']}")
-    head = f"{'rtt ms':>7}  {'mode':<14}{'tok/s':>8}{'caption s':>11}{'exact':>8}{'gamma':>7}{'verifier ms/cap':>17}"
+    head = (f"{'rtt ms':>7}  {'mode':<14}{'tok/s':>8}{'caption s':>11}{'exact':>8}{'gamma':>7}{'verifier ms/cap':>17}"
+            f"  made in")
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
-        gamma = "" if r["mode"] == "edge-only" or r["mode"] == "cloud-only" else \
-            f"{r['mean_gamma']:.1f}" if r["mean_gamma"] is not None else r["mode"].split("g")[-1]
+        if r["mode"].startswith("hybrid g"):
+            gamma = r["mode"].split("g")[-1]
+        else:
+            gamma = "" if r["mean_gamma"] is None else f"{r['mean_gamma']:.1f}"
         exact = "-" if not r["verified"] else f"{r['exact']}/{r['captions']}"
+        made_in = " ".join(f"{m} {k}" for m, k in r["made_in"].items()) if r["mode"].startswith("adaptive") else ""
         print(f"{r['rtt_ms']:>7g}  {r['mode']:<14}{r['tokens_per_s']:>8.1f}{r['caption_s']:>11.3f}{exact:>8}"
-              f"{gamma:>7}{r['verifier_cpu_ms_per_caption']:>17.1f}")
+              f"{gamma:>7}{r['verifier_cpu_ms_per_caption']:>17.1f}  {made_in}")
     print()
     for s in result["summary"]["per_rtt"]:
         bound = "" if s["pipelining_bound"] is None else \
@@ -207,8 +219,8 @@ def print_table(result: dict) -> None:
               f" adaptive {s['adaptive_over_best_fixed']:.2f}x of it; pipelining {s['pipelining_gain']:.2f}x adaptive"
               f"{bound}")
     for rtt, ratio in result["summary"]["capacity_hybrid_over_cloud"].items():
-        print(f"verifier capacity at {rtt} ms, hybrid (adaptive) / cloud-only: {ratio:.2f}x "
-              f"(verifier CPU per caption)")
+        print(f"verifier capacity at {rtt} ms, hybrid / cloud-only: {ratio:.2f}x "
+              f"(verifier CPU per caption, the cheapest fixed gamma)")
 
 
 def parse_rtts(text: str) -> list[float]:
