@@ -125,6 +125,116 @@ def time_rep(ways, sessions: list, pool, restore, k: int, profiles) -> dict[str,
     return elapsed
 
 
+# --- the loadtest's workload in one process ------------------------------------------------
+
+
+def replay(lm, devices: int = 16, tokens: int = 48, acceptance: float = 0.9, gamma: int = 4,
+           seed: int = 0) -> dict[str, Any]:
+    """The model work of `edgespec loadtest` (one verifier, one session per device, greedy,
+    recorded drafts of the target's own answers with mistakes) in one process, without the
+    broker: every session opens at once carrying its first block, then each round verifies
+    every live session's block. Batched as the verifier batches (the opens prefilled together
+    with `open_batch`, their blocks and each later round with one `verify_batch` over a
+    KVPool, a round of one block with `TargetSession.verify`) and unbatched (each open with
+    its block in one forward, then one forward per block). CPU seconds of this thread per
+    step; every session's output is checked against its recording."""
+    from edgespec.workloads import chat_cases, has_chat_template, vision_cases
+    from edgespec.workloads import references as target_references
+    from speculative.batch import BatchProfile, KVPool, verify_batch
+    from speculative.loop import EdgeGeneration, StopRule
+    from speculative.prefill import open_batch
+    from speculative.recorded import RecordedDrafter
+    from speculative.sampling import SamplingParams
+    from speculative.target import TargetSession
+
+    cases = chat_cases(lm, "event", devices) if has_chat_template(lm) else vision_cases(lm, devices)
+    refs = target_references(lm, cases, tokens)
+
+    def sessions() -> list[tuple[EdgeGeneration, TargetSession]]:
+        out = []
+        for i, case in enumerate(cases):
+            drafter = RecordedDrafter(refs[i], lm.vocab_size, acceptance, seed=seed + i)
+            drafter.start(case.prompt_ids, case.features)
+            edge = EdgeGeneration(drafter, case.prompt_ids, gamma, StopRule(tokens, lm.eos_token_ids))
+            out.append((edge, TargetSession(lm, SamplingParams(), seed=seed + i)))
+        return out
+
+    result: dict[str, Any] = {"devices": devices, "tokens": tokens, "acceptance": acceptance, "gamma": gamma}
+    # Unbatched.
+    live = sessions()
+    forwards = 0
+    started = time.thread_time()
+    for (edge, target), case in zip(live, cases):
+        block = edge.next_block()
+        v = target.open_and_verify(case.prompt_ids, case.features, block.tokens, block.q)
+        edge.apply(v.n_accepted, v.next_token)
+        forwards += 1
+    opens = time.thread_time() - started
+    started = time.thread_time()
+    while any(not edge.done for edge, _ in live):
+        for edge, target in live:
+            if not edge.done:
+                block = edge.next_block()
+                v = target.verify(block.tokens, block.q)
+                edge.apply(v.n_accepted, v.next_token)
+                forwards += 1
+    verifies = time.thread_time() - started
+    exact = sum(edge.generated == ref for (edge, _), ref in zip(live, refs))
+    result["unbatched"] = {"open_and_verify_s": opens, "verify_s": verifies, "total_s": opens + verifies,
+                           "forwards": forwards, "exact": exact,
+                           "tokens": sum(len(edge.generated) for edge, _ in live)}
+    # Batched.
+    live = sessions()
+    pool = KVPool(lm, slots=devices, positions=128)
+    profile, sizes = BatchProfile(), []
+    single_s = 0.0
+    started = time.thread_time()
+    open_batch([t for _, t in live], [(c.prompt_ids, c.features) for c in cases])
+    prefill_s = time.thread_time() - started
+    while True:
+        round_ = [(edge, target) for edge, target in live if not edge.done]
+        if not round_:
+            break
+        blocks = [edge.next_block() for edge, _ in round_]
+        sizes.append(len(round_))
+        if len(round_) == 1:
+            started = time.thread_time()
+            verdicts = [round_[0][1].verify(blocks[0].tokens, blocks[0].q)]
+            single_s += time.thread_time() - started
+        else:
+            verdicts = verify_batch([t for _, t in round_], [(b.tokens, b.q) for b in blocks], pool=pool,
+                                    profile=profile)
+        for (edge, target), v in zip(round_, verdicts):
+            edge.apply(v.n_accepted, v.next_token)
+            if edge.done:
+                pool.discard(target)
+    exact_b = sum(edge.generated == ref for (edge, _), ref in zip(live, refs))
+    result["batched"] = {"open_batch_s": prefill_s, **{f"verify_batch_{k}": v for k, v in profile.as_dict().items()},
+                         "single_verify_s": single_s, "total_s": prefill_s + profile.total_s + single_s,
+                         "batch_sizes": sizes, "exact": exact_b,
+                         "tokens": sum(len(edge.generated) for edge, _ in live)}
+    result["speedup"] = result["unbatched"]["total_s"] / result["batched"]["total_s"]
+    return result
+
+
+def format_replay(r: dict[str, Any]) -> str:
+    u, b = r["unbatched"], r["batched"]
+    return "\n".join([
+        (f"replay of the loadtest's model work: {r['devices']} sessions, up to {r['tokens']} tokens, "
+        f"acceptance {r['acceptance']}, gamma {r['gamma']}; CPU seconds, one thread"),
+        (f"unbatched: {u['total_s']:.2f} s = opens with their first block {u['open_and_verify_s']:.2f} "
+        f"+ later blocks {u['verify_s']:.2f} ({u['forwards']} forwards; {u['exact']} of {r['devices']} exact, "
+        f"{u['tokens']} tokens)"),
+        (f"batched:   {b['total_s']:.2f} s = open_batch {b['open_batch_s']:.2f} + verify_batch "
+        f"{b['verify_batch_total_s']:.2f} (gather {b['verify_batch_gather_s']:.2f}, forward "
+        f"{b['verify_batch_forward_s']:.2f}, judge {b['verify_batch_verify_s']:.2f}, scatter "
+        f"{b['verify_batch_scatter_s']:.2f}) + single blocks {b['single_verify_s']:.2f} "
+        f"({b['exact']} of {r['devices']} exact, {b['tokens']} tokens)"),
+        f"rounds (blocks each): {' '.join(map(str, b['batch_sizes']))}",
+        f"unbatched / batched: {r['speedup']:.2f}x",
+    ])
+
+
 def format_bench(rows: list[dict[str, Any]]) -> str:
     """The table `edgespec bench-batch` prints (ms per round; x = unbatched / batched)."""
     header = ["B", "unbatched"]
@@ -150,6 +260,13 @@ def cmd_bench_batch(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     lm = load_lm(resolve_model_dir(args.target_model, "target"))
+    if args.replay:
+        result = replay(lm, args.replay, args.tokens, args.acceptance, args.k)
+        print(f"target {args.target_model} ({lm.num_parameters:,} parameters), {args.threads} thread(s)")
+        print(format_replay(result))
+        if args.json:
+            args.json.write_text(json.dumps({"threads": args.threads, "replay": result}, indent=2))
+        return 0 if result["unbatched"]["exact"] == result["batched"]["exact"] == args.replay else 1
     rows = bench(lm, tuple(args.batch), k=args.k, context=args.context, reps=args.reps)
     print(f"target {args.target_model} ({lm.num_parameters:,} parameters), {args.threads} thread(s)")
     print(format_bench(rows))
@@ -167,6 +284,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (verifier default 1)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--replay", type=int, metavar="DEVICES",
+                   help="instead: the model work of `edgespec loadtest` with this many devices in one process, "
+                        "batched and unbatched, step by step (--k is gamma)")
+    p.add_argument("--tokens", type=int, default=DEFAULTS.max_new_tokens, help="with --replay: max new tokens")
+    p.add_argument("--acceptance", type=float, default=0.9, help="with --replay: share of drafts left correct")
 
 
 def register(sub) -> None:

@@ -108,8 +108,11 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
     later = [r for o in outcomes for r in o.round_seconds[1:]]
     hist: Counter[int] = Counter()
     evictions = resyncs = 0
+    model_cpu_s = 0.0  # the verifiers' CPU time in the model calls (forwards, judging, caches)
     for s in res["stats"].values():
         hist.update({int(k): v for k, v in s.get("batch_sizes", {}).items()})
+        timed = s.get("batch_times", {}).get("all", {})
+        model_cpu_s += timed.get("model_cpu_ms", {}).get("mean", 0.0) * timed.get("batches", 0) / 1e3
         evictions += s.get("evictions", 0)
         resyncs += s.get("stats", {}).get("resyncs", 0)
     forwards = sum(k * v for k, v in hist.items())
@@ -119,6 +122,7 @@ def run_mode(args, target_dir, lm, cases, references, batching: bool) -> dict:
         "sessions_completed": len(outcomes), "sessions_exact": exact, "tokens": tokens, "seconds": res["wall"],
         "tokens_per_s": tokens / res["wall"], "verifier_cpu_s": res["verifier_cpu"],
         "tokens_per_verifier_cpu_s": tokens / res["verifier_cpu"] if res["verifier_cpu"] else None,
+        "verifier_model_cpu_s": model_cpu_s,
         "round_ms_p50": percentile(rounds, 50) * 1e3,
         "round_ms_p99": percentile(rounds, 99) * 1e3,
         "first_round_ms_p50": percentile(first, 50) * 1e3, "first_round_ms_p99": percentile(first, 99) * 1e3,
@@ -163,6 +167,8 @@ def cmd_loadtest(args) -> int:
         later = "" if r["later_round_ms_p50"] is None else \
             f"; later rounds p50 {r['later_round_ms_p50']:.1f}, p99 {r['later_round_ms_p99']:.1f}"
         carries = "" if args.no_block_in_open else " (it carries the open)"
+        print(f"verifier CPU s, batching {'on' if r['batching'] else 'off'}: {r['verifier_cpu_s']:.2f}, "
+              f"{r['verifier_model_cpu_s']:.2f} of them in the model calls")
         print(f"round ms, batching {'on' if r['batching'] else 'off'}: first round{carries} "
               f"p50 {r['first_round_ms_p50']:.1f}, p99 {r['first_round_ms_p99']:.1f}{later}")
     out = {"results": results}
