@@ -29,6 +29,7 @@ Everything here is arithmetic on floats: no I/O, no clocks, no torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,10 +39,22 @@ POLICIES: tuple[Policy, ...] = ("latency", "capacity")
 A_MAX = 0.999  # acceptance is capped below 1 so one lucky streak cannot ask for the longest block
 
 
-def expected_tokens(a: float, g: int) -> float:
-    """E(g): tokens a round of g drafts yields on average, at per-position acceptance ``a``."""
+Acceptance = float | Sequence[float]  # one rate for every position, or a rate per position
+
+
+def expected_tokens(a: Acceptance, g: int) -> float:
+    """E(g): tokens a round of g drafts yields on average, at per-position acceptance ``a``:
+    one rate (i.i.d. positions), or the rate of each position given that the ones before it
+    were accepted (the last one holding beyond the list): 1 + sum_k prod_{i<k} a_i."""
     if g < 0:
         raise ValueError(f"gamma {g}: must be >= 0")
+    if isinstance(a, Sequence):
+        rates = [min(max(x, 0.0), 1.0) for x in a] or [0.0]
+        total, reach = 1.0, 1.0
+        for k in range(g):
+            reach *= rates[min(k, len(rates) - 1)]
+            total += reach
+        return total
     a = min(max(a, 0.0), 1.0)
     if a >= 1.0:
         return float(g + 1)
@@ -69,13 +82,13 @@ class Timing:
         return max(drafting, wait) if pipelined else drafting + wait
 
 
-def latency_rate(a: float, g: int, timing: Timing, *, pipelined: bool = False) -> float:
+def latency_rate(a: Acceptance, g: int, timing: Timing, *, pipelined: bool = False) -> float:
     """This device's tokens per second at gamma g."""
     seconds = timing.round_s(g, pipelined=pipelined)
     return expected_tokens(a, g) / seconds if seconds > 0 else math.inf
 
 
-def capacity_rate(a: float, g: int, timing: Timing) -> float:
+def capacity_rate(a: Acceptance, g: int, timing: Timing) -> float:
     """Tokens per second of verifier time at gamma g."""
     seconds = timing.verify_s(g)
     return expected_tokens(a, g) / seconds if seconds > 0 else math.inf
@@ -111,14 +124,14 @@ class GammaSettings:
         return min(self.g_min, high), high
 
 
-def objective(a: float, g: int, timing: Timing, settings: GammaSettings) -> float:
+def objective(a: Acceptance, g: int, timing: Timing, settings: GammaSettings) -> float:
     """What the policy maximises at gamma g (tokens per device- or verifier-second)."""
     if settings.policy == "capacity":
         return capacity_rate(a, g, timing)
     return latency_rate(a, g, timing, pipelined=settings.pipelined)
 
 
-def best_gamma(a: float, timing: Timing, settings: GammaSettings, negotiated: int) -> int:
+def best_gamma(a: Acceptance, timing: Timing, settings: GammaSettings, negotiated: int) -> int:
     """The undamped optimum within the bounds (the smallest g on a tie)."""
     low, high = settings.bounds(negotiated)
     choices = list(range(low, high + 1))
@@ -129,7 +142,7 @@ def best_gamma(a: float, timing: Timing, settings: GammaSettings, negotiated: in
     return max(choices, key=lambda g: (objective(a, g, timing, settings), -g))
 
 
-def _fast_enough(g: int, a: float, timing: Timing, settings: GammaSettings, negotiated: int) -> bool:
+def _fast_enough(g: int, a: Acceptance, timing: Timing, settings: GammaSettings, negotiated: int) -> bool:
     """Whether g meets the capacity policy's latency floor (always, under the latency policy)."""
     if settings.policy != "capacity":
         return True
@@ -138,7 +151,7 @@ def _fast_enough(g: int, a: float, timing: Timing, settings: GammaSettings, nego
     return latency_rate(a, g, timing, pipelined=settings.pipelined) >= best / settings.max_slowdown * (1 - 1e-12)
 
 
-def step_gamma(current: int, a: float, timing: Timing, settings: GammaSettings, negotiated: int) -> int:
+def step_gamma(current: int, a: Acceptance, timing: Timing, settings: GammaSettings, negotiated: int) -> int:
     """The next round's gamma: towards the optimum by at most ``max_step``, and only when the
     optimum beats the current gamma by more than ``margin``; always within the bounds."""
     low, high = settings.bounds(negotiated)
@@ -178,6 +191,8 @@ class AcceptanceEstimator:
     _accepted: float = field(init=False)
     _judged: float = field(init=False)
     verdicts: int = field(default=0, init=False)
+    # Per draft position i: smoothed (accepted, judged) counts of the rounds that reached it.
+    _at: list[list[float]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
@@ -195,6 +210,25 @@ class AcceptanceEstimator:
         self._accepted = (1 - self.alpha) * self._accepted + self.alpha * n_accepted
         self._judged = (1 - self.alpha) * self._judged + self.alpha * judged
         self.verdicts += 1
+        while len(self._at) < judged:
+            self._at.append([0.0, 0.0])
+        for i in range(judged):
+            counts = self._at[i]
+            counts[0] = (1 - self.alpha) * counts[0] + self.alpha * (i < n_accepted)
+            counts[1] = (1 - self.alpha) * counts[1] + self.alpha
+
+    def profile(self, positions: int) -> list[float]:
+        """The acceptance of each of the first `positions` draft positions given that the
+        ones before it were accepted (acceptance comes in runs: deep in a block it is often
+        higher than the average), each drawn towards the pooled `value` with one verdict's
+        weight (a position seen rarely says little)."""
+        pooled = self.value
+        out = []
+        for i in range(positions):
+            accepted, judged = self._at[i] if i < len(self._at) else (0.0, 0.0)
+            rate = (accepted + pooled * self.alpha) / (judged + self.alpha)  # the pooled rate: one verdict's weight
+            out.append(min(max(rate, 0.0), A_MAX))
+        return out
 
     @property
     def value(self) -> float:
@@ -322,5 +356,6 @@ class GammaController:
 
     def next_gamma(self) -> int:
         """The gamma for the next round (and remembered as the current one)."""
-        self.gamma = step_gamma(self.gamma, self.acceptance.value, self.timing(), self.settings, self.negotiated)
+        profile = self.acceptance.profile(max(1, self.negotiated))
+        self.gamma = step_gamma(self.gamma, profile, self.timing(), self.settings, self.negotiated)
         return self.gamma

@@ -226,3 +226,21 @@ def test_controller_takes_the_round_trip_from_the_wait() -> None:
     assert c.rtt_s.value == pytest.approx(0.8 * 0.10 + 0.2 * 0.01)
     c.observe(2, 4, wait_s=0.01, verify_s=0.04)  # a verifier time above the wait: no negative trip
     assert c.rtt_s.value >= 0
+
+
+def test_acceptance_per_position_follows_runs() -> None:
+    """Acceptance comes in runs: rounds either fail at the first draft or pass whole. The
+    per-position profile says so (position 0 about half, the later ones near 1), and E(g)
+    from it is 1 + a_0 + a_0 a_1 + ..., not the i.i.d. formula."""
+    from speculative.gamma_control import AcceptanceEstimator, expected_tokens
+
+    est = AcceptanceEstimator()
+    for i in range(60):
+        est.observe(8, 8) if i % 2 else est.observe(0, 8)
+    profile = est.profile(8)
+    assert 0.35 < profile[0] < 0.65
+    assert all(rate > 0.95 for rate in profile[1:])
+    assert expected_tokens(profile, 8) == pytest.approx(1 + sum(
+        math.prod(profile[:k]) for k in range(1, 9)))
+    assert expected_tokens([0.5], 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)  # the last rate holds on
+    assert expected_tokens(0.5, 3) == pytest.approx(expected_tokens([0.5, 0.5, 0.5], 3))
