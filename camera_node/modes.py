@@ -40,6 +40,7 @@ MODE_CHOICES = ("auto", "hybrid", "cloud", "edge")
 CLOUD_FAILURES = (VerifierTimeout, VerifierRejected, ResyncFailed, BrokerUnreachable, MqttError, ConnectionError)
 T = TypeVar("T")
 FAILURE_HOLD_S = 2.0  # after a failed session the link counts as unreachable this long
+EXPLORE_EVERY = 20  # captions between two measurements of the mode not in use
 
 
 async def while_connected(link: EdgeLink, session: Awaitable[T], poll_s: float = 0.1) -> T:
@@ -98,8 +99,14 @@ class CameraModes:
     backlog: OfflineCaptions = field(default_factory=OfflineCaptions)
     policy: ModePolicy = field(default_factory=lambda: ModePolicy(ModeSettings(), mode=Mode.HYBRID))
     controller: GammaController = field(init=False)
-    cloud_tps: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
+    # Tokens per second of the captions made in each mode (what the policy compares once
+    # measured; before that, hybrid is predicted by the controller's model).
+    cloud_tps: Ewma = field(default_factory=lambda: Ewma(prior=0.0, alpha=0.3))
+    hybrid_tps: Ewma = field(default_factory=lambda: Ewma(prior=0.0, alpha=0.3))
     edge_tps: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
+    explore_every: int = EXPLORE_EVERY
+    captions: int = 0
+    _explored_at: int = field(default=0, init=False)
     failed_at: float | None = None
     last_reason: str = ""
 
@@ -122,9 +129,14 @@ class CameraModes:
         ctrl = self.controller
         timing = ctrl.timing()
         a = ctrl.acceptance.value
-        hybrid = latency_rate(a, ctrl.gamma, timing, pipelined=self.pipelined)
+        hybrid = self.hybrid_tps.value if self.hybrid_tps.samples else \
+            latency_rate(ctrl.acceptance.profile(max(1, ctrl.gamma)), ctrl.gamma, timing, pipelined=self.pipelined)
+        # Cloud-only is predicted from what was measured: its own rate, else the verifier's
+        # times seen in hybrid rounds; on priors alone it is no candidate (the camera starts
+        # in hybrid and measures first).
         cloud = self.cloud_tps.value if self.cloud_tps.samples else \
-            predict_cloud_only(timing.rtt_s, timing.verify_s(0), self.caption_tokens)
+            predict_cloud_only(timing.rtt_s, timing.verify_s(0), self.caption_tokens) \
+            if ctrl.verifier.observations else None
         fraction, on_mains = self.battery()
         return LinkView(privacy=self.privacy or self.forced == "edge", reachable=self.reachable(link),
                         rtt_ms=timing.rtt_s * 1e3, acceptance=a, battery=fraction, on_mains=on_mains,
@@ -144,9 +156,27 @@ class CameraModes:
 
     # ------------------------------------------------------------------ captioning
 
+    def explore(self, mode: Mode) -> Mode:
+        """Now and then one caption in the other of hybrid and cloud-only, so that both rates
+        are measured, and measured again as the network changes: once the current mode has
+        two measured captions and the other none, then every `explore_every` captions."""
+        if self.forced != "auto" or mode is Mode.EDGE_ONLY:
+            return mode
+        other, here = (Mode.CLOUD_ONLY, self.hybrid_tps) if mode is Mode.HYBRID else (Mode.HYBRID, self.cloud_tps)
+        there = self.cloud_tps if other is Mode.CLOUD_ONLY else self.hybrid_tps
+        first = there.samples == 0 and here.samples >= 2
+        again = bool(self.explore_every) and self.captions - self._explored_at >= self.explore_every
+        due = first or again
+        if not due:
+            return mode
+        self._explored_at = self.captions
+        self.last_reason = "measuring the other mode"
+        return other
+
     async def caption(self, link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Captioned:
         """One caption in the mode chosen now (edge-only when the chosen one fails)."""
-        mode = self.decide(link)
+        mode = self.explore(self.decide(link))
+        self.captions += 1
         if mode is Mode.EDGE_ONLY:
             return self.offline(lm, req, self.last_reason)
         try:
@@ -159,6 +189,9 @@ class CameraModes:
                 outcome = await while_connected(link, run_edge_session(
                     link, lm, replace(req, gamma=self.ceiling, controller=self.controller)))
                 outcome.extra["mode"] = Mode.HYBRID.value
+                r = outcome.result
+                if r.seconds > 0:
+                    self.hybrid_tps.observe(len(r.token_ids) / r.seconds)
         except CLOUD_FAILURES as exc:
             self.failed_at = self.clock()
             log.warning("%s; captioning on the device alone", exc)
