@@ -48,7 +48,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: str | Path, *
     for x in xs:
         cv2.putText(img, f"{x:g}", (px(x) - 8, TOP + plot_h + 20), font, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
     cv2.rectangle(img, (LEFT, TOP), (LEFT + plot_w, TOP + plot_h), (90, 90, 90), 1)
-    cv2.putText(img, title, (LEFT, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, title, (LEFT + 40, 24), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (LEFT + plot_w // 2 - 60, HEIGHT - 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, ylabel, (8, TOP - 12), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for i, (name, pts) in enumerate(series.items()):
