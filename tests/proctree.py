@@ -166,3 +166,24 @@ def subscriber(url: str, topic: str, timeout_s: float = 10.0):
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+@contextlib.contextmanager
+def retained(url: str, topic: str, payload: bytes):
+    """`payload` retained on `topic` while inside (e.g. a verifier's `online` status that no
+    verifier stands behind); cleared after."""
+    import paho.mqtt.client as paho
+
+    from transport.urls import BrokerAddress
+
+    addr = BrokerAddress.parse(url)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect(addr.host, addr.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        yield
+    finally:
+        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        client.loop_stop()
+        client.disconnect()

@@ -10,9 +10,10 @@ import signal
 import time
 
 import pytest
-from proctree import Command, alive, command_names, descendants, subscriber
+from proctree import Command, alive, command_names, descendants, retained, subscriber
 
 from schemas import Topics
+from schemas.topics import ONLINE
 
 STOP_S = 2.0  # the promise: children and temp folders gone within this after the signal
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
@@ -128,9 +129,11 @@ def test_verifier_stops(tmp_path, mosquitto, tiny_pair, sig):
 
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_camera_stops_mid_session(tmp_path, mosquitto, sig):
-    """The camera has opened a session (no verifier answers under this prefix) when it is told to stop."""
+    """The camera has opened a session (a verifier says it is online under this prefix, and
+    none answers) when it is told to stop."""
     prefix, device = "lifecycle-cam", f"cam-stop-{int(sig)}"
-    with subscriber(mosquitto.url, Topics(prefix).open(device)) as opens:
+    silent = retained(mosquitto.url, Topics(prefix).verifier_status("silent-verifier"), ONLINE)
+    with silent, subscriber(mosquitto.url, Topics(prefix).open(device)) as opens:
         cmd = Command(["camera", "--broker", mosquitto.url, "--prefix", prefix, "--device-id", device,
                        "--source", "synthetic:7", "--realtime", "--timeout", "60"], tmp_path / "tmp")
         try:
