@@ -101,12 +101,18 @@ class Tally:
         text = f"{len(rs)} of {self.expected} captions, {self.cameras} cameras"
         if rs:
             devices = len({r.device_id for r in rs})
-            acc = sum(r.acceptance_rate for r in rs) / len(rs)
-            per_round = sum(r.mean_accepted + 1 for r in rs) / len(rs)
             up = sum(r.bytes_up for r in rs) / 1024
             jpeg = sum(r.extra.get("jpeg_bytes_keyframes", 0) for r in rs) / 1024
-            text += (f" ({devices} captioned), acceptance {acc:.2f}, {per_round:.2f} tokens/round, "
-                     f"{up:.1f} KiB sent vs {jpeg:.1f} KiB of JPEG key frames")
+            text += f" ({devices} captioned)"
+            drafted = [r for r in rs if r.extra.get("mode", "hybrid") == "hybrid"]
+            if drafted:  # acceptance is a hybrid caption's figure (cloud-only drafts nothing)
+                acc = sum(r.acceptance_rate for r in drafted) / len(drafted)
+                per_round = sum(r.mean_accepted + 1 for r in drafted) / len(drafted)
+                text += f", acceptance {acc:.2f}, {per_round:.2f} tokens/round"
+            others = len(rs) - len(drafted)
+            if others:
+                text += f" ({len(drafted)} hybrid, {others} in other modes)"
+            text += f", {up:.1f} KiB sent vs {jpeg:.1f} KiB of JPEG key frames"
         return text + f", {time.monotonic() - self.started:.0f} s"
 
 
@@ -119,12 +125,14 @@ def result_lines(r, elapsed_s: float, facts: bool = False) -> str:
         from camera_node.captions import caption_for_facts
 
         lines += f"          facts: {caption_for_facts(r.extra['objects'])}\n"
-    mode = r.extra.get("mode")
-    if mode not in (None, "hybrid"):  # the camera's mode policy chose no drafting for this one
-        lines += f"          mode {mode}\n"
+    mode = r.extra.get("mode", "hybrid")
+    sent = f"+{elapsed_s:.1f} s, {up_kb:.2f} KiB sent (JPEG key frames would be {jpeg_kb:.1f} KiB)"
+    if mode == "cloud_only":  # the camera's mode policy chose the verifier's target alone
+        return lines + f"          cloud-only: the target wrote {len(r.token_ids)} tokens and streamed them, {sent}"
+    if r.extra.get("verified") is False:
+        return lines + f"          unverified: the camera's draft alone ({mode}), {len(r.token_ids)} tokens, {sent}"
     return lines + (f"          acceptance {r.acceptance_rate:.2f}, {r.mean_accepted + 1:.2f} tokens/round, "
-                    f"{len(r.token_ids)} tokens in {r.rounds} rounds, +{elapsed_s:.1f} s, {up_kb:.2f} KiB sent "
-                    f"(JPEG key frames would be {jpeg_kb:.1f} KiB)")
+                    f"{len(r.token_ids)} tokens in {r.rounds} rounds, {sent}")
 
 
 async def _print_results(client, tally: Tally, expected: int) -> None:
