@@ -6,6 +6,8 @@ import argparse
 
 from .config import DEFAULTS
 
+MODEL_HELP = "model folder, `default`, or a fetched model's name (edgespec models list)"
+
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help=f"mqtt://HOST:PORT (env EDGESPEC_BROKER, default {DEFAULTS.broker})")

@@ -89,7 +89,7 @@ def camera_args(*argv: str) -> argparse.Namespace:
 
 
 def test_camera_flags_choose_the_text_prompt():
-    from edgespec.cli import _camera_text_prompt
+    from edgespec.camera_command import _camera_text_prompt
 
     chat, vision = FakeLM(chat_tokenizer()), FakeLM(make_tokenizer(), projector=object())
     chat.path = vision.path = "model"
@@ -104,7 +104,7 @@ def test_camera_flags_choose_the_text_prompt():
 
 
 def test_camera_pair_names_the_draft_and_says_what_to_run(tmp_path, monkeypatch):
-    from edgespec.cli import _camera_draft_dir
+    from edgespec.camera_command import _camera_draft_dir
     from edgespec.model_registry import ModelNotFetched
 
     monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
