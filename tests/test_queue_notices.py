@@ -13,7 +13,9 @@ SID = [bytes([i]) * 16 for i in range(4)]
 def _open(i: int) -> tuple[str, bytes]:
     from schemas import SessionOpen
 
-    return T.open(f"cam-{i}"), encode(SessionOpen(SID[i], [1, 2]))
+    # A fixed send time: the same message is the same bytes however often it is built (the
+    # notices know a waiting message by its bytes, as a queued one keeps them).
+    return T.open(f"cam-{i}"), encode(SessionOpen(SID[i], [1, 2], sent_at_ms=1_700_000_000_000))
 
 
 def test_queued_round_trips() -> None:
