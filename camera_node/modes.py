@@ -214,6 +214,13 @@ class CameraModes:
             self.backlog.add(pending)
         return Captioned(Mode.EDGE_ONLY, list(recording.tokens), text, seconds, pending=pending, reason=reason)
 
+    def may_verify(self, link: EdgeLink) -> bool:
+        """Whether offline captions may go for verification now: a verifier is reachable, the
+        camera is out of edge-only (or configured to a mode that drafts with a verifier), and
+        nothing keeps its captions on the device."""
+        out_of_edge = self.policy.mode is not Mode.EDGE_ONLY or self.forced in ("hybrid", "cloud")
+        return out_of_edge and self.reachable(link) and not self.privacy and self.forced != "edge"
+
     async def verify_backlog(self, link: EdgeLink, lm: LoadedLM,
                              publish: Callable[[PendingCaption, EdgeOutcome], Awaitable[None]],
                              limit: int | None = None) -> int:
@@ -221,7 +228,7 @@ class CameraModes:
         sends each verified caption. Returns how many were verified."""
         done = 0
         while (item := self.backlog.oldest()) is not None and (limit is None or done < limit):
-            if not self.reachable(link) or self.privacy or self.forced == "edge":
+            if not self.may_verify(link):
                 break
             item.tries += 1
             try:

@@ -254,8 +254,7 @@ class _Captioner:
             for item in modes.backlog.unpublished():
                 await link.publish_result(offline_result(link.device_id, item))
                 item.published = True
-        if modes.policy.mode is not Mode.EDGE_ONLY or modes.forced in ("hybrid", "cloud"):
-            await modes.verify_backlog(link, self.lm, lambda item, out: publish_verified(link, self.lm, item, out))
+        await modes.verify_backlog(link, self.lm, lambda item, out: publish_verified(link, self.lm, item, out))
 
     async def __call__(self, event: MotionEvent) -> bool:
         """Caption one event; True when max_events is reached."""

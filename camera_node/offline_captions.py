@@ -84,9 +84,8 @@ def caption_offline(lm: LoadedLM, req: EdgeRequest) -> OfflineDraft:
     """The draft model alone on the request, sampling as a session would, on the features as
     a verifier will later see them (fp16), so its q is the one to verify against."""
     _, features = wire_features(req.features)
-    stops = lm.eos_token_ids if req.stop_token_ids is None else req.stop_token_ids
     drafter = Drafter(lm, req.sampling, seed=req.seed, q_rule=req.q_rule)
-    return generate_edge_only(drafter, list(req.prompt_ids), features, StopRule(req.max_new_tokens, tuple(stops)))
+    return generate_edge_only(drafter, list(req.prompt_ids), features, StopRule(req.max_new_tokens, req.stops(lm)))
 
 
 def new_offline_id() -> str:

@@ -49,6 +49,10 @@ class EdgeRequest:
     # controller (speculative/gamma_control.py) picks each round's gamma from what it measured.
     controller: GammaController | None = field(default=None, compare=False)
 
+    def stops(self, lm: LoadedLM) -> tuple[int, ...]:
+        """The stop tokens: as asked, else the model's eos ids."""
+        return tuple(lm.eos_token_ids if self.stop_token_ids is None else self.stop_token_ids)
+
 
 @dataclass
 class EdgeOutcome:
@@ -245,12 +249,12 @@ async def run_edge_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest, draft
     session_id = os.urandom(16)
     channel = link.channel(session_id)
     session = DeviceSession(link.retry)
-    stops = lm.eos_token_ids if req.stop_token_ids is None else req.stop_token_ids
+    stops = req.stops(lm)
     wire, features = wire_features(req.features)
-    open_msg = open_message(session_id, lm, req, wire, tuple(stops))
+    open_msg = open_message(session_id, lm, req, wire, stops)
     try:
         drafter = drafter or Drafter(lm, req.sampling, seed=req.seed, q_rule=req.q_rule)
-        edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, tuple(stops)))
+        edge = EdgeGeneration(drafter, list(req.prompt_ids), req.gamma, StopRule(req.max_new_tokens, stops))
         if req.controller is not None:
             edge.gamma = req.controller.next_gamma()
 
@@ -314,11 +318,11 @@ async def run_cloud_session(link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> E
     started = time.perf_counter()
     session_id = os.urandom(16)
     channel = link.channel(session_id)
-    stops = lm.eos_token_ids if req.stop_token_ids is None else req.stop_token_ids
+    stops = req.stops(lm)
     wire, _ = wire_features(req.features)
-    open_msg = replace(open_message(session_id, lm, replace(req, gamma=0), wire, tuple(stops)),
+    open_msg = replace(open_message(session_id, lm, replace(req, gamma=0), wire, stops),
                        first_block=[], stream=True)
-    edge = EdgeGeneration(NoDraft(), list(req.prompt_ids), 0, StopRule(req.max_new_tokens, tuple(stops)))
+    edge = EdgeGeneration(NoDraft(), list(req.prompt_ids), 0, StopRule(req.max_new_tokens, stops))
     round_seconds: list[float] = []
     finished = False
     try:
