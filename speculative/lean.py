@@ -22,7 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import cpu_linear
 from .models import CachedLM, LoadedLM
+
+_linear = cpu_linear.linear
 
 
 def supports(lm: LoadedLM) -> bool:
@@ -41,7 +44,7 @@ def supports(lm: LoadedLM) -> bool:
             layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
     except AttributeError:
         return False
-    return all(type(m) is torch.nn.Linear for m in linears)
+    return all(cpu_linear.is_linear(m) for m in linears)
 
 
 # Per model: its weights' tensors, or None where the lean forward does not apply. A drafter
@@ -163,9 +166,9 @@ class LeanCachedLM:
         group = w.heads // w.kv_heads
         for i, (ln1, q_p, k_p, v_p, o_p, ln2, gate, up, down) in enumerate(w.layers):
             h = _rms(x, ln1, w.eps)
-            q = F.linear(h, *q_p).view(n, w.heads, w.head_dim).transpose(0, 1)
-            k = F.linear(h, *k_p).view(n, w.kv_heads, w.head_dim).transpose(0, 1)
-            v = F.linear(h, *v_p).view(n, w.kv_heads, w.head_dim).transpose(0, 1)
+            q = _linear(h, *q_p).view(n, w.heads, w.head_dim).transpose(0, 1)
+            k = _linear(h, *k_p).view(n, w.kv_heads, w.head_dim).transpose(0, 1)
+            v = _linear(h, *v_p).view(n, w.kv_heads, w.head_dim).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             past_k, past_v = self._keys[i], self._values[i]
@@ -176,11 +179,11 @@ class LeanCachedLM:
             if group > 1:
                 k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + F.linear(attn.transpose(0, 1).reshape(n, w.heads * w.head_dim), *o_p)
+            x = x + _linear(attn.transpose(0, 1).reshape(n, w.heads * w.head_dim), *o_p)
             h = _rms(x, ln2, w.eps)
-            x = x + F.linear(F.silu(F.linear(h, *gate)) * F.linear(h, *up), *down)
+            x = x + _linear(F.silu(_linear(h, *gate)) * _linear(h, *up), *down)
         self._length = past + n
         self.forwards += 1
         if not logits:
             return None
-        return F.linear(_rms(x, w.norm, w.eps), w.head).float()
+        return _linear(_rms(x, w.norm, w.eps), w.head).float()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import cpu_linear
 from .vision_prefix import VisionProjector
 
 
@@ -148,6 +149,7 @@ def load_lm(model_dir: str | Path, *, dtype: torch.dtype | str = torch.float32, 
         raise ModelLoadError(f"{path}: cannot load a causal LM and tokenizer: {exc}") from exc
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     head_ids = _reduce_head(model, path)
+    cpu_linear.speed_up(model)
     projector = VisionProjector.from_pretrained(path)
     if projector is not None:
         projector = projector.to(device=device, dtype=dtype).eval()

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_linear
 from .models import LoadedLM
 
 Backend = Literal["rowwise", "fbgemm"]
@@ -165,6 +166,7 @@ def quantize_model(model: nn.Module, backend: Backend = "rowwise", *, keep_head:
         raise ValueError(f"quantization backend {backend!r}: one of {', '.join(BACKENDS)}")
     if not _is_cpu(model):
         raise ValueError("int8 quantization runs on the CPU: load the draft with device cpu")
+    cpu_linear.plain(model)  # the converters below match layers by their exact type
     get_out = getattr(model, "get_output_embeddings", None)
     get_in = getattr(model, "get_input_embeddings", None)
     head = get_out() if callable(get_out) else None
