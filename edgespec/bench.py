@@ -188,7 +188,8 @@ def run_through_broker(args, target_dir: Path, target, draft, workloads: dict[st
             results, modes = {}, {}
             for name, cases in workloads.items():  # a verifier each, so its timers are the workload's
                 verifier = spawn(["-m", "edgespec.cli", "verifier", "--broker", broker.url, "--target-model",
-                                  str(target_dir), "--verifier-id", VERIFIER_ID], "ready on")
+                                  str(target_dir), "--verifier-id", VERIFIER_ID, "--threads", str(args.threads)],
+                                 "ready on")
                 try:
                     results[name], modes[name] = run_workload(name, cases, target, draft, broker.url, args, keys)
                     results[name]["verifier_stats"] = asyncio.run(

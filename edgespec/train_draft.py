@@ -5,15 +5,18 @@ general questions, in its chat template) greedily, and its own next-token distri
 those answers are what the draft learns. The draft is the target cut down: the target's
 embeddings and tied output layer (frozen), its final norm, and a few of its layers
 (``--layers``, default the first two and the last), trained to match the target's top
-entries (soft cross-entropy) and its greedy token (cross-entropy). It shares the target's
-tokenizer, so a device can draft for that target. The draft is a standard Hugging Face folder.
+entries (soft cross-entropy) and its greedy token (cross-entropy) at every answer position,
+through the output head it drafts with (below): its softmax over the head's ids, the teacher's
+entries outside them dropped. It shares the target's tokenizer, so a device can draft for that
+target. The draft is a standard Hugging Face folder.
 
 ``--head-vocab K`` gives the draft a reduced output head: only the K ids the target's answers
-put the most mass on (the stop tokens always among them), their rows those of the frozen tied
-layer, so the draft's logits over them are the full head's and it computes a K x hidden product
-instead of the whole vocabulary's. The folder gains ``head_vocab.safetensors`` (the ids);
-`speculative.models.load_lm` reads it. ``--from-draft DIR`` cuts the head of a draft trained
-before: the teacher pass again (same seed, same answers), no training.
+(the teacher pass, before training) put the most mass on, the stop tokens always among them;
+their rows are those of the frozen tied layer, so the draft's logits over them are the full
+head's and it computes a K x hidden product instead of the whole vocabulary's. The folder
+gains ``head_vocab.safetensors`` (the ids); `speculative.models.load_lm` reads it.
+``--from-draft DIR`` cuts the head of a draft trained before: the teacher pass again (same
+seed, same answers), no training.
 
 Reproducible from ``--seed``: the same prompts, the same teacher data, the same batches.
 """
@@ -52,8 +55,8 @@ def teacher_examples(target: LoadedLM, prompts: list[str], recipe: DraftRecipe, 
     out: list[Example] = []
     bar = tqdm(total=len(prompts), desc="teacher", disable=not progress)
     tokenizer, eos = target.tokenizer, set(target.eos_token_ids)
-    for k in range(0, len(prompts), recipe.batch):
-        rows = [chat_ids(tokenizer, p) for p in prompts[k : k + recipe.batch]]
+    for k in range(0, len(prompts), recipe.teacher_batch):
+        rows = [chat_ids(tokenizer, p) for p in prompts[k : k + recipe.teacher_batch]]
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
@@ -94,22 +97,44 @@ def make_draft(target, layers: tuple[int, ...]):
     return draft
 
 
-def _loss(draft, batch: list[Example], recipe: DraftRecipe, pad: int) -> torch.Tensor:
+class HeadRows:
+    """The output rows the draft is trained through: its frozen tied layer's rows of the head
+    ids (all of them for the full head), and each vocabulary id's row there (-1: none)."""
+
+    def __init__(self, weight: torch.Tensor, ids: list[int] | None = None):
+        vocab = weight.shape[0]
+        kept = torch.arange(vocab) if ids is None else torch.tensor(sorted(ids), dtype=torch.int64)
+        self.rows = weight.detach()[kept]
+        self.index = torch.full((vocab,), -1, dtype=torch.int64)
+        self.index[kept] = torch.arange(kept.numel())
+
+
+def _loss(draft, batch: list[Example], recipe: DraftRecipe, pad: int, head: HeadRows | None = None) -> torch.Tensor:
+    """Soft cross-entropy against the teacher's top entries plus ``hard_weight`` times the
+    greedy token's, per answer position, through `head` (the drafter's own softmax over the
+    head's ids; teacher entries outside it are dropped and the rest renormalised)."""
+    if head is None:
+        head = HeadRows(draft.get_output_embeddings().weight)
     width = max(len(e.ids) for e in batch)
     ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in batch])
     mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
-    logits = draft(input_ids=ids, attention_mask=mask).logits
-    soft, hard, count = torch.zeros(()), torch.zeros(()), 0
-    for b, e in enumerate(batch):
-        n = e.top_ids.shape[0]
-        logp = F.log_softmax(logits[b, e.start - 1 : e.start - 1 + n].float(), dim=-1)  # predicts the answer
-        soft = soft - (e.top_p * logp.gather(-1, e.top_ids)).sum()
-        hard = hard - logp.gather(-1, e.top_ids[:, :1]).sum()
-        count += n
-    return (soft + recipe.hard_weight * hard) / max(count, 1)
+    hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    picked = torch.cat([hidden[b, e.start - 1 : e.start - 1 + e.top_ids.shape[0]] for b, e in enumerate(batch)])
+    logp = F.log_softmax((picked @ head.rows.t()).float(), dim=-1)  # row i predicts answer token i
+    top_ids = torch.cat([e.top_ids for e in batch])
+    top_p = torch.cat([e.top_p for e in batch])
+    where = head.index[top_ids]  # [N, top]; -1 outside the head
+    inside = where >= 0
+    weight = top_p * inside
+    weight = weight / weight.sum(-1, keepdim=True).clamp_min(1e-12)
+    chosen = logp.gather(-1, where.clamp_min(0))
+    soft = -(weight * chosen).sum()
+    hard = -(chosen[:, 0] * inside[:, 0]).sum()  # the greedy token, where the head holds it
+    return (soft + recipe.hard_weight * hard) / max(top_ids.shape[0], 1)
 
 
-def train(draft, examples: list[Example], recipe: DraftRecipe, pad: int, progress: bool) -> list[float]:
+def train(draft, examples: list[Example], recipe: DraftRecipe, pad: int, progress: bool,
+          head: HeadRows | None = None) -> list[float]:
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     rng = random.Random(recipe.seed)
@@ -122,7 +147,7 @@ def train(draft, examples: list[Example], recipe: DraftRecipe, pad: int, progres
         order = examples[:]
         rng.shuffle(order)
         for k in range(0, len(order), recipe.batch):
-            loss = _loss(draft, order[k : k + recipe.batch], recipe, pad)
+            loss = _loss(draft, order[k : k + recipe.batch], recipe, pad, head)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -164,15 +189,21 @@ def _teacher(target_dir: Path, recipe: DraftRecipe, progress: bool) -> tuple[Loa
     return target, teacher_examples(target, prompts, recipe, pad, progress), pad
 
 
-def _write_head(out_dir: Path, target: LoadedLM, examples: list[Example], size: int) -> dict:
-    """The reduced head over `size` ids (none, the full head, for 0 or the whole vocabulary);
-    what it covers of the teacher's mass and of the greedy answer tokens."""
-    (out_dir / HEAD_VOCAB_FILE).unlink(missing_ok=True)
+def _head_ids(target: LoadedLM, examples: list[Example], size: int) -> list[int] | None:
+    """The ids of a reduced head of `size` (None: the full head, for 0 or the whole vocabulary)."""
     if not 0 < size < target.vocab_size:
+        return None
+    return head_vocab(head_mass(examples, target.vocab_size), size, target.eos_token_ids)
+
+
+def _write_head(out_dir: Path, target: LoadedLM, examples: list[Example], ids: list[int] | None) -> dict:
+    """Write the reduced head over `ids` (none for the full head); what it covers of the
+    teacher's mass and of the greedy answer tokens."""
+    (out_dir / HEAD_VOCAB_FILE).unlink(missing_ok=True)
+    if ids is None:
         return {"head_vocab": target.vocab_size}
-    mass = head_mass(examples, target.vocab_size)
-    ids = head_vocab(mass, size, target.eos_token_ids)
     write_head_vocab(out_dir, ids)
+    mass = head_mass(examples, target.vocab_size)
     inside = torch.zeros(target.vocab_size, dtype=torch.bool)
     inside[ids] = True
     greedy = torch.cat([e.top_ids[:, 0] for e in examples])
@@ -187,7 +218,8 @@ def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: 
     target, examples, pad = _teacher(target_dir, recipe, progress)
     teacher_s = time.perf_counter() - started
     draft = make_draft(target.model, recipe.layers)
-    losses = train(draft, examples, recipe, pad, progress)
+    ids = _head_ids(target, examples, recipe.head_vocab)
+    losses = train(draft, examples, recipe, pad, progress, HeadRows(draft.get_output_embeddings().weight, ids))
     out_dir.mkdir(parents=True, exist_ok=True)
     draft.save_pretrained(out_dir)
     target.tokenizer.save_pretrained(out_dir)
@@ -195,7 +227,7 @@ def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: 
         "target": str(target_dir), "recipe": asdict(recipe), "examples": len(examples),
         "answer_tokens": sum(e.top_ids.shape[0] for e in examples),
         "draft_parameters": sum(p.numel() for p in draft.parameters()),
-        **_write_head(out_dir, target, examples, recipe.head_vocab),
+        **_write_head(out_dir, target, examples, ids),
         "teacher_seconds": round(teacher_s, 1), "seconds": round(time.perf_counter() - started, 1),
         "first_loss": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
         "last_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
@@ -219,7 +251,7 @@ def cut_head(target_dir: Path, draft_dir: Path, out_dir: Path, recipe: DraftReci
         shutil.copytree(draft_dir, out_dir, dirs_exist_ok=True)
     meta_path = out_dir / "edgespec-draft.json"
     report = json.loads(meta_path.read_text()) if meta_path.is_file() else {"target": str(target_dir)}
-    report.update(_write_head(out_dir, target, examples, recipe.head_vocab))
+    report.update(_write_head(out_dir, target, examples, _head_ids(target, examples, recipe.head_vocab)))
     report["head_from"] = {"draft": str(draft_dir), "recipe": asdict(recipe),
                            "seconds": round(time.perf_counter() - started, 1)}
     meta_path.write_text(json.dumps(report, indent=2) + "\n")

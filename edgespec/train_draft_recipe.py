@@ -14,6 +14,7 @@ class DraftRecipe:
     teacher_top: int = 32  # teacher entries kept per position for the soft loss
     epochs: int = 16
     batch: int = 8
+    teacher_batch: int = 32  # prompts the target answers at once
     lr: float = 3e-4
     hard_weight: float = 0.5  # weight of the greedy-token loss beside the soft one
     seed: int = 0

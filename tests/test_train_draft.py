@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from edgespec.lm_prompts import GENERAL_PROMPTS, prompt_set
-from edgespec.train_draft import Example, _loss, make_draft, train
+from edgespec.train_draft import Example, HeadRows, _loss, make_draft, train
 from edgespec.train_draft_recipe import DraftRecipe
 
 
@@ -45,6 +45,27 @@ def test_training_lowers_the_loss_and_moves_only_the_layers() -> None:
     losses = train(draft, [example, example], recipe, pad=0, progress=False)
     assert len(losses) == 8 and _loss(draft, [example], recipe, pad=0).item() < before
     assert torch.equal(draft.model.embed_tokens.weight, embeddings)
+
+
+def test_the_loss_through_a_reduced_head_is_the_drafters_softmax_over_it() -> None:
+    target = _tiny_target()
+    draft = make_draft(target, (0, -1))
+    ids = [5, 9, 3, 7, 11, 2]
+    top_ids = torch.tensor([[7, 40, 11], [11, 7, 50]])  # 40 and 50 are outside the head
+    top_p = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])
+    example = Example(ids, 4, top_ids, top_p)
+    head_ids = [2, 7, 11, 20]
+    recipe = DraftRecipe(hard_weight=0.5)
+    got = _loss(draft, [example], recipe, pad=0, head=HeadRows(draft.get_output_embeddings().weight, head_ids))
+    with torch.no_grad():
+        logits = draft(input_ids=torch.tensor([ids])).logits[0, 3:5][:, head_ids]
+    logp = torch.log_softmax(logits, -1)
+    at = {t: i for i, t in enumerate(head_ids)}
+    soft = -(0.5 * logp[0, at[7]] + 0.2 * logp[0, at[11]]) / 0.7 - (0.6 * logp[1, at[11]] + 0.3 * logp[1, at[7]]) / 0.9
+    hard = -(logp[0, at[7]] + logp[1, at[11]])
+    torch.testing.assert_close(got.detach(), (soft + 0.5 * hard) / 2, rtol=1e-5, atol=1e-5)
+    full = _loss(draft, [example], recipe, pad=0)  # the whole vocabulary: every teacher entry counts
+    assert not torch.isclose(full, got)
 
 
 def test_held_out_prompts_never_overlap_training_ones() -> None:
