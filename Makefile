@@ -88,7 +88,7 @@ $(MODELS_STAMP): $(STAMP) pyproject.toml
 	touch $@
 
 # The draft paired with it (`edgespec bench --pair $(MODEL)`): distilled here, not downloaded;
-# about 30-40 minutes on 2 CPU cores, the same draft for the same seed.
+# about 20 minutes on 2 CPU cores, the same draft for the same seed.
 draft: models
 	$(BIN)/edgespec train-draft --target $(MODEL)
 
