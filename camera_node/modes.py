@@ -41,6 +41,9 @@ CLOUD_FAILURES = (VerifierTimeout, VerifierRejected, ResyncFailed, BrokerUnreach
 T = TypeVar("T")
 FAILURE_HOLD_S = 2.0  # after a failed session the link counts as unreachable this long
 EXPLORE_EVERY = 20  # captions between two measurements of the mode not in use
+# The first measurement of the mode not in use is skipped while its prediction is below this
+# share of the current mode's measured rate (it could not win even if predicted 40% low).
+EXPLORE_IF_PREDICTED = 0.6
 
 
 async def while_connected(link: EdgeLink, session: Awaitable[T], poll_s: float = 0.1) -> T:
@@ -125,21 +128,33 @@ class CameraModes:
         # connects: none online, no session could be answered.
         return link.connected and bool(link.verifiers_online()) and not recent_failure
 
+    def predicted_hybrid(self) -> float:
+        """Hybrid tokens per second from the controller's model (acceptance, timings)."""
+        ctrl = self.controller
+        return latency_rate(ctrl.acceptance.profile(max(1, ctrl.gamma)), ctrl.gamma, ctrl.timing(),
+                            pipelined=self.pipelined)
+
+    def predicted_cloud(self) -> float | None:
+        """Cloud-only tokens per second from what hybrid rounds measured: the round trip, and
+        the verifier's one-token forward as it tells it (else its block time, modelled at no
+        drafts). None before any verdict: on priors cloud-only is no candidate (the camera
+        starts in hybrid and measures first)."""
+        ctrl = self.controller
+        if not ctrl.verifier.observations:
+            return None
+        timing = ctrl.timing()
+        per_token = ctrl.decode_s.value if ctrl.decode_s.samples else timing.verify_s(0)
+        return predict_cloud_only(timing.rtt_s, per_token, self.caption_tokens)
+
     def view(self, link: EdgeLink) -> LinkView:
         ctrl = self.controller
         timing = ctrl.timing()
-        a = ctrl.acceptance.value
-        hybrid = self.hybrid_tps.value if self.hybrid_tps.samples else \
-            latency_rate(ctrl.acceptance.profile(max(1, ctrl.gamma)), ctrl.gamma, timing, pipelined=self.pipelined)
-        # Cloud-only is predicted from what was measured: its own rate, else the verifier's
-        # times seen in hybrid rounds; on priors alone it is no candidate (the camera starts
-        # in hybrid and measures first).
-        cloud = self.cloud_tps.value if self.cloud_tps.samples else \
-            predict_cloud_only(timing.rtt_s, timing.verify_s(0), self.caption_tokens) \
-            if ctrl.verifier.observations else None
+        hybrid = self.hybrid_tps.value if self.hybrid_tps.samples else self.predicted_hybrid()
+        cloud = self.cloud_tps.value if self.cloud_tps.samples else self.predicted_cloud()
         fraction, on_mains = self.battery()
         return LinkView(privacy=self.privacy or self.forced == "edge", reachable=self.reachable(link),
-                        rtt_ms=timing.rtt_s * 1e3, acceptance=a, battery=fraction, on_mains=on_mains,
+                        rtt_ms=timing.rtt_s * 1e3, acceptance=ctrl.acceptance.value, battery=fraction,
+                        on_mains=on_mains,
                         edge_tps=self.edge_tps.value if self.edge_tps.samples else predict_edge_only(timing.draft_s),
                         cloud_tps=cloud, hybrid_tps=hybrid)
 
@@ -159,15 +174,17 @@ class CameraModes:
     def explore(self, mode: Mode) -> Mode:
         """Now and then one caption in the other of hybrid and cloud-only, so that both rates
         are measured, and measured again as the network changes: once the current mode has
-        two measured captions and the other none, then every `explore_every` captions."""
+        two measured captions and the other none (unless the other's prediction is below
+        `EXPLORE_IF_PREDICTED` of the current rate), then every `explore_every` captions."""
         if self.forced != "auto" or mode is Mode.EDGE_ONLY:
             return mode
         other, here = (Mode.CLOUD_ONLY, self.hybrid_tps) if mode is Mode.HYBRID else (Mode.HYBRID, self.cloud_tps)
         there = self.cloud_tps if other is Mode.CLOUD_ONLY else self.hybrid_tps
-        first = there.samples == 0 and here.samples >= 2
+        predicted = self.predicted_cloud() if other is Mode.CLOUD_ONLY else self.predicted_hybrid()
+        hopeless = predicted is not None and predicted < EXPLORE_IF_PREDICTED * here.value
+        first = there.samples == 0 and here.samples >= 2 and not hopeless
         again = bool(self.explore_every) and self.captions - self._explored_at >= self.explore_every
-        due = first or again
-        if not due:
+        if not (first or again):
             return mode
         self._explored_at = self.captions
         self.last_reason = "measuring the other mode"

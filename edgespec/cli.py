@@ -93,6 +93,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
                                 max_batch=args.max_batch, batch_window_s=args.batch_window_ms / 1000,
                                 busy_poll_s=args.busy_poll_ms / 1000)
     core = VerifierCore(lm, settings, Topics(args.prefix or DEFAULTS.prefix), resolve_verifier_crypto(args))
+    core.time_decode()  # what a cloud-only token costs here, told to devices in verdicts
 
     async def main() -> None:
         stop = asyncio.Event()

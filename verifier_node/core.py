@@ -86,6 +86,20 @@ class VerifierCore:
     def batch_times(self) -> BatchTimes:
         return self.tally.batch_times
 
+    def time_decode(self, context: int = 16, reps: int = 3) -> float:
+        """Time forwards over one new token after a `context`-token prefix (a cloud-only
+        session's steps) on a scratch session; the fastest becomes the decode time verdicts
+        tell devices until sessions measure it. Returns it in ms."""
+        scratch = TargetSession(self.lm, SamplingParams())
+        scratch.open([self.lm.eos_token_ids[0] if self.lm.eos_token_ids else 0] * context)
+        fastest = float("inf")
+        for _ in range(max(1, reps)):
+            started = time.perf_counter()
+            scratch.verify([], None)
+            fastest = min(fastest, time.perf_counter() - started)
+        self.scheduler.observe_decode(fastest)
+        return fastest * 1000
+
     @property
     def has_deferred(self) -> bool:
         """Blocks wait for the next `handle_batch` (which may be given no messages)."""
@@ -309,6 +323,7 @@ class VerifierCore:
             committed_len=session.committed_len,
             done=done,
             verify_ms=self.scheduler.last_model_ms,
+            decode_ms=None if self.scheduler.decode_ms is None else round(self.scheduler.decode_ms),
         )
         state = session.protocol
         down = self.topics.down(session.device_id)

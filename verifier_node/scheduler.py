@@ -120,6 +120,10 @@ class Scheduler:
         # streaming session (`defer`).
         self._deferred: list[PendingBlock] = []
         self.last_model_ms: int | None = None  # the last model call's time, told in its verdicts
+        # A forward over one new token of one session (ms, smoothed; None: none timed yet), told
+        # in verdicts: `VerifierCore.time_decode` at start, then every such model call.
+        self.decode_ms: float | None = None
+        self._model_s = 0.0  # the last model call's time, in seconds
 
     @property
     def has_deferred(self) -> bool:
@@ -188,8 +192,14 @@ class Scheduler:
                 else "verifier failed on this block"
             self.outcomes.fail(items, f"{message}: {type(exc).__name__}")
             return False
-        self.last_model_ms = round((time.perf_counter() - started) * 1000)
+        self._model_s = time.perf_counter() - started
+        self.last_model_ms = round(self._model_s * 1000)
         return True
+
+    def observe_decode(self, seconds: float) -> None:
+        """A forward over one new token of one session took `seconds`."""
+        ms = seconds * 1000
+        self.decode_ms = ms if self.decode_ms is None else 0.8 * self.decode_ms + 0.2 * ms
 
     def _prefill(self, opens: list[PendingOpen]) -> None:
         """Prefill the sessions opened in this batch (one forward when batching) and release
@@ -241,6 +251,8 @@ class Scheduler:
 
         if not self._model([*opening, *pending], "verification", work):
             return
+        if len(pending) == 1 and not opening and not pending[0].msg.tokens:
+            self.observe_decode(self._model_s)  # a block of no drafts: one new token
         if opening:
             self.stats.stats["opens_in_verify_batches"] += len(opening)
         _release_opened(opening)
