@@ -30,7 +30,8 @@ class BusyPoll:
     On a virtualised CPU a process that slept even 1 ms can run its next model forward about
     twice as slow as one that kept running (`edgespec bench` measures it: "hand-off"); a
     verifier kicks this after each reply, since the device's next block follows within a few
-    milliseconds. It costs a core while hot; 0 seconds turns it off.
+    milliseconds, and `stop()`s it when the next batch starts. It costs a core while hot; 0
+    seconds turns it off.
     """
 
     def __init__(self, seconds: float):
@@ -42,6 +43,11 @@ class BusyPoll:
         if self.seconds > 0:
             self._until = asyncio.get_running_loop().time() + self.seconds
             self._kicked.set()
+
+    def stop(self) -> None:
+        """Stop polling now (until the next `kick`): work is starting, and a spinning loop
+        would take the CPU and the interpreter lock from it."""
+        self._until = 0.0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -189,6 +189,7 @@ async def _verify_batches(core: VerifierCore, inbox: asyncio.Queue, clients: tup
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as model_thread:
         while True:
             batch = await _next_batch(core, inbox, clients)
+            poller.stop()  # the model works now: polling would only slow it (it may run aside)
             async with core_free:
                 told = notices.tell(batch, _queued(inbox), inbox.qsize())
                 if told:
