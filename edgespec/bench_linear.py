@@ -1,9 +1,10 @@
-"""`edgespec bench-linear`: a model's forward with PyTorch's linear against the few-row one.
+"""`edgespec bench-linear`: a model's forward with PyTorch's linear against edgespec's.
 
 The target's forward over a few new tokens after a cached prefix (a decode step is 1 row, a
 verification block gamma + 1, a batch of sessions more), run with the model's linear layers
-as PyTorch computes them (``x @ W.T``) and as `speculative.cpu_linear` does (``W @ x.T``),
-alternating, medians. The logits of the two are compared (largest difference, same argmax).
+as PyTorch computes them (``x @ W.T``) and as `speculative.cpu_linear` does (``W @ x.T`` for
+one or two rows, oneDNN over packed weights above), alternating, medians. The logits of the
+two are compared (largest difference, same argmax).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def measure(lm, rows: int, reps: int, prefix: int = 64) -> dict[str, Any]:
             logits[few] = out
     cpu_linear.speed_up(lm.model)
     plain_ms, few_ms = (statistics.median(times[f]) * 1000 for f in (False, True))
-    return {"rows": rows, "plain_ms": round(plain_ms, 2), "few_row_ms": round(few_ms, 2),
+    return {"rows": rows, "plain_ms": round(plain_ms, 2), "edgespec_ms": round(few_ms, 2),
             "speedup": round(plain_ms / few_ms, 2),
             "max_logit_diff": float((logits[True] - logits[False]).abs().max()),
             "same_argmax": bool((logits[True].argmax(-1) == logits[False].argmax(-1)).all())}
@@ -58,9 +59,9 @@ def cmd_bench_linear(args: argparse.Namespace) -> int:
     rows = [measure(lm, r, args.reps) for r in args.rows]
     print(f"{model_dir}: forward over new tokens after a 64-token cache, {args.threads} thread(s), "
           f"median of {args.reps}")
-    print(f"{'rows':>5} {'plain ms':>9} {'few-row ms':>11} {'speedup':>8} {'max |diff|':>11} {'argmax':>7}")
+    print(f"{'rows':>5} {'plain ms':>9} {'edgespec ms':>11} {'speedup':>8} {'max |diff|':>11} {'argmax':>7}")
     for r in rows:
-        print(f"{r['rows']:>5} {r['plain_ms']:>9.1f} {r['few_row_ms']:>11.1f} {r['speedup']:>7.2f}x "
+        print(f"{r['rows']:>5} {r['plain_ms']:>9.1f} {r['edgespec_ms']:>11.1f} {r['speedup']:>7.2f}x "
               f"{r['max_logit_diff']:>11.2e} {'same' if r['same_argmax'] else 'DIFFER':>7}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(model_dir), "threads": args.threads,
@@ -69,9 +70,9 @@ def cmd_bench_linear(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-linear", help="a model's forward with PyTorch's linear vs the few-row one",
+    p = sub.add_parser("bench-linear", help="a model's forward with PyTorch's linear vs edgespec's",
                        description="A model's forward over a few new tokens: PyTorch's linear "
-                                   "(x @ W.T) against the few-row one (W @ x.T), alternating.")
+                                   "(x @ W.T) against edgespec's (speculative/cpu_linear.py), alternating.")
     p.add_argument("--model", default="smollm2-135m", help="a model folder or name (default %(default)s)")
     p.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="new tokens per forward")
     p.add_argument("--reps", type=int, default=10, help="forwards per row count and kind")

@@ -36,7 +36,7 @@ PLUGIN_COMMANDS: dict[str, dict[str, str]] = {
     "edgespec.bench": {"bench": "benchmark the target alone, in-process, HF assisted and via Mosquitto"},
     "edgespec.demo": {"demo": "broker + verifier + three synthetic cameras, captions as they arrive"},
     "edgespec.batch_bench": {"bench-batch": "batched vs unbatched verification on one target, step by step"},
-    "edgespec.bench_linear": {"bench-linear": "a model's forward with PyTorch's linear vs the few-row one"},
+    "edgespec.bench_linear": {"bench-linear": "a model's forward with PyTorch's linear vs edgespec's"},
     "edgespec.bench_q": {"bench-q": "acceptance and uplink bytes of fixed vs mass-sized q"},
     "edgespec.pair_commands": {"train-default": "train the built-in target/draft model pair",
                                "eval-default": "measure the built-in model pair on held-out scenes"},

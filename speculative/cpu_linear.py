@@ -1,32 +1,40 @@
-"""Linear layers over a few rows, computed in the layout the CPU's BLAS does fastest.
+"""Linear layers over a few rows, computed the way this CPU does them fastest.
 
 A decode step, a verification block or a batch of sessions multiplies a few rows (1 to a few
 hundred tokens) by every weight matrix of the model, and the weights come from memory each
-time. PyTorch's CPU linear computes ``x @ W.T``; for so few rows its kernels can read the
-weights well below the memory bandwidth. The same product taken as ``W @ x.T`` (the rows as
-columns; one row given as two, a matrix product instead of a matrix-vector one) is faster
-there. `edgespec bench-linear` measures it on a model's forward after a cached prefix; on the
-SmolLM2-135M target (2 cores) it gave, plain -> few-row: one thread, 1 row 56 -> 45 ms, 3 rows
-117 -> 86 ms, 5 rows and more no faster (97 -> 99 ms at 5); two threads, 1 row 58 -> 34 ms,
-5 rows 86 -> 63 ms, 64 rows 182 -> 161 ms. So the few-row product is used for up to
-`FEW_ROWS` rows on one thread and up to `ROWS_MAX` on more.
+time. PyTorch's CPU linear (``x @ W.T`` through MKL) reads them well below the memory
+bandwidth there. Two ways do better, measured on the SmolLM2-135M target's 211 matrices:
 
-The result is the same product, equal to the plain linear's to float rounding (a different
-summation order, logits within about 1e-4); everything the project runs on a model (the
-target alone in `generate`, assisted generation, the verifier, the drafter) goes through the
-same layers. ``EDGESPEC_PLAIN_LINEAR=1`` keeps PyTorch's own linear everywhere.
+* up to `FEW_ROWS` rows, the same product as ``W @ x.T`` (the rows as columns; one row given
+  as two, a matrix product instead of a matrix-vector one);
+* above, oneDNN's linear over a copy of the weights packed once for it
+  (``torch.ops.mkldnn``; `PACK_HINT` rows), kept beside the model's own weights (a float32
+  model's weights twice in memory) and packed again if a weight changes in place.
+
+`edgespec bench-linear` measures a model's forward with them against PyTorch's; on the target
+after a 64-token cache, one thread: 1 row 60 -> 48 ms, 5 rows 111 -> 58 ms, 64 rows 280 ->
+213 ms; two threads: 1 row 57 -> 33 ms, 5 rows 79 -> 40 ms. A verification forward over 5
+positions then costs 1.2 one-token forwards instead of 1.8-2.3.
+
+The results are the same products to float rounding (other summation orders: logits within
+about 1e-4 of the plain forward's); everything the project runs on a model (the target alone
+in `generate`, assisted generation, the verifier, the drafter) goes through the same layers.
+Layers computing gradients, other dtypes and devices keep PyTorch's linear, as does a torch
+build without oneDNN above `FEW_ROWS` rows. ``EDGESPEC_PLAIN_LINEAR=1`` keeps it everywhere.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-FEW_ROWS = 4  # on one thread, the few-row product up to this many rows
-ROWS_MAX = 256  # on more threads, up to this many (above: a prefill of a long prompt)
+FEW_ROWS = 2  # up to this many rows: weight @ x.T (one row given as two)
+PACK_HINT = 16  # the rows oneDNN lays the packed weights out for (measured best for 3-80 rows)
 
 
 def enabled() -> bool:
@@ -35,13 +43,48 @@ def enabled() -> bool:
 
 ON = enabled()  # read once: the layers' forward and the drafter's run as one
 
+# By id of the weight tensor: (a weak reference to it, its version when packed, the packed
+# copy). A weight changed in place (its version moves) is packed again; a weight no longer
+# referenced drops its copy.
+_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+@functools.cache
+def packing_works() -> bool:
+    """Whether this torch build has oneDNN's packed linear on the CPU, giving F.linear's result."""
+    try:
+        w, x = torch.randn(8, 4), torch.randn(3, 4)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_HINT)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.allclose(out, F.linear(x, w), rtol=1e-4, atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    key = id(weight)
+    got = _PACKED.get(key)
+    if got is not None and got[0]() is weight and got[1] == weight._version:
+        return got[2]
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_HINT)
+    if got is None or got[0]() is not weight:
+        weakref.finalize(weight, _PACKED.pop, key, None)
+    _PACKED[key] = (weakref.ref(weight), weight._version, packed)
+    return packed
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for x [..., in] on the CPU, as ``weight @ x.T``."""
+    """``F.linear(x, weight, bias)`` for x [..., in]: on the CPU in float32 without gradients,
+    ``weight @ x.T`` for up to `FEW_ROWS` rows and oneDNN's packed product above."""
     rows = x.numel() // max(1, x.shape[-1])
     if not ON or rows == 0 or x.device.type != "cpu" or x.dtype != torch.float32 \
-            or rows > (FEW_ROWS if torch.get_num_threads() == 1 else ROWS_MAX):
+            or weight.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         return F.linear(x, weight, bias)
+    if rows > FEW_ROWS:
+        if not packing_works():
+            return F.linear(x, weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), _packed(weight), bias, "none", [], "")
     flat = x.reshape(rows, x.shape[-1])
     if rows == 1:
         out = (weight @ torch.cat((flat, flat)).t())[:, :1]
@@ -54,7 +97,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class FewRowLinear(torch.nn.Linear):
-    """`torch.nn.Linear` whose forward is `linear` (same parameters, same state dict)."""
+    """`torch.nn.Linear` whose forward is `linear` (same parameters, same state dict, the
+    packed copy of its weight made at its first forward over more than `FEW_ROWS` rows)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return linear(input, self.weight, self.bias)
