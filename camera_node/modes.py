@@ -44,6 +44,10 @@ EXPLORE_EVERY = 20  # captions between two measurements of the mode not in use
 # The first measurement of the mode not in use is skipped while its prediction is below this
 # share of the current mode's measured rate (it could not win even if predicted 40% low).
 EXPLORE_IF_PREDICTED = 0.6
+# A cloud-only token's cost beside the verifier's forward: its handling and publishing of the
+# token and the device's receipt (the built-in pair streamed a token in about 3.4 ms, its
+# one-token forward about 1.5 ms of that).
+CLOUD_TOKEN_OVERHEAD_S = 0.002
 
 
 async def while_connected(link: EdgeLink, session: Awaitable[T], poll_s: float = 0.1) -> T:
@@ -136,14 +140,14 @@ class CameraModes:
 
     def predicted_cloud(self) -> float | None:
         """Cloud-only tokens per second from what hybrid rounds measured: the round trip, and
-        the verifier's one-token forward as it tells it (else its block time, modelled at no
-        drafts). None before any verdict: on priors cloud-only is no candidate (the camera
-        starts in hybrid and measures first)."""
+        the verifier's one-token forward as it tells it plus `CLOUD_TOKEN_OVERHEAD_S` (else its
+        block time, modelled at no drafts). None before any verdict: on priors cloud-only is no
+        candidate (the camera starts in hybrid and measures first)."""
         ctrl = self.controller
         if not ctrl.verifier.observations:
             return None
         timing = ctrl.timing()
-        per_token = ctrl.decode_s.value if ctrl.decode_s.samples else timing.verify_s(0)
+        per_token = ctrl.decode_s.value + CLOUD_TOKEN_OVERHEAD_S if ctrl.decode_s.samples else timing.verify_s(0)
         return predict_cloud_only(timing.rtt_s, per_token, self.caption_tokens)
 
     def view(self, link: EdgeLink) -> LinkView:

@@ -266,10 +266,10 @@ class VerdictMsg:
     # the device subtracts it from its wait to measure the network round trip.
     verify_ms: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS), absent=None, nil=True,
                                       omit_none=True), None)
-    # The verifier's time for a forward over one new token (ms, smoothed; None: not told): what
-    # a token of a cloud-only session costs there, for the device's choice of mode.
-    decode_ms: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS), absent=None, nil=True,
-                                      omit_none=True), None)
+    # The verifier's time for a forward over one new token (microseconds, smoothed; None: not
+    # told): what a token of a cloud-only session costs there, for the device's choice of mode.
+    decode_us: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS * 1000), absent=None,
+                                      nil=True, omit_none=True), None)
     type = MsgType.VERDICT
 
 

@@ -12,9 +12,9 @@ bandwidth there. Two ways do better, measured on the SmolLM2-135M target's 211 m
   model's weights twice in memory) and packed again if a weight changes in place.
 
 `edgespec bench-linear` measures a model's forward with them against PyTorch's; on the target
-after a 64-token cache, one thread: 1 row 60 -> 48 ms, 5 rows 111 -> 58 ms, 64 rows 280 ->
-213 ms; two threads: 1 row 57 -> 33 ms, 5 rows 79 -> 40 ms. A verification forward over 5
-positions then costs 1.2 one-token forwards instead of 1.8-2.3.
+after a 64-token cache, one thread: 1 row 55 -> 44 ms, 5 rows 91 -> 50 ms, 64 rows 275 ->
+210 ms; two threads: 1 row 57 -> 33 ms, 5 rows 91 -> 41 ms. A verification forward over 5
+positions then costs 1.1-1.3 one-token forwards instead of 1.6-2.3.
 
 The results are the same products to float rounding (other summation orders: logits within
 about 1e-4 of the plain forward's); everything the project runs on a model (the target alone

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from camera_node.mode_policy import Mode
-from camera_node.modes import CameraModes
+from camera_node.modes import CLOUD_TOKEN_OVERHEAD_S, CameraModes
 
 
 class Link:
@@ -68,7 +68,7 @@ def test_a_mode_predicted_far_slower_is_not_measured_until_its_turn() -> None:
     slow.controller.observe(4, 4, wait_s=0.17, verify_s=0.14, decode_s=0.5)  # 24 tokens at 0.5 s: ~2 tok/s
     slow.hybrid_tps.observe(30.0)
     slow.hybrid_tps.observe(30.0)
-    assert slow.predicted_cloud() == pytest.approx(24 / (0.03 + 24 * 0.5))
+    assert slow.predicted_cloud() == pytest.approx(24 / (0.03 + 24 * (0.5 + CLOUD_TOKEN_OVERHEAD_S)))
     assert slow.explore(Mode.HYBRID) is Mode.HYBRID
     slow.captions += 6
     assert slow.explore(Mode.HYBRID) is Mode.CLOUD_ONLY  # measured again every explore_every captions

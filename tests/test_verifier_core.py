@@ -556,18 +556,18 @@ def test_an_open_whose_block_waits_for_the_next_batch_is_answered_once_with_both
 
 
 def test_verdicts_tell_the_verifiers_one_token_forward_time(core, loaded_pair):
-    """`decode_ms`: none before it is timed; after `time_decode` every verdict carries it, and
+    """`decode_us`: none before it is timed; after `time_decode` every verdict carries it, and
     a block of no drafts (one new token) is timed again."""
     target = loaded_pair[0]
     prompt = target.encode("a red car")
     msg = open_msg(target, prompt, gamma=2, max_new_tokens=8)
     assert isinstance(reply_of(core.handle(T.open("cam-1"), encode(msg))), Opened)
     first = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 0, len(prompt), []))))
-    assert isinstance(first, VerdictMsg) and first.decode_ms is not None  # the no-draft block was timed
-    core.scheduler.decode_ms = None
+    assert isinstance(first, VerdictMsg) and first.decode_us is not None  # the no-draft block was timed
+    core.scheduler.decode_s = None
     timed = core.time_decode()
-    assert timed > 0 and core.scheduler.decode_ms == pytest.approx(timed)
+    assert timed > 0 and core.scheduler.decode_s * 1000 == pytest.approx(timed)
     committed = len(prompt) + 1
     verdict = reply_of(core.handle(T.session_up("cam-1", VID),
                                    encode(DraftMsg(msg.session_id, 1, committed, [first.next_token]))))
-    assert isinstance(verdict, VerdictMsg) and verdict.decode_ms == round(timed)
+    assert isinstance(verdict, VerdictMsg) and verdict.decode_us == round(timed * 1000)

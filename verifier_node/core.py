@@ -323,7 +323,7 @@ class VerifierCore:
             committed_len=session.committed_len,
             done=done,
             verify_ms=self.scheduler.last_model_ms,
-            decode_ms=None if self.scheduler.decode_ms is None else round(self.scheduler.decode_ms),
+            decode_us=None if self.scheduler.decode_s is None else round(self.scheduler.decode_s * 1e6),
         )
         state = session.protocol
         down = self.topics.down(session.device_id)

@@ -120,9 +120,9 @@ class Scheduler:
         # streaming session (`defer`).
         self._deferred: list[PendingBlock] = []
         self.last_model_ms: int | None = None  # the last model call's time, told in its verdicts
-        # A forward over one new token of one session (ms, smoothed; None: none timed yet), told
+        # A forward over one new token of one session (seconds, smoothed; None: none timed yet), told
         # in verdicts: `VerifierCore.time_decode` at start, then every such model call.
-        self.decode_ms: float | None = None
+        self.decode_s: float | None = None
         self._model_s = 0.0  # the last model call's time, in seconds
 
     @property
@@ -198,8 +198,7 @@ class Scheduler:
 
     def observe_decode(self, seconds: float) -> None:
         """A forward over one new token of one session took `seconds`."""
-        ms = seconds * 1000
-        self.decode_ms = ms if self.decode_ms is None else 0.8 * self.decode_ms + 0.2 * ms
+        self.decode_s = seconds if self.decode_s is None else 0.8 * self.decode_s + 0.2 * seconds
 
     def _prefill(self, opens: list[PendingOpen]) -> None:
         """Prefill the sessions opened in this batch (one forward when batching) and release
