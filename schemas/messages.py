@@ -266,9 +266,10 @@ class VerdictMsg:
     # the device subtracts it from its wait to measure the network round trip.
     verify_ms: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS), absent=None, nil=True,
                                       omit_none=True), None)
-    # The verifier's time for a forward over one new token (microseconds, smoothed; None: not
-    # told): what a token of a cloud-only session costs there, for the device's choice of mode.
-    decode_us: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS * 1000), absent=None,
+    # What a token of a cloud-only session costs on the verifier now (microseconds; None: not
+    # told): its one-token forward, more while it is busy (verifier_node/stream_cost.py); the
+    # device predicts cloud-only from it.
+    stream_us: int | None = wire(Wire(lambda r, i, n, got: r.int(i, n, 0, MAX_ETA_MS * 1000), absent=None,
                                       nil=True, omit_none=True), None)
     type = MsgType.VERDICT
 

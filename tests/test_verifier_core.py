@@ -555,19 +555,21 @@ def test_an_open_whose_block_waits_for_the_next_batch_is_answered_once_with_both
     assert core.stats["verified_blocks"] == 2  # the running block and the carried one, once each
 
 
-def test_verdicts_tell_the_verifiers_one_token_forward_time(core, loaded_pair):
-    """`decode_us`: none before it is timed; after `time_decode` every verdict carries it, and
-    a block of no drafts (one new token) is timed again."""
+def test_verdicts_tell_what_a_streamed_token_costs(core, loaded_pair):
+    """`stream_us`: after the first no-draft block (one new token, timed) every verdict carries
+    it; `time_decode` resets the one-token time it starts from."""
     target = loaded_pair[0]
     prompt = target.encode("a red car")
     msg = open_msg(target, prompt, gamma=2, max_new_tokens=8)
     assert isinstance(reply_of(core.handle(T.open("cam-1"), encode(msg))), Opened)
     first = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 0, len(prompt), []))))
-    assert isinstance(first, VerdictMsg) and first.decode_us is not None  # the no-draft block was timed
-    core.scheduler.decode_s = None
+    assert isinstance(first, VerdictMsg) and first.stream_us is not None and first.stream_us > 0
+    core.scheduler.stream.decode_s = None
     timed = core.time_decode()
-    assert timed > 0 and core.scheduler.decode_s * 1000 == pytest.approx(timed)
+    assert timed > 0 and core.scheduler.stream.decode_s * 1000 == pytest.approx(timed)
     committed = len(prompt) + 1
     verdict = reply_of(core.handle(T.session_up("cam-1", VID),
                                    encode(DraftMsg(msg.session_id, 1, committed, [first.next_token]))))
-    assert isinstance(verdict, VerdictMsg) and verdict.decode_us == round(timed * 1000)
+    stream = core.scheduler.stream
+    assert isinstance(verdict, VerdictMsg) and verdict.stream_us == round(stream.per_token_s() * 1e6)
+    assert verdict.stream_us >= round(timed * 1000)  # a forward at least, more while busy

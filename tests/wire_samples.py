@@ -22,7 +22,7 @@ SAMPLES = {
     "draft_greedy": DraftMsg(SID, 0, 1, [], None),
     "verdict": VERDICT,
     "verdict_done": VerdictMsg(SID, 8, [], 0, 2**31 - 1, 6000, True),
-    "verdict_timed": VerdictMsg(SID, 9, [True], 1, 5, 40, False, verify_ms=140, decode_us=45_250),
+    "verdict_timed": VerdictMsg(SID, 9, [True], 1, 5, 40, False, verify_ms=140, stream_us=45_250),
     "resync": Resync(SID, "unknown session"),
     "close": Close(SID),
     "close_reason": Close(SID, "cancelled ü"),

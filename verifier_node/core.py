@@ -88,8 +88,8 @@ class VerifierCore:
 
     def time_decode(self, context: int = 16, reps: int = 3) -> float:
         """Time forwards over one new token after a `context`-token prefix (a cloud-only
-        session's steps) on a scratch session; the fastest becomes the decode time verdicts
-        tell devices until sessions measure it. Returns it in ms."""
+        session's steps) on a scratch session; the fastest starts the one-token time behind
+        what verdicts tell devices of a cloud-only token's cost (stream_cost.py). In ms."""
         scratch = TargetSession(self.lm, SamplingParams())
         scratch.open([self.lm.eos_token_ids[0] if self.lm.eos_token_ids else 0] * context)
         fastest = float("inf")
@@ -97,7 +97,7 @@ class VerifierCore:
             started = time.perf_counter()
             scratch.verify([], None)
             fastest = min(fastest, time.perf_counter() - started)
-        self.scheduler.observe_decode(fastest)
+        self.scheduler.stream.observe_decode(fastest)
         return fastest * 1000
 
     @property
@@ -323,7 +323,7 @@ class VerifierCore:
             committed_len=session.committed_len,
             done=done,
             verify_ms=self.scheduler.last_model_ms,
-            decode_us=None if self.scheduler.decode_s is None else round(self.scheduler.decode_s * 1e6),
+            stream_us=_micro(self.scheduler.stream.per_token_s()),
         )
         state = session.protocol
         down = self.topics.down(session.device_id)
@@ -361,3 +361,7 @@ class VerifierCore:
             verified = VerifiedMsg(session.device_id, session.session_id.hex(), self.config.verifier_id, time.time(),
                                    list(tokens), self.lm.decode(list(tokens)), session.resumed)
             self._verified.append((self.topics.verified(session.device_id), verified.to_json()))
+
+
+def _micro(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1e6)

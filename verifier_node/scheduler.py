@@ -27,6 +27,7 @@ from speculative.verify import Verdict
 from .protocol import NOT_HELD
 from .sessions import Session, SessionTable
 from .stats import VerifierStats
+from .stream_cost import StreamCost
 
 log = logging.getLogger("edgespec.verifier")
 Reply = tuple[str, bytes]
@@ -120,9 +121,10 @@ class Scheduler:
         # streaming session (`defer`).
         self._deferred: list[PendingBlock] = []
         self.last_model_ms: int | None = None  # the last model call's time, told in its verdicts
-        # A forward over one new token of one session (seconds, smoothed; None: none timed yet), told
-        # in verdicts: `VerifierCore.time_decode` at start, then every such model call.
-        self.decode_s: float | None = None
+        # What a cloud-only token costs here now, told in verdicts (stream_cost.py): the
+        # one-token forward (`VerifierCore.time_decode` at start, then every such model call)
+        # and how busy the model calls keep the verifier.
+        self.stream = StreamCost()
         self._model_s = 0.0  # the last model call's time, in seconds
 
     @property
@@ -192,13 +194,11 @@ class Scheduler:
                 else "verifier failed on this block"
             self.outcomes.fail(items, f"{message}: {type(exc).__name__}")
             return False
-        self._model_s = time.perf_counter() - started
+        ended = time.perf_counter()
+        self._model_s = ended - started
         self.last_model_ms = round(self._model_s * 1000)
+        self.stream.observe_call(started, ended)
         return True
-
-    def observe_decode(self, seconds: float) -> None:
-        """A forward over one new token of one session took `seconds`."""
-        self.decode_s = seconds if self.decode_s is None else 0.8 * self.decode_s + 0.2 * seconds
 
     def _prefill(self, opens: list[PendingOpen]) -> None:
         """Prefill the sessions opened in this batch (one forward when batching) and release
@@ -251,7 +251,7 @@ class Scheduler:
         if not self._model([*opening, *pending], "verification", work):
             return
         if len(pending) == 1 and not opening and not pending[0].msg.tokens:
-            self.observe_decode(self._model_s)  # a block of no drafts: one new token
+            self.stream.observe_decode(self._model_s)  # a block of no drafts: one new token
         if opening:
             self.stats.stats["opens_in_verify_batches"] += len(opening)
         _release_opened(opening)
