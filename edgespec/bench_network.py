@@ -165,9 +165,27 @@ async def run_rtt(url: str, proxy: ProxyThread, verifier_pid: int, draft, cases,
         rows[mode].measured = {
             "rtt_ms": t.rtt_s * 1e3, "draft_ms_per_token": t.draft_s * 1e3, "verify_ms": t.verify_s(g) * 1e3,
             "acceptance": ctrl.acceptance.value, "gamma": g,
-            # What pipelining can gain at most here: drafting hidden behind the wait.
-            "pipelining_bound": t.round_s(g) / t.round_s(g, pipelined=True) if t.round_s(g, pipelined=True) else None}
+            # What pipelining can gain at most here: a round's drafting hidden behind the wait,
+            # in the rounds whose every draft is accepted (otherwise what was drafted ahead is
+            # dropped), as the controller measured them.
+            "all_accepted": all_accepted(ctrl, g), "pipelining_bound": pipelining_bound(t, g, all_accepted(ctrl, g))}
     return list(rows.values())
+
+
+def all_accepted(ctrl, g: int) -> float:
+    """The share of rounds of g drafts that accept every one, from the acceptance per position."""
+    share = 1.0
+    for a in ctrl.acceptance.profile(max(1, g)):
+        share *= a
+    return share
+
+
+def pipelining_bound(t, g: int, all_accepted_share: float) -> float | None:
+    """Round time over round time less the drafting that drafting ahead can hide (at most the
+    wait, and only in the rounds that accept every draft)."""
+    plain = t.round_s(g)
+    hidden = all_accepted_share * min(g * t.draft_s, t.round_s(g) - g * t.draft_s)
+    return plain / (plain - hidden) if plain - hidden > 0 else None
 
 
 def summarise(rows: list[dict], rtts: list[float]) -> dict:
@@ -185,6 +203,7 @@ def summarise(rows: list[dict], rtts: list[float]) -> dict:
                                "adaptive_over_best_fixed": adaptive / best_tps if best_tps else None,
                                "pipelining_gain": pipe / adaptive if adaptive else None,
                                "pipelining_bound": measured.get("pipelining_bound"),
+                               "all_accepted": measured.get("all_accepted"),
                                "draft_ms_per_token": measured.get("draft_ms_per_token"),
                                "verify_ms": measured.get("verify_ms")})
     for rtt in rtts:  # verifier CPU per caption: cloud-only against the cheapest hybrid setting
@@ -214,7 +233,7 @@ def print_table(result: dict) -> None:
     for s in result["summary"]["per_rtt"]:
         bound = "" if s["pipelining_bound"] is None else \
             (f" (at most {s['pipelining_bound']:.2f}x: drafting {s['draft_ms_per_token']:.2f} ms/token, "
-             f"verifier {s['verify_ms']:.1f} ms a block)")
+             f"verifier {s['verify_ms']:.1f} ms a block, {s['all_accepted']:.0%} of rounds accept every draft)")
         print(f"rtt {s['rtt_ms']:>5g} ms: best fixed {s['best_fixed']:<11} {s['best_fixed_tokens_per_s']:7.1f} tok/s;"
               f" adaptive {s['adaptive_over_best_fixed']:.2f}x of it; pipelining {s['pipelining_gain']:.2f}x adaptive"
               f"{bound}")

@@ -45,3 +45,15 @@ def test_a_bad_rtt_list_is_one_line():
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--rtt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pipelining_bound_counts_only_rounds_that_accept_every_draft():
+    from edgespec.bench_network import pipelining_bound
+    from speculative.gamma_control import Timing
+
+    t = Timing(draft_s=0.005, rtt_s=0.025, verify_base_s=0.08)  # 8 drafts: 40 ms drafting, 105 ms waiting
+    assert pipelining_bound(t, 8, 1.0) == pytest.approx(0.145 / 0.105)  # all hidden
+    assert pipelining_bound(t, 8, 0.5) == pytest.approx(0.145 / 0.125)  # half the rounds
+    assert pipelining_bound(t, 8, 0.0) == pytest.approx(1.0)
+    slow = Timing(draft_s=0.05, rtt_s=0.0, verify_base_s=0.1)  # drafting 400 ms: at most the wait is hidden
+    assert pipelining_bound(slow, 8, 1.0) == pytest.approx(0.5 / 0.4)
