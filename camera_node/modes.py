@@ -140,14 +140,14 @@ class CameraModes:
 
     def predicted_cloud(self) -> float | None:
         """Cloud-only tokens per second from what hybrid rounds measured: the round trip, and
-        the verifier's one-token forward as it tells it plus `CLOUD_TOKEN_OVERHEAD_S` (else its
-        block time, modelled at no drafts). None before any verdict: on priors cloud-only is no
+        what a streamed token costs the verifier as it tells it plus `CLOUD_TOKEN_OVERHEAD_S`
+        (else its block time, modelled at no drafts). None before any verdict: on priors cloud-only is no
         candidate (the camera starts in hybrid and measures first)."""
         ctrl = self.controller
         if not ctrl.verifier.observations:
             return None
         timing = ctrl.timing()
-        per_token = ctrl.decode_s.value + CLOUD_TOKEN_OVERHEAD_S if ctrl.decode_s.samples else timing.verify_s(0)
+        per_token = ctrl.stream_s.value + CLOUD_TOKEN_OVERHEAD_S if ctrl.stream_s.samples else timing.verify_s(0)
         return predict_cloud_only(timing.rtt_s, per_token, self.caption_tokens)
 
     def view(self, link: EdgeLink) -> LinkView:
@@ -184,15 +184,18 @@ class CameraModes:
             return mode
         other, here = (Mode.CLOUD_ONLY, self.hybrid_tps) if mode is Mode.HYBRID else (Mode.HYBRID, self.cloud_tps)
         there = self.cloud_tps if other is Mode.CLOUD_ONLY else self.hybrid_tps
-        predicted = self.predicted_cloud() if other is Mode.CLOUD_ONLY else self.predicted_hybrid()
-        hopeless = predicted is not None and predicted < EXPLORE_IF_PREDICTED * here.value
-        first = there.samples == 0 and here.samples >= 2 and not hopeless
+        first = there.samples == 0 and here.samples >= 2 and not self._hopeless(other, here.value)
         again = bool(self.explore_every) and self.captions - self._explored_at >= self.explore_every
         if not (first or again):
             return mode
         self._explored_at = self.captions
         self.last_reason = "measuring the other mode"
         return other
+
+    def _hopeless(self, mode: Mode, current_tps: float) -> bool:
+        """Whether `mode`'s prediction is below `EXPLORE_IF_PREDICTED` of the current rate."""
+        predicted = self.predicted_cloud() if mode is Mode.CLOUD_ONLY else self.predicted_hybrid()
+        return predicted is not None and predicted < EXPLORE_IF_PREDICTED * current_tps
 
     async def caption(self, link: EdgeLink, lm: LoadedLM, req: EdgeRequest) -> Captioned:
         """One caption in the mode chosen now (edge-only when the chosen one fails)."""

@@ -232,7 +232,7 @@ async def _generate(channel: SessionChannel, session: DeviceSession, edge: EdgeG
             k = len(block.tokens)
             ctrl.observe(reply.n_accepted, k, wait_s=round_seconds[-1],
                          verify_s=None if reply.verify_ms is None else reply.verify_ms / 1000,
-                         decode_s=None if reply.stream_us is None else reply.stream_us / 1e6,
+                         stream_s=None if reply.stream_us is None else reply.stream_us / 1e6,
                          draft_s_per_token=draft_s / k if k and seq else None)
         edge.apply(reply.n_accepted, reply.next_token)
         block = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -162,29 +163,27 @@ async def run_rtt(url: str, proxy: ProxyThread, verifier_pid: int, draft, cases,
         ctrl = modes.controller
         t = ctrl.timing()
         g = ctrl.gamma
+        every = all_accepted(ctrl, g)
         rows[mode].measured = {
             "rtt_ms": t.rtt_s * 1e3, "draft_ms_per_token": t.draft_s * 1e3, "verify_ms": t.verify_s(g) * 1e3,
             "acceptance": ctrl.acceptance.value, "gamma": g,
             # What pipelining can gain at most here: a round's drafting hidden behind the wait,
             # in the rounds whose every draft is accepted (otherwise what was drafted ahead is
             # dropped), as the controller measured them.
-            "all_accepted": all_accepted(ctrl, g), "pipelining_bound": pipelining_bound(t, g, all_accepted(ctrl, g))}
+            "all_accepted": every, "pipelining_bound": pipelining_bound(t, g, every)}
     return list(rows.values())
 
 
 def all_accepted(ctrl, g: int) -> float:
     """The share of rounds of g drafts that accept every one, from the acceptance per position."""
-    share = 1.0
-    for a in ctrl.acceptance.profile(max(1, g)):
-        share *= a
-    return share
+    return math.prod(ctrl.acceptance.profile(max(1, g)))
 
 
 def pipelining_bound(t, g: int, all_accepted_share: float) -> float | None:
     """Round time over round time less the drafting that drafting ahead can hide (at most the
     wait, and only in the rounds that accept every draft)."""
-    plain = t.round_s(g)
-    hidden = all_accepted_share * min(g * t.draft_s, t.round_s(g) - g * t.draft_s)
+    plain, drafting = t.round_s(g), g * t.draft_s
+    hidden = all_accepted_share * min(drafting, plain - drafting)
     return plain / (plain - hidden) if plain - hidden > 0 else None
 
 

@@ -189,21 +189,22 @@ def _teacher(target_dir: Path, recipe: DraftRecipe, progress: bool) -> tuple[Loa
     return target, teacher_examples(target, prompts, recipe, pad, progress), pad
 
 
-def _head_ids(target: LoadedLM, examples: list[Example], size: int) -> list[int] | None:
-    """The ids of a reduced head of `size` (None: the full head, for 0 or the whole vocabulary)."""
+def _head_ids(target: LoadedLM, mass: torch.Tensor, size: int) -> list[int] | None:
+    """The ids of a reduced head of `size` by the teacher's `mass` (None: the full head, for 0
+    or the whole vocabulary)."""
     if not 0 < size < target.vocab_size:
         return None
-    return head_vocab(head_mass(examples, target.vocab_size), size, target.eos_token_ids)
+    return head_vocab(mass, size, target.eos_token_ids)
 
 
-def _write_head(out_dir: Path, target: LoadedLM, examples: list[Example], ids: list[int] | None) -> dict:
+def _write_head(out_dir: Path, target: LoadedLM, examples: list[Example], mass: torch.Tensor,
+                ids: list[int] | None) -> dict:
     """Write the reduced head over `ids` (none for the full head); what it covers of the
-    teacher's mass and of the greedy answer tokens."""
+    teacher's `mass` and of the greedy answer tokens."""
     (out_dir / HEAD_VOCAB_FILE).unlink(missing_ok=True)
     if ids is None:
         return {"head_vocab": target.vocab_size}
     write_head_vocab(out_dir, ids)
-    mass = head_mass(examples, target.vocab_size)
     inside = torch.zeros(target.vocab_size, dtype=torch.bool)
     inside[ids] = True
     greedy = torch.cat([e.top_ids[:, 0] for e in examples])
@@ -218,7 +219,8 @@ def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: 
     target, examples, pad = _teacher(target_dir, recipe, progress)
     teacher_s = time.perf_counter() - started
     draft = make_draft(target.model, recipe.layers)
-    ids = _head_ids(target, examples, recipe.head_vocab)
+    mass = head_mass(examples, target.vocab_size)
+    ids = _head_ids(target, mass, recipe.head_vocab)
     losses = train(draft, examples, recipe, pad, progress, HeadRows(draft.get_output_embeddings().weight, ids))
     out_dir.mkdir(parents=True, exist_ok=True)
     draft.save_pretrained(out_dir)
@@ -227,7 +229,7 @@ def train_draft(target_dir: Path, out_dir: Path, recipe: DraftRecipe, progress: 
         "target": str(target_dir), "recipe": asdict(recipe), "examples": len(examples),
         "answer_tokens": sum(e.top_ids.shape[0] for e in examples),
         "draft_parameters": sum(p.numel() for p in draft.parameters()),
-        **_write_head(out_dir, target, examples, ids),
+        **_write_head(out_dir, target, examples, mass, ids),
         "teacher_seconds": round(teacher_s, 1), "seconds": round(time.perf_counter() - started, 1),
         "first_loss": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
         "last_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
@@ -251,7 +253,8 @@ def cut_head(target_dir: Path, draft_dir: Path, out_dir: Path, recipe: DraftReci
         shutil.copytree(draft_dir, out_dir, dirs_exist_ok=True)
     meta_path = out_dir / "edgespec-draft.json"
     report = json.loads(meta_path.read_text()) if meta_path.is_file() else {"target": str(target_dir)}
-    report.update(_write_head(out_dir, target, examples, _head_ids(target, examples, recipe.head_vocab)))
+    mass = head_mass(examples, target.vocab_size)
+    report.update(_write_head(out_dir, target, examples, mass, _head_ids(target, mass, recipe.head_vocab)))
     report["head_from"] = {"draft": str(draft_dir), "recipe": asdict(recipe),
                            "seconds": round(time.perf_counter() - started, 1)}
     meta_path.write_text(json.dumps(report, indent=2) + "\n")

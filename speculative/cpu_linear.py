@@ -37,11 +37,8 @@ FEW_ROWS = 2  # up to this many rows: weight @ x.T (one row given as two)
 PACK_HINT = 16  # the rows oneDNN lays the packed weights out for (measured best for 3-80 rows)
 
 
-def enabled() -> bool:
-    return os.environ.get("EDGESPEC_PLAIN_LINEAR", "") in ("", "0")
-
-
-ON = enabled()  # read once: the layers' forward and the drafter's run as one
+# Read once: the layers' forward and the drafter's run as one.
+ON = os.environ.get("EDGESPEC_PLAIN_LINEAR", "") in ("", "0")
 
 # By id of the weight tensor: (a weak reference to it, its version when packed, the packed
 # copy). A weight changed in place (its version moves) is packed again; a weight no longer

@@ -323,9 +323,9 @@ class GammaController:
     draft_s: Ewma = field(default_factory=lambda: Ewma(prior=0.005))
     rtt_s: Ewma = field(default_factory=lambda: Ewma(prior=0.02))
     verifier: VerifierTimeModel = field(default_factory=VerifierTimeModel)
-    # The verifier's time for a forward over one new token, as it tells it (what a token of a
-    # cloud-only session costs there); not part of a round's cost.
-    decode_s: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
+    # What a token of a cloud-only session costs on the verifier, as it tells it in verdicts
+    # (its one-token forward, more while busy); not part of a round's cost.
+    stream_s: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
     gamma: int = -1  # the current choice; -1: start at the ceiling
 
     def __post_init__(self) -> None:
@@ -336,15 +336,15 @@ class GammaController:
 
     def observe(self, n_accepted: int, n_drafted: int, *, draft_s_per_token: float | None = None,
                 rtt_s: float | None = None, verify_s: float | None = None, wait_s: float | None = None,
-                decode_s: float | None = None) -> None:
+                stream_s: float | None = None) -> None:
         """One round: its verdict and whichever timings were measured: seconds per drafted
         token, the network round trip without the verifier's time, the verifier's time for the
         block, or ``wait_s``, send to verdict, from which the round trip is taken as what the
-        verifier's time (measured, else as modelled) leaves of it; and the verifier's one-token
-        forward time if it told it."""
+        verifier's time (measured, else as modelled) leaves of it; and what a cloud-only token
+        costs the verifier, if it told it."""
         self.acceptance.observe(n_accepted, n_drafted)
-        if decode_s is not None:
-            self.decode_s.observe(decode_s)
+        if stream_s is not None:
+            self.stream_s.observe(stream_s)
         if draft_s_per_token is not None:
             self.draft_s.observe(draft_s_per_token)
         if rtt_s is None and wait_s is not None:

@@ -65,7 +65,7 @@ def test_a_mode_predicted_far_slower_is_not_measured_until_its_turn() -> None:
     """Cloud-only predicted from the verifier's one-token time: far below hybrid's measured
     rate, it gets no first measurement, only the periodic one; within reach, it does."""
     slow = CameraModes(explore_every=6, caption_tokens=24)
-    slow.controller.observe(4, 4, wait_s=0.17, verify_s=0.14, decode_s=0.5)  # 24 tokens at 0.5 s: ~2 tok/s
+    slow.controller.observe(4, 4, wait_s=0.17, verify_s=0.14, stream_s=0.5)  # 24 tokens at 0.5 s: ~2 tok/s
     slow.hybrid_tps.observe(30.0)
     slow.hybrid_tps.observe(30.0)
     assert slow.predicted_cloud() == pytest.approx(24 / (0.03 + 24 * (0.5 + CLOUD_TOKEN_OVERHEAD_S)))
@@ -74,7 +74,7 @@ def test_a_mode_predicted_far_slower_is_not_measured_until_its_turn() -> None:
     assert slow.explore(Mode.HYBRID) is Mode.CLOUD_ONLY  # measured again every explore_every captions
 
     close = CameraModes(caption_tokens=24)
-    close.controller.observe(4, 4, wait_s=0.17, verify_s=0.14, decode_s=0.05)  # ~20 tok/s predicted
+    close.controller.observe(4, 4, wait_s=0.17, verify_s=0.14, stream_s=0.05)  # ~20 tok/s predicted
     close.hybrid_tps.observe(30.0)
     close.hybrid_tps.observe(30.0)
     assert close.explore(Mode.HYBRID) is Mode.CLOUD_ONLY

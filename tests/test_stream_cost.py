@@ -36,7 +36,8 @@ def test_busy_verifier_costs_nearly_a_batch() -> None:
 
 
 def test_half_busy_is_between() -> None:
-    cost = StreamCost(decode_s=0.05)
+    cost = StreamCost()
+    cost.observe_decode(0.05)
     t = 0.0
     for _ in range(40):  # 0.1 s calls with 0.1 s gaps
         cost.observe_call(t, t + 0.1)

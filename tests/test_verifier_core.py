@@ -18,6 +18,7 @@ from speculative.draft import Drafter
 from speculative.loop import EdgeGeneration, StopRule
 from speculative.sampling import SamplingParams
 from verifier_node.core import VerifierConfig, VerifierCore
+from verifier_node.stream_cost import StreamCost
 
 T = Topics()
 VID = "verifier-1"
@@ -564,7 +565,7 @@ def test_verdicts_tell_what_a_streamed_token_costs(core, loaded_pair):
     assert isinstance(reply_of(core.handle(T.open("cam-1"), encode(msg))), Opened)
     first = reply_of(core.handle(T.session_up("cam-1", VID), encode(DraftMsg(msg.session_id, 0, len(prompt), []))))
     assert isinstance(first, VerdictMsg) and first.stream_us is not None and first.stream_us > 0
-    core.scheduler.stream.decode_s = None
+    core.scheduler.stream = StreamCost()  # nothing timed yet
     timed = core.time_decode()
     assert timed > 0 and core.scheduler.stream.decode_s * 1000 == pytest.approx(timed)
     committed = len(prompt) + 1

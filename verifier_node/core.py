@@ -322,8 +322,8 @@ class VerifierCore:
             next_token=verdict.next_token,
             committed_len=session.committed_len,
             done=done,
-            verify_ms=self.scheduler.last_model_ms,
-            stream_us=_micro(self.scheduler.stream.per_token_s()),
+            verify_ms=_in_units(self.scheduler.last_model_s, 1e3),
+            stream_us=_in_units(self.scheduler.stream.per_token_s(), 1e6),
         )
         state = session.protocol
         down = self.topics.down(session.device_id)
@@ -363,5 +363,6 @@ class VerifierCore:
             self._verified.append((self.topics.verified(session.device_id), verified.to_json()))
 
 
-def _micro(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1e6)
+def _in_units(seconds: float | None, per_second: float) -> int | None:
+    """Seconds as a whole number of smaller units (ms: 1e3, us: 1e6), for a verdict."""
+    return None if seconds is None else round(seconds * per_second)

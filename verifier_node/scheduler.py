@@ -120,12 +120,11 @@ class Scheduler:
         # Carried blocks whose open rode in the last forward, and the next (empty) block of each
         # streaming session (`defer`).
         self._deferred: list[PendingBlock] = []
-        self.last_model_ms: int | None = None  # the last model call's time, told in its verdicts
+        self.last_model_s: float | None = None  # the last model call's time, told in its verdicts
         # What a cloud-only token costs here now, told in verdicts (stream_cost.py): the
         # one-token forward (`VerifierCore.time_decode` at start, then every such model call)
         # and how busy the model calls keep the verifier.
         self.stream = StreamCost()
-        self._model_s = 0.0  # the last model call's time, in seconds
 
     @property
     def has_deferred(self) -> bool:
@@ -195,8 +194,7 @@ class Scheduler:
             self.outcomes.fail(items, f"{message}: {type(exc).__name__}")
             return False
         ended = time.perf_counter()
-        self._model_s = ended - started
-        self.last_model_ms = round(self._model_s * 1000)
+        self.last_model_s = ended - started
         self.stream.observe_call(started, ended)
         return True
 
@@ -250,8 +248,8 @@ class Scheduler:
 
         if not self._model([*opening, *pending], "verification", work):
             return
-        if len(pending) == 1 and not opening and not pending[0].msg.tokens:
-            self.stream.observe_decode(self._model_s)  # a block of no drafts: one new token
+        if len(pending) == 1 and not opening and not pending[0].msg.tokens and self.last_model_s is not None:
+            self.stream.observe_decode(self.last_model_s)  # a block of no drafts: one new token
         if opening:
             self.stats.stats["opens_in_verify_batches"] += len(opening)
         _release_opened(opening)

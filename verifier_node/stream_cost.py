@@ -13,21 +13,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from speculative.gamma_control import Ewma
+
 
 @dataclass
 class StreamCost:
-    alpha: float = 0.2  # weight of the newest observation in the smoothed figures
-    decode_s: float | None = None  # a forward over one new token of one session, smoothed
-    call_s: float = 0.0  # a model call's time, smoothed
-    busy: float = 0.0  # share of time in model calls: each call against itself and the idle gap before it
-    calls: int = field(default=0, init=False)
+    decode: Ewma = field(default_factory=lambda: Ewma(prior=0.0))  # a one-token forward of one session
+    call: Ewma = field(default_factory=lambda: Ewma(prior=0.0))  # a model call
+    # Share of time in model calls: each call against itself and the idle gap before it.
+    busy_share: Ewma = field(default_factory=lambda: Ewma(prior=0.0))
     _last_end: float | None = field(default=None, init=False)
 
+    @property
+    def decode_s(self) -> float | None:
+        return self.decode.value if self.decode.samples else None
+
+    @property
+    def call_s(self) -> float:
+        return self.call.value
+
+    @property
+    def busy(self) -> float:
+        return self.busy_share.value
+
     def observe_decode(self, seconds: float) -> None:
-        if seconds < 0:
-            return
-        old = self.decode_s
-        self.decode_s = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
+        self.decode.observe(seconds)
 
     def observe_call(self, started: float, ended: float) -> None:
         """A model call ran from `started` to `ended` (seconds of one monotonic clock)."""
@@ -37,16 +47,13 @@ class StreamCost:
         else:
             gap = max(0.0, started - self._last_end)
             share = elapsed / (elapsed + gap) if elapsed + gap > 0 else 0.0
-        if self.calls == 0:
-            self.call_s, self.busy = elapsed, share
-        else:
-            self.call_s = (1 - self.alpha) * self.call_s + self.alpha * elapsed
-            self.busy = (1 - self.alpha) * self.busy + self.alpha * share
-        self.calls += 1
+        self.call.observe(elapsed)
+        self.busy_share.observe(share)
         self._last_end = ended
 
     def per_token_s(self) -> float | None:
         """Seconds a streamed token costs here now; None before any one-token forward was timed."""
-        if self.decode_s is None:
+        decode = self.decode_s
+        if decode is None:
             return None
-        return self.decode_s + self.busy * max(0.0, self.call_s - self.decode_s)
+        return decode + self.busy * max(0.0, self.call_s - decode)
